@@ -1,0 +1,368 @@
+//! Key sets: discovery, fetch, cache, background refresh, refetch on an unknown `kid`.
+//!
+//! The read path (`lookup`) loads an `ArcSwap` snapshot and takes no lock. Fetches run in their
+//! own task: requests that need one wait on a shared `watch` channel, never on a lock, and a
+//! fetch outlives any one request that asked for it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use tokio::sync::watch;
+
+use super::keys::{parse_jwks, Key};
+use super::token::{Invalid, IssuerRules};
+use crate::metrics::Metrics;
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// OIDC discovery document; its `jwks_uri` names the key set.
+    Discovery(http::Uri),
+    Jwks(http::Uri),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyTiming {
+    pub refresh_interval: Duration,
+    pub refetch_min_interval: Duration,
+    pub max_stale: Duration,
+    pub fetch_timeout: Duration,
+}
+
+pub type FetchClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// Result of looking a token's key up in the current snapshot.
+pub enum Lookup {
+    Found(Arc<Key>),
+    /// No key set has been loaded (or it went stale): the gateway cannot judge the token.
+    NoKeys,
+    Invalid(Invalid),
+}
+
+struct Gate {
+    last_start: Option<Instant>,
+    inflight: Option<watch::Receiver<Option<bool>>>,
+}
+
+#[derive(Default)]
+struct Health {
+    last_success: Option<Instant>,
+    last_error: Option<String>,
+}
+
+pub struct IssuerKeys {
+    /// The configured issuer string: a bounded label, and the name in logs.
+    pub name: String,
+    pub rules: IssuerRules,
+    source: KeySource,
+    timing: KeyTiming,
+    keys: ArcSwap<Vec<Arc<Key>>>,
+    /// Bumped whenever a key leaves the set; cached verifications from an older epoch are void.
+    epoch: AtomicU64,
+    gate: Mutex<Gate>,
+    health: Mutex<Health>,
+    client: FetchClient,
+    metrics: Arc<Metrics>,
+}
+
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+impl IssuerKeys {
+    pub fn new(
+        name: String,
+        rules: IssuerRules,
+        source: KeySource,
+        timing: KeyTiming,
+        client: FetchClient,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            name,
+            rules,
+            source,
+            timing,
+            keys: ArcSwap::from_pointee(Vec::new()),
+            epoch: AtomicU64::new(0),
+            gate: Mutex::new(Gate {
+                last_start: None,
+                inflight: None,
+            }),
+            health: Mutex::new(Health::default()),
+            client,
+            metrics,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn has_keys(&self) -> bool {
+        !self.keys.load().is_empty()
+    }
+
+    /// Why this issuer is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.has_keys() {
+            return None;
+        }
+        let h = self.health.lock().unwrap();
+        Some(match &h.last_error {
+            Some(e) => format!("issuer {}: no keys: {e}", self.name),
+            None => format!("issuer {}: no keys yet: first fetch in progress", self.name),
+        })
+    }
+
+    /// Finds the key for a token: by `kid`, restricted to keys that may sign for `iss`.
+    pub fn lookup(&self, kid: Option<&str>, iss: &str, tid: Option<&str>) -> Lookup {
+        let keys = self.keys.load();
+        if keys.is_empty() {
+            return Lookup::NoKeys;
+        }
+        let usable = |k: &&Arc<Key>| {
+            k.issuer
+                .as_ref()
+                .is_none_or(|p| p.matches(iss, tid).is_ok())
+        };
+        match kid {
+            Some(kid) => match keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
+                Some(k) if usable(&k) => Lookup::Found(k.clone()),
+                Some(_) => Lookup::Invalid(Invalid::UnknownIssuer),
+                None => Lookup::Invalid(Invalid::UnknownKid),
+            },
+            None if keys.len() == 1 => match keys.iter().find(usable) {
+                Some(k) => Lookup::Found(k.clone()),
+                None => Lookup::Invalid(Invalid::UnknownIssuer),
+            },
+            None => Lookup::Invalid(Invalid::KidRequired),
+        }
+    }
+
+    /// Called on an unknown `kid`: fetches the set again unless one was started within
+    /// `refetch_min_interval`; callers that arrive while a fetch runs share it. Returns whether
+    /// a fetch completed, so the caller knows a second lookup may succeed.
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>) -> bool {
+        match self.start_fetch(false) {
+            Some(rx) => {
+                self.metrics
+                    .key_refetches
+                    .with_label_values(&[&self.name])
+                    .inc();
+                wait_done(rx).await
+            }
+            None => false,
+        }
+    }
+
+    /// Starts a fetch (or joins the one running). `force` ignores the rate limit (the
+    /// background refresh). `None`: rate-limited, nothing started.
+    fn start_fetch(self: &Arc<Self>, force: bool) -> Option<watch::Receiver<Option<bool>>> {
+        let mut gate = self.gate.lock().unwrap();
+        if let Some(rx) = &gate.inflight {
+            return Some(rx.clone());
+        }
+        if !force
+            && gate
+                .last_start
+                .is_some_and(|t| t.elapsed() < self.timing.refetch_min_interval)
+        {
+            return None;
+        }
+        let (tx, rx) = watch::channel(None);
+        gate.last_start = Some(Instant::now());
+        gate.inflight = Some(rx.clone());
+        drop(gate);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ok = this.fetch_and_store().await;
+            this.gate.lock().unwrap().inflight = None;
+            let _ = tx.send(Some(ok));
+        });
+        Some(rx)
+    }
+
+    async fn fetch_and_store(&self) -> bool {
+        let result = tokio::time::timeout(self.timing.fetch_timeout * 2, self.fetch()).await;
+        let result = result.unwrap_or_else(|_| Err("timed out".into()));
+        match result {
+            Ok(new_keys) => {
+                self.store(new_keys);
+                let mut h = self.health.lock().unwrap();
+                h.last_success = Some(Instant::now());
+                h.last_error = None;
+                self.metrics
+                    .key_fetches
+                    .with_label_values(&[&self.name, "ok"])
+                    .inc();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.name, error = %e, "key set fetch failed");
+                self.metrics
+                    .key_fetches
+                    .with_label_values(&[&self.name, "error"])
+                    .inc();
+                let mut h = self.health.lock().unwrap();
+                h.last_error = Some(e);
+                let stale = h
+                    .last_success
+                    .is_some_and(|t| t.elapsed() > self.timing.max_stale);
+                drop(h);
+                if stale && self.has_keys() {
+                    tracing::error!(issuer = %self.name, max_stale = ?self.timing.max_stale, "key set is stale past max_stale; dropping it, tokens of this issuer get 503 until a fetch succeeds");
+                    self.keys.store(Arc::new(Vec::new()));
+                    self.epoch.fetch_add(1, Ordering::AcqRel);
+                    self.metrics
+                        .keys_held
+                        .with_label_values(&[&self.name])
+                        .set(0);
+                }
+                false
+            }
+        }
+    }
+
+    /// Swaps in a new set, keeping the `Arc` of keys that did not change, and voids cached
+    /// verifications if any key left.
+    fn store(&self, new_keys: Vec<Key>) {
+        let old = self.keys.load_full();
+        let same = |a: &Key, b: &Key| a.kid == b.kid && a.material == b.material && a.alg == b.alg;
+        let merged: Vec<Arc<Key>> = new_keys
+            .into_iter()
+            .map(|k| {
+                old.iter()
+                    .find(|o| same(o, &k))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(k))
+            })
+            .collect();
+        let removed = old
+            .iter()
+            .any(|o| !merged.iter().any(|n| Arc::ptr_eq(o, n)));
+        let count = merged.len();
+        self.keys.store(Arc::new(merged));
+        if removed {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        self.metrics
+            .keys_held
+            .with_label_values(&[&self.name])
+            .set(count as i64);
+        tracing::info!(issuer = %self.name, keys = count, removed, "key set loaded");
+    }
+
+    async fn fetch(&self) -> Result<Vec<Key>, String> {
+        let body = match &self.source {
+            KeySource::File(path) => tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .into(),
+            KeySource::Jwks(uri) => self.get(uri.clone()).await?,
+            KeySource::Discovery(uri) => {
+                #[derive(serde::Deserialize)]
+                struct Discovery {
+                    jwks_uri: String,
+                }
+                let doc = self.get(uri.clone()).await?;
+                let d: Discovery = serde_json::from_slice(&doc)
+                    .map_err(|e| format!("discovery document from {uri}: {e}"))?;
+                let jwks: http::Uri = d
+                    .jwks_uri
+                    .parse()
+                    .map_err(|_| format!("discovery jwks_uri {:?} is not a URL", d.jwks_uri))?;
+                if !matches!(jwks.scheme_str(), Some("http" | "https")) {
+                    return Err(format!(
+                        "discovery jwks_uri {:?} is not http(s)",
+                        d.jwks_uri
+                    ));
+                }
+                self.get(jwks).await?
+            }
+        };
+        let parsed = parse_jwks(&body)?;
+        for s in &parsed.skipped {
+            tracing::warn!(issuer = %self.name, skipped = %s, "key skipped");
+        }
+        Ok(parsed.keys)
+    }
+
+    async fn get(&self, uri: http::Uri) -> Result<Bytes, String> {
+        let req = http::Request::get(uri.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .header(
+                http::header::USER_AGENT,
+                concat!("mfa-gateway/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("GET {uri}: {}", crate::proxy::error_chain(&e)))?;
+            if resp.status() != http::StatusCode::OK {
+                return Err(format!("GET {uri}: HTTP {}", resp.status()));
+            }
+            let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("GET {uri}: body: {e}"))?;
+            Ok(body.to_bytes())
+        };
+        tokio::time::timeout(self.timing.fetch_timeout, fut)
+            .await
+            .map_err(|_| format!("GET {uri}: timed out"))?
+    }
+
+    /// Keeps the set fresh: first fetch with backoff until it succeeds, then every
+    /// `refresh_interval`; failures retry with backoff while the old set keeps serving.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let ok = match self.start_fetch(true) {
+                Some(rx) => wait_done(rx).await,
+                None => false,
+            };
+            if ok {
+                backoff = Duration::from_millis(250);
+                tokio::time::sleep(self.timing.refresh_interval).await;
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn wait_done(mut rx: watch::Receiver<Option<bool>>) -> bool {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+pub fn fetch_client() -> FetchClient {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no platform root certificates; https key servers will fail");
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth(),
+            )
+        })
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
+}

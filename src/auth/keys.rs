@@ -1,0 +1,213 @@
+//! Pure: a JWKS document -> verification keys. No I/O; `jwks.rs` fetches and caches.
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+
+use super::token::IssuerPattern;
+
+/// The key's type, which fixes the algorithms it may verify (no RSA/EC/EdDSA confusion, and no
+/// HMAC: symmetric keys in a published set are never trusted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+}
+
+impl KeyType {
+    pub fn accepts(self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        match self {
+            KeyType::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            KeyType::EcP256 => alg == ES256,
+            KeyType::EcP384 => alg == ES384,
+            KeyType::Ed25519 => alg == EdDSA,
+        }
+    }
+}
+
+pub struct Key {
+    pub kid: Option<String>,
+    pub kind: KeyType,
+    /// The JWK's own `alg`, when it pins one.
+    pub alg: Option<Algorithm>,
+    /// v2-style keys name the issuer they sign for; they verify only that issuer's tokens.
+    pub issuer: Option<IssuerPattern>,
+    pub decoding: DecodingKey,
+    /// The public material, to tell a re-published key from a replaced one.
+    pub material: Vec<u8>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    kid: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    alg: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    issuer: Option<String>,
+}
+
+/// The usable keys of a JWKS, and a note for each key that was skipped.
+pub struct ParsedJwks {
+    pub keys: Vec<Key>,
+    pub skipped: Vec<String>,
+}
+
+/// Parses a JWKS. Keys that cannot be used for signatures are skipped with a reason; a document
+/// with no usable key at all is an error, so a bad publish never empties a good cached set.
+pub fn parse_jwks(body: &[u8]) -> Result<ParsedJwks, String> {
+    let raw: RawJwks =
+        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, v) in raw.keys.into_iter().enumerate() {
+        match parse_jwk(v) {
+            Ok(k) => keys.push(k),
+            Err(why) => skipped.push(format!("key {i}: {why}")),
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!("no usable signing key ({})", skipped.join("; ")));
+    }
+    Ok(ParsedJwks { keys, skipped })
+}
+
+fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
+    let jwk: RawJwk = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    if let Some(u) = &jwk.use_ {
+        if u != "sig" {
+            return Err(format!("use {u:?} is not \"sig\""));
+        }
+    }
+    let alg = match &jwk.alg {
+        Some(a) => Some(
+            a.parse::<Algorithm>()
+                .map_err(|_| format!("unsupported alg {a:?}"))?,
+        ),
+        None => None,
+    };
+    let need = |f: &Option<String>, name: &str| f.clone().ok_or_else(|| format!("missing {name}"));
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .map_err(|_| "bad base64url in key".to_string())
+    };
+    let (kind, decoding, material) = match jwk.kty.as_str() {
+        "RSA" => {
+            let (n, e) = (need(&jwk.n, "n")?, need(&jwk.e, "e")?);
+            let n_bytes = b64(&n)?;
+            let bits = n_bytes.iter().skip_while(|b| **b == 0).count() * 8;
+            if bits < 2048 {
+                return Err(format!("RSA modulus of {bits} bits is under 2048"));
+            }
+            let mut material = n_bytes;
+            material.extend(b64(&e)?);
+            let key = DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?;
+            (KeyType::Rsa, key, material)
+        }
+        "EC" => {
+            let (x, y) = (need(&jwk.x, "x")?, need(&jwk.y, "y")?);
+            let (kind, len) = match jwk.crv.as_deref() {
+                Some("P-256") => (KeyType::EcP256, 32),
+                Some("P-384") => (KeyType::EcP384, 48),
+                other => return Err(format!("unsupported curve {other:?}")),
+            };
+            let (xb, yb) = (b64(&x)?, b64(&y)?);
+            if xb.len() != len || yb.len() != len {
+                return Err("EC coordinates have the wrong length for the curve".into());
+            }
+            let key = DecodingKey::from_ec_components(&x, &y).map_err(|e| e.to_string())?;
+            (kind, key, [xb, yb].concat())
+        }
+        "OKP" => {
+            if jwk.crv.as_deref() != Some("Ed25519") {
+                return Err(format!("unsupported OKP curve {:?}", jwk.crv));
+            }
+            let x = need(&jwk.x, "x")?;
+            let xb = b64(&x)?;
+            if xb.len() != 32 {
+                return Err("Ed25519 key is not 32 bytes".into());
+            }
+            let key = DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?;
+            (KeyType::Ed25519, key, xb)
+        }
+        other => return Err(format!("kty {other:?} is not an asymmetric signing key")),
+    };
+    if let Some(a) = alg {
+        if !kind.accepts(a) {
+            return Err(format!("alg {a:?} does not fit a {kind:?} key"));
+        }
+    }
+    let issuer = jwk.issuer.as_deref().map(IssuerPattern::new);
+    Ok(Key {
+        kid: jwk.kid,
+        kind,
+        alg,
+        issuer,
+        decoding,
+        material,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_unusable_keys_and_keeps_good_ones() {
+        let n = "AQAB".repeat(0) + &"q".repeat(342) + "w";
+        let doc = serde_json::json!({"keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": n, "e": "AQAB"},
+            {"kty": "RSA", "kid": "short", "n": "q".repeat(100), "e": "AQAB"},
+            {"kty": "RSA", "kid": "wrong-alg", "alg": "ES256", "n": n, "e": "AQAB"},
+            {"kty": "EC", "kid": "bad-len", "crv": "P-256", "x": "AA", "y": "AA"},
+            {"kty": "RSA", "kid": "good", "alg": "RS256", "n": n, "e": "AQAB",
+             "issuer": "https://login.microsoftonline.com/{tenantid}/v2.0"}
+        ]});
+        let parsed = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.keys.len(), 1);
+        assert_eq!(parsed.keys[0].kid.as_deref(), Some("good"));
+        assert!(parsed.keys[0].issuer.is_some());
+        assert_eq!(parsed.skipped.len(), 5);
+    }
+
+    #[test]
+    fn a_set_without_usable_keys_is_an_error() {
+        assert!(parse_jwks(br#"{"keys":[{"kty":"oct","k":"AA"}]}"#).is_err());
+        assert!(parse_jwks(br#"{"keys":[]}"#).is_err());
+        assert!(parse_jwks(b"<html>").is_err());
+    }
+
+    #[test]
+    fn key_types_accept_only_their_algorithms() {
+        use Algorithm::*;
+        assert!(KeyType::Rsa.accepts(RS256) && KeyType::Rsa.accepts(PS512));
+        assert!(!KeyType::Rsa.accepts(ES256) && !KeyType::Rsa.accepts(HS256));
+        assert!(KeyType::EcP256.accepts(ES256) && !KeyType::EcP256.accepts(ES384));
+        assert!(KeyType::Ed25519.accepts(EdDSA) && !KeyType::Ed25519.accepts(RS256));
+    }
+}

@@ -1,0 +1,469 @@
+//! Authentication: the bearer token verified against its issuer's keys, classified, and held to
+//! the route's requirement. `token`, `keys`, `policy` and `challenge` are pure; `jwks` does the
+//! key-server I/O; `Authenticator` puts them together behind a verified-token cache.
+
+pub mod challenge;
+pub mod jwks;
+pub mod keys;
+pub mod policy;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Validator};
+use crate::metrics::Metrics;
+use crate::routes::Route;
+use challenge::AuthRefusal;
+use jwks::{IssuerKeys, KeySource, KeyTiming, Lookup};
+use policy::{Caller, MfaRules, TokenKind};
+use token::{Invalid, IssuerPattern, IssuerRules};
+
+// ---------------------------------------------------------------------------------------------
+// Configuration ([[issuer]], [mfa], [identity], [challenge], [cache]).
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIssuer {
+    issuer: String,
+    discovery: Option<String>,
+    jwks_uri: Option<String>,
+    jwks_file: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    tenants: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    leeway: Option<String>,
+    max_token_bytes: Option<usize>,
+    refresh_interval: Option<String>,
+    refetch_min_interval: Option<String>,
+    max_stale: Option<String>,
+    fetch_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMfa {
+    amr: Option<Vec<String>>,
+    #[serde(default)]
+    acrs: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentity {
+    header_prefix: Option<String>,
+    forward_authorization: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawChallenge {
+    realm: Option<String>,
+    request_context: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    max_entries: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub rules: IssuerRules,
+    pub source: KeySource,
+    pub timing: KeyTiming,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub issuers: Vec<IssuerConfig>,
+    pub mfa: MfaRules,
+    /// Lowercase prefix of the identity headers sent upstream; client copies are stripped.
+    pub header_prefix: String,
+    pub forward_authorization: bool,
+    pub realm: Option<String>,
+    pub request_context: Option<HeaderValue>,
+    pub cache_max_entries: u64,
+}
+
+const ALLOWED_ALGS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl AuthConfig {
+    pub(crate) fn validate(
+        v: &Validator<'_>,
+        raw: Vec<RawIssuer>,
+        mfa: RawMfa,
+        identity: RawIdentity,
+        ch: RawChallenge,
+        cache: RawCache,
+    ) -> Result<AuthConfig, ConfigError> {
+        let mut issuers = Vec::with_capacity(raw.len());
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("issuer[{i}].{k}");
+            if r.issuer.is_empty() {
+                return Err(v.err(key("issuer"), "must not be empty"));
+            }
+            if r.issuer.matches("{tenantid}").count() > 1 {
+                return Err(v.err(key("issuer"), "may hold {tenantid} at most once"));
+            }
+            if issuers.iter().any(|x: &IssuerConfig| x.name == r.issuer) {
+                return Err(v.err(key("issuer"), format!("duplicate issuer {:?}", r.issuer)));
+            }
+            let source = match (&r.discovery, &r.jwks_uri, &r.jwks_file) {
+                (Some(u), None, None) => KeySource::Discovery(v.url(&key("discovery"), u)?),
+                (None, Some(u), None) => KeySource::Jwks(v.url(&key("jwks_uri"), u)?),
+                (None, None, Some(f)) => KeySource::File(v.path(f)),
+                _ => {
+                    return Err(v.err(
+                        key("discovery"),
+                        "give exactly one of discovery, jwks_uri, jwks_file",
+                    ))
+                }
+            };
+            if r.audiences.is_empty() {
+                return Err(v.err(key("audiences"), "at least one audience is required"));
+            }
+            let mut tenants = Vec::with_capacity(r.tenants.len());
+            for t in &r.tenants {
+                if !token::is_guid(t) {
+                    return Err(v.err(key("tenants"), format!("{t:?} is not a GUID")));
+                }
+                tenants.push(t.to_ascii_lowercase());
+            }
+            let names = r.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
+            if names.is_empty() {
+                return Err(v.err(key("algorithms"), "at least one algorithm is required"));
+            }
+            let mut algorithms = Vec::with_capacity(names.len());
+            for n in &names {
+                match n.parse::<Algorithm>() {
+                    Ok(a) if ALLOWED_ALGS.contains(&a) => algorithms.push(a),
+                    _ => {
+                        return Err(v.err(
+                            key("algorithms"),
+                            format!("{n:?} is not allowed; use RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA"),
+                        ))
+                    }
+                }
+            }
+            let leeway = v.duration(&key("leeway"), r.leeway.as_deref().unwrap_or("60s"))?;
+            if leeway > Duration::from_secs(600) {
+                return Err(v.err(key("leeway"), "must be at most 10m"));
+            }
+            let max_token_bytes = r.max_token_bytes.unwrap_or(16 * 1024);
+            if !(256..=64 * 1024).contains(&max_token_bytes) {
+                return Err(v.err(key("max_token_bytes"), "must be between 256 and 65536"));
+            }
+            let timing = KeyTiming {
+                refresh_interval: v.nonzero(
+                    &key("refresh_interval"),
+                    r.refresh_interval.as_deref().unwrap_or("1h"),
+                )?,
+                refetch_min_interval: v.duration(
+                    &key("refetch_min_interval"),
+                    r.refetch_min_interval.as_deref().unwrap_or("5m"),
+                )?,
+                max_stale: v.nonzero(&key("max_stale"), r.max_stale.as_deref().unwrap_or("24h"))?,
+                fetch_timeout: v.nonzero(
+                    &key("fetch_timeout"),
+                    r.fetch_timeout.as_deref().unwrap_or("5s"),
+                )?,
+            };
+            issuers.push(IssuerConfig {
+                rules: IssuerRules {
+                    issuer: IssuerPattern::new(&r.issuer),
+                    audiences: r.audiences,
+                    tenants,
+                    algorithms,
+                    leeway_secs: leeway.as_secs() as i64,
+                    max_token_bytes,
+                },
+                source,
+                timing,
+                name: r.issuer,
+            });
+        }
+        let amr = mfa.amr.unwrap_or_else(|| vec!["mfa".into()]);
+        if amr.is_empty() && mfa.acrs.is_empty() {
+            return Err(v.err(
+                "mfa.amr",
+                "no claim value would ever count as MFA; keep \"mfa\"",
+            ));
+        }
+        let header_prefix = identity
+            .header_prefix
+            .unwrap_or_else(|| "x-mfa-gateway-".into())
+            .to_ascii_lowercase();
+        if header_prefix.len() < 3
+            || HeaderName::from_bytes(format!("{header_prefix}x").as_bytes()).is_err()
+        {
+            return Err(v.err(
+                "identity.header_prefix",
+                format!("{header_prefix:?} is not a header name prefix"),
+            ));
+        }
+        if let Some(r) = &ch.realm {
+            if r.contains(['"', '\\']) || !r.is_ascii() || r.chars().any(|c| c.is_ascii_control()) {
+                return Err(v.err(
+                    "challenge.realm",
+                    "must be printable ASCII without quotes or backslashes",
+                ));
+            }
+        }
+        let request_context = match ch.request_context {
+            Some(s) => Some(
+                HeaderValue::from_str(&s)
+                    .map_err(|_| v.err("challenge.request_context", "not a valid header value"))?,
+            ),
+            None => None,
+        };
+        let cache_max_entries = cache.max_entries.unwrap_or(10_000);
+        Ok(AuthConfig {
+            issuers,
+            mfa: MfaRules {
+                amr,
+                acrs: mfa.acrs,
+            },
+            header_prefix,
+            forward_authorization: identity.forward_authorization.unwrap_or(true),
+            realm: ch.realm,
+            request_context,
+            cache_max_entries,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The authenticator.
+
+/// A token that verified: what policy and the upstream need, computed once and cached.
+#[derive(Debug)]
+pub struct Verified {
+    pub issuer: usize,
+    epoch: u64,
+    pub exp: i64,
+    leeway: i64,
+    pub kind: TokenKind,
+    pub mfa: bool,
+    pub roles: Vec<String>,
+    pub scopes: String,
+    pub tid: Option<String>,
+    pub oid: Option<String>,
+    pub app_id: Option<String>,
+    pub upn: Option<String>,
+    /// Identity headers for the upstream, built once per token.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Verified {
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            kind: self.kind,
+            mfa: self.mfa,
+            roles: &self.roles,
+            scopes: &self.scopes,
+        }
+    }
+}
+
+struct UntilExp;
+
+impl moka::Expiry<Arc<str>, Arc<Verified>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _: &Arc<str>,
+        v: &Arc<Verified>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs((v.exp - unix_now()).max(0) as u64))
+    }
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub struct Authenticator {
+    pub issuers: Vec<Arc<IssuerKeys>>,
+    mfa: MfaRules,
+    header_prefix: String,
+    max_token_bytes: usize,
+    cache: moka::sync::Cache<Arc<str>, Arc<Verified>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Authenticator {
+    pub fn new(cfg: &AuthConfig, client: jwks::FetchClient, metrics: Arc<Metrics>) -> Self {
+        let issuers = cfg
+            .issuers
+            .iter()
+            .map(|i| {
+                Arc::new(IssuerKeys::new(
+                    i.name.clone(),
+                    i.rules.clone(),
+                    i.source.clone(),
+                    i.timing.clone(),
+                    client.clone(),
+                    metrics.clone(),
+                ))
+            })
+            .collect();
+        Self {
+            issuers,
+            mfa: cfg.mfa.clone(),
+            header_prefix: cfg.header_prefix.clone(),
+            max_token_bytes: cfg
+                .issuers
+                .iter()
+                .map(|i| i.rules.max_token_bytes)
+                .max()
+                .unwrap_or(0),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_max_entries)
+                .expire_after(UntilExp)
+                .build(),
+            metrics,
+        }
+    }
+
+    /// Reasons the gateway is not ready to judge tokens; empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.issuers
+            .iter()
+            .filter_map(|i| i.not_ready_reason())
+            .collect()
+    }
+
+    /// Verifies the request's bearer token (from cache when it verified before).
+    pub async fn verify(&self, headers: &HeaderMap) -> Result<Arc<Verified>, AuthRefusal> {
+        let token = match token::bearer(headers) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(AuthRefusal::MissingToken),
+            Err(why) => return Err(AuthRefusal::Invalid(why)),
+        };
+        if let Some(v) = self.cache.get(token) {
+            // The entry expires at `exp`; these checks cover a key that left the set since.
+            if self.issuers[v.issuer].epoch() == v.epoch && unix_now() <= v.exp + v.leeway {
+                self.metrics.cache_hits.inc();
+                return Ok(v);
+            }
+            self.cache.invalidate(token);
+        }
+        self.metrics.cache_misses.inc();
+        let v = Arc::new(self.verify_uncached(token).await?);
+        self.cache.insert(Arc::from(token), v.clone());
+        Ok(v)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Verified, AuthRefusal> {
+        let invalid = AuthRefusal::Invalid;
+        let parsed = token::parse(token, self.max_token_bytes).map_err(invalid)?;
+        let iss = parsed
+            .claims
+            .iss
+            .as_deref()
+            .ok_or(invalid(Invalid::UnknownIssuer))?;
+        let (index, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.rules.issuer.could_match(iss))
+            .ok_or(invalid(Invalid::UnknownIssuer))?;
+        let rules = &issuer.rules;
+        if token.len() > rules.max_token_bytes {
+            return Err(invalid(Invalid::TooLarge));
+        }
+        if !rules.algorithms.contains(&parsed.alg) {
+            return Err(invalid(Invalid::AlgNotAllowed));
+        }
+        let tid = parsed.claims.tid.as_deref();
+        // Read the epoch before the key: a key removed after this point voids the entry.
+        let epoch = issuer.epoch();
+        let key = match issuer.lookup(parsed.kid.as_deref(), iss, tid) {
+            Lookup::Found(k) => k,
+            Lookup::NoKeys => return Err(AuthRefusal::KeysUnavailable),
+            Lookup::Invalid(Invalid::UnknownKid) => {
+                // Keys roll: an unknown kid may be a new key. Refetch (rate-limited, shared).
+                if !issuer.refetch_for_unknown_kid().await {
+                    return Err(invalid(Invalid::UnknownKid));
+                }
+                match issuer.lookup(parsed.kid.as_deref(), iss, tid) {
+                    Lookup::Found(k) => k,
+                    Lookup::NoKeys => return Err(AuthRefusal::KeysUnavailable),
+                    Lookup::Invalid(why) => return Err(invalid(why)),
+                }
+            }
+            Lookup::Invalid(why) => return Err(invalid(why)),
+        };
+        token::verify_signature(&parsed, rules, &key).map_err(invalid)?;
+        token::check_claims(&parsed.claims, rules, unix_now()).map_err(invalid)?;
+        let c = parsed.claims;
+        let kind = policy::classify(&c);
+        let mfa = policy::has_mfa(&c, &self.mfa);
+        let app_id = c.appid.or(c.azp);
+        let mut v = Verified {
+            issuer: index,
+            epoch,
+            exp: c.exp.unwrap_or(0),
+            leeway: rules.leeway_secs,
+            kind,
+            mfa,
+            roles: c.roles,
+            scopes: c.scp.unwrap_or_default(),
+            tid: c.tid,
+            oid: c.oid,
+            app_id,
+            upn: c.upn,
+            headers: Vec::new(),
+        };
+        v.headers = self.identity_headers(&v);
+        Ok(v)
+    }
+
+    fn identity_headers(&self, v: &Verified) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(6);
+        let mut add = |suffix: &str, value: Option<&str>| {
+            let name = HeaderName::from_bytes(format!("{}{suffix}", self.header_prefix).as_bytes());
+            // A claim that is not a valid header value (control bytes) is left out, not mangled.
+            if let (Ok(name), Some(Ok(value))) = (name, value.map(HeaderValue::from_str)) {
+                out.push((name, value));
+            }
+        };
+        add("token-kind", Some(v.kind.as_str()));
+        add("mfa", Some(if v.mfa { "true" } else { "false" }));
+        add("tenant-id", v.tid.as_deref());
+        add("object-id", v.oid.as_deref());
+        add("app-id", v.app_id.as_deref());
+        add("upn", v.upn.as_deref());
+        out
+    }
+
+    /// Applies the route's requirement to a verified token.
+    pub fn authorize(&self, route: &Route, v: &Verified) -> Result<(), AuthRefusal> {
+        policy::decide(route, &v.caller()).map_err(AuthRefusal::Denied)
+    }
+
+    pub fn header_prefix(&self) -> &str {
+        &self.header_prefix
+    }
+}

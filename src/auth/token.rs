@@ -1,0 +1,545 @@
+//! Pure token checks: bearer extraction, header rules, signature, and the registered claims.
+//! No I/O here: the caller supplies the keys and the clock.
+
+use base64::Engine;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Deserializer};
+
+use super::keys::Key;
+
+/// Why a token is not valid. Each variant is a bounded metric label and a short description
+/// that is safe to send back (it never repeats any part of the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Invalid {
+    MultipleAuthorization,
+    TooLarge,
+    Malformed,
+    BadBase64,
+    BadJson,
+    AlgNotAllowed,
+    AlgKeyMismatch,
+    CritHeader,
+    KidRequired,
+    UnknownKid,
+    UnknownIssuer,
+    BadTenantId,
+    BadSignature,
+    MissingExp,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    WrongAudience,
+    TenantNotAllowed,
+}
+
+impl Invalid {
+    pub const ALL: [Invalid; 19] = [
+        Invalid::MultipleAuthorization,
+        Invalid::TooLarge,
+        Invalid::Malformed,
+        Invalid::BadBase64,
+        Invalid::BadJson,
+        Invalid::AlgNotAllowed,
+        Invalid::AlgKeyMismatch,
+        Invalid::CritHeader,
+        Invalid::KidRequired,
+        Invalid::UnknownKid,
+        Invalid::UnknownIssuer,
+        Invalid::BadTenantId,
+        Invalid::BadSignature,
+        Invalid::MissingExp,
+        Invalid::Expired,
+        Invalid::NotYetValid,
+        Invalid::IssuedInFuture,
+        Invalid::WrongAudience,
+        Invalid::TenantNotAllowed,
+    ];
+
+    /// Metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Invalid::MultipleAuthorization => "multiple_authorization",
+            Invalid::TooLarge => "too_large",
+            Invalid::Malformed => "malformed",
+            Invalid::BadBase64 => "bad_base64",
+            Invalid::BadJson => "bad_json",
+            Invalid::AlgNotAllowed => "alg_not_allowed",
+            Invalid::AlgKeyMismatch => "alg_key_mismatch",
+            Invalid::CritHeader => "crit_header",
+            Invalid::KidRequired => "kid_required",
+            Invalid::UnknownKid => "unknown_kid",
+            Invalid::UnknownIssuer => "unknown_issuer",
+            Invalid::BadTenantId => "bad_tenant_id",
+            Invalid::BadSignature => "bad_signature",
+            Invalid::MissingExp => "missing_exp",
+            Invalid::Expired => "expired",
+            Invalid::NotYetValid => "not_yet_valid",
+            Invalid::IssuedInFuture => "issued_in_future",
+            Invalid::WrongAudience => "wrong_audience",
+            Invalid::TenantNotAllowed => "tenant_not_allowed",
+        }
+    }
+
+    /// `error_description`: short, fixed text.
+    pub fn description(self) -> &'static str {
+        match self {
+            Invalid::MultipleAuthorization => "more than one Authorization header",
+            Invalid::TooLarge => "token too large",
+            Invalid::Malformed => "token is not three base64url segments",
+            Invalid::BadBase64 => "token segment is not base64url",
+            Invalid::BadJson => "token header or payload is not the expected JSON",
+            Invalid::AlgNotAllowed => "signing algorithm not allowed",
+            Invalid::AlgKeyMismatch => "signing algorithm does not match the key",
+            Invalid::CritHeader => "critical header extensions are not supported",
+            Invalid::KidRequired => "token has no kid and the issuer has several keys",
+            Invalid::UnknownKid => "signing key not found",
+            Invalid::UnknownIssuer => "issuer not trusted",
+            Invalid::BadTenantId => "tid is missing or not a GUID",
+            Invalid::BadSignature => "signature verification failed",
+            Invalid::MissingExp => "token has no exp",
+            Invalid::Expired => "token expired",
+            Invalid::NotYetValid => "token not yet valid",
+            Invalid::IssuedInFuture => "token issued in the future",
+            Invalid::WrongAudience => "audience not accepted",
+            Invalid::TenantNotAllowed => "tenant not allowed",
+        }
+    }
+}
+
+/// The bearer token of a request: `Ok(None)` when there is none (or another scheme).
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Invalid> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Invalid::MultipleAuthorization);
+    }
+    let bytes = value.as_bytes();
+    // RFC 7235: the scheme is case-insensitive; RFC 6750: one space, then the token.
+    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Ok(None);
+    }
+    let token = std::str::from_utf8(&bytes[7..])
+        .map_err(|_| Invalid::Malformed)?
+        .trim();
+    if token.is_empty() {
+        return Err(Invalid::Malformed);
+    }
+    Ok(Some(token))
+}
+
+/// Issuer to match: exact, or a multi-tenant template holding `{tenantid}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerPattern {
+    Exact(String),
+    Template { prefix: String, suffix: String },
+}
+
+impl IssuerPattern {
+    pub fn new(s: &str) -> Self {
+        match s.split_once("{tenantid}") {
+            Some((prefix, suffix)) => IssuerPattern::Template {
+                prefix: prefix.into(),
+                suffix: suffix.into(),
+            },
+            None => IssuerPattern::Exact(s.into()),
+        }
+    }
+
+    /// Whether `iss` could be this issuer's, before `tid` is looked at.
+    pub fn could_match(&self, iss: &str) -> bool {
+        match self {
+            IssuerPattern::Exact(e) => e == iss,
+            IssuerPattern::Template { prefix, suffix } => {
+                iss.len() > prefix.len() + suffix.len()
+                    && iss.starts_with(prefix.as_str())
+                    && iss.ends_with(suffix.as_str())
+            }
+        }
+    }
+
+    /// Exact match after substituting the token's `tid`, which must be a GUID.
+    pub fn matches(&self, iss: &str, tid: Option<&str>) -> Result<(), Invalid> {
+        match self {
+            IssuerPattern::Exact(e) if e == iss => Ok(()),
+            IssuerPattern::Exact(_) => Err(Invalid::UnknownIssuer),
+            IssuerPattern::Template { prefix, suffix } => {
+                let tid = tid.filter(|t| is_guid(t)).ok_or(Invalid::BadTenantId)?;
+                let ok = iss.len() == prefix.len() + tid.len() + suffix.len()
+                    && iss.starts_with(prefix.as_str())
+                    && iss.ends_with(suffix.as_str())
+                    && &iss[prefix.len()..prefix.len() + tid.len()] == tid;
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Invalid::UnknownIssuer)
+                }
+            }
+        }
+    }
+}
+
+/// 8-4-4-4-12 hex digits.
+pub fn is_guid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// What one issuer demands of its tokens.
+#[derive(Debug, Clone)]
+pub struct IssuerRules {
+    pub issuer: IssuerPattern,
+    pub audiences: Vec<String>,
+    /// Allowed `tid` values, lowercase; empty means any.
+    pub tenants: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway_secs: i64,
+    pub max_token_bytes: usize,
+}
+
+/// The claims the gateway reads. Everything else in the payload is ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Claims {
+    pub iss: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    pub exp: Option<i64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    pub nbf: Option<i64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    pub iat: Option<i64>,
+    pub tid: Option<String>,
+    pub oid: Option<String>,
+    pub sub: Option<String>,
+    pub idtyp: Option<String>,
+    pub scp: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub amr: Option<Vec<String>>,
+    #[serde(default)]
+    pub acrs: Vec<String>,
+    pub appid: Option<String>,
+    pub azp: Option<String>,
+    pub upn: Option<String>,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// RFC 7519 NumericDate: seconds, possibly fractional; truncated to whole seconds.
+fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = Option::<f64>::deserialize(d)?;
+    match v {
+        Some(f) if f.is_finite() && f.abs() < 1e15 => Ok(Some(f as i64)),
+        Some(_) => Err(serde::de::Error::custom("NumericDate out of range")),
+        None => Ok(None),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    // Present at all means the token asks us to understand extensions we do not: refuse.
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+/// A token split and decoded, not yet verified.
+#[derive(Debug)]
+pub struct Parsed<'t> {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub claims: Claims,
+    pub signing_input: &'t str,
+    pub signature: &'t str,
+}
+
+fn b64(s: &str) -> Result<Vec<u8>, Invalid> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| Invalid::BadBase64)
+}
+
+/// Splits and decodes a compact JWS. `jku`, `x5u` and `jwk` headers are never read: keys come
+/// only from the configured key sets.
+pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Invalid> {
+    if token.len() > max_bytes {
+        return Err(Invalid::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Invalid::Malformed);
+    };
+    if h.is_empty() || p.is_empty() || s.is_empty() {
+        return Err(Invalid::Malformed);
+    }
+    let header: RawHeader = serde_json::from_slice(&b64(h)?).map_err(|_| Invalid::BadJson)?;
+    if header.crit.is_some() {
+        return Err(Invalid::CritHeader);
+    }
+    // `none` and unknown names fail to parse; HS* parse but no key type accepts them.
+    let alg = header
+        .alg
+        .as_deref()
+        .and_then(|a| a.parse::<Algorithm>().ok())
+        .ok_or(Invalid::AlgNotAllowed)?;
+    let claims: Claims = serde_json::from_slice(&b64(p)?).map_err(|_| Invalid::BadJson)?;
+    // Validate the signature's encoding now so a bad one is reported as such.
+    if s.len() > 1400 || b64(s).is_err() {
+        return Err(Invalid::BadBase64);
+    }
+    Ok(Parsed {
+        alg,
+        kid: header.kid,
+        claims,
+        signing_input: &token[..h.len() + 1 + p.len()],
+        signature: s,
+    })
+}
+
+/// Checks the algorithm against the issuer's allowlist and the key, then the signature.
+pub fn verify_signature(
+    parsed: &Parsed<'_>,
+    rules: &IssuerRules,
+    key: &Key,
+) -> Result<(), Invalid> {
+    if !rules.algorithms.contains(&parsed.alg) {
+        return Err(Invalid::AlgNotAllowed);
+    }
+    if !key.kind.accepts(parsed.alg) || key.alg.is_some_and(|a| a != parsed.alg) {
+        return Err(Invalid::AlgKeyMismatch);
+    }
+    match jsonwebtoken::crypto::verify(
+        parsed.signature,
+        parsed.signing_input.as_bytes(),
+        &key.decoding,
+        parsed.alg,
+    ) {
+        Ok(true) => Ok(()),
+        _ => Err(Invalid::BadSignature),
+    }
+}
+
+/// Registered claims, after the signature: time window, issuer, audience, tenant.
+pub fn check_claims(claims: &Claims, rules: &IssuerRules, now: i64) -> Result<(), Invalid> {
+    let exp = claims.exp.ok_or(Invalid::MissingExp)?;
+    if now > exp.saturating_add(rules.leeway_secs) {
+        return Err(Invalid::Expired);
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(rules.leeway_secs))
+    {
+        return Err(Invalid::NotYetValid);
+    }
+    if claims
+        .iat
+        .is_some_and(|iat| iat > now.saturating_add(rules.leeway_secs))
+    {
+        return Err(Invalid::IssuedInFuture);
+    }
+    let iss = claims.iss.as_deref().ok_or(Invalid::UnknownIssuer)?;
+    rules.issuer.matches(iss, claims.tid.as_deref())?;
+    if !claims
+        .aud
+        .iter()
+        .any(|a| rules.audiences.iter().any(|r| r == a))
+    {
+        return Err(Invalid::WrongAudience);
+    }
+    if !rules.tenants.is_empty() {
+        let tid = claims
+            .tid
+            .as_deref()
+            .filter(|t| is_guid(t))
+            .ok_or(Invalid::BadTenantId)?;
+        if !rules.tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)) {
+            return Err(Invalid::TenantNotAllowed);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const TID: &str = "aaaabbbb-0000-cccc-1111-dddd2222eeee";
+
+    fn rules() -> IssuerRules {
+        IssuerRules {
+            issuer: IssuerPattern::new("https://sts.windows.net/{tenantid}/"),
+            audiences: vec!["https://api.partnercenter.microsoft.com".into()],
+            tenants: vec![],
+            algorithms: vec![Algorithm::RS256],
+            leeway_secs: 60,
+            max_token_bytes: 16 * 1024,
+        }
+    }
+
+    fn claims(now: i64) -> Claims {
+        Claims {
+            iss: Some(format!("https://sts.windows.net/{TID}/")),
+            aud: vec!["https://api.partnercenter.microsoft.com".into()],
+            exp: Some(now + 3600),
+            nbf: Some(now - 10),
+            iat: Some(now - 10),
+            tid: Some(TID.into()),
+            ..Claims::default()
+        }
+    }
+
+    fn enc(v: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), Ok(None));
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjpwYXNz"),
+        );
+        assert_eq!(bearer(&h), Ok(None));
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("bearer abc.def.ghi"),
+        );
+        assert_eq!(bearer(&h), Ok(Some("abc.def.ghi")));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), Err(Invalid::Malformed));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer x.y.z"));
+        assert_eq!(bearer(&h), Err(Invalid::MultipleAuthorization));
+    }
+
+    #[test]
+    fn issuer_templates_need_a_guid_tid_that_matches() {
+        let p = IssuerPattern::new("https://sts.windows.net/{tenantid}/");
+        let iss = format!("https://sts.windows.net/{TID}/");
+        assert!(p.could_match(&iss));
+        assert_eq!(p.matches(&iss, Some(TID)), Ok(()));
+        assert_eq!(
+            p.matches(&iss, Some("not-a-guid")),
+            Err(Invalid::BadTenantId)
+        );
+        assert_eq!(p.matches(&iss, None), Err(Invalid::BadTenantId));
+        let other = "11111111-2222-3333-4444-555555555555";
+        assert_eq!(p.matches(&iss, Some(other)), Err(Invalid::UnknownIssuer));
+        assert!(!p.could_match("https://evil.example/"));
+        assert!(is_guid(TID) && !is_guid("aaaabbbb-0000-cccc-1111-dddd2222eeeg"));
+    }
+
+    #[test]
+    fn parse_rejects_bad_shapes() {
+        let h = enc(&serde_json::json!({"alg": "RS256", "kid": "k"}));
+        let p = enc(&serde_json::json!({"exp": 1}));
+        assert_eq!(parse("a.b", 100).unwrap_err(), Invalid::Malformed);
+        assert_eq!(parse("a.b.c.d", 100).unwrap_err(), Invalid::Malformed);
+        assert_eq!(
+            parse(&format!("{h}.{p}."), 1000).unwrap_err(),
+            Invalid::Malformed
+        );
+        assert_eq!(
+            parse(&format!("{h}.{p}.sig"), 10).unwrap_err(),
+            Invalid::TooLarge
+        );
+        assert_eq!(
+            parse(&format!("{h}.!!!.sig"), 1000).unwrap_err(),
+            Invalid::BadBase64
+        );
+        assert_eq!(
+            parse(&format!("{h}.{}.sig", enc(&serde_json::json!([1]))), 1000).unwrap_err(),
+            Invalid::BadJson
+        );
+        let none = enc(&serde_json::json!({"alg": "none"}));
+        assert_eq!(
+            parse(&format!("{none}.{p}.sig"), 1000).unwrap_err(),
+            Invalid::AlgNotAllowed
+        );
+        let crit = enc(&serde_json::json!({"alg": "RS256", "crit": ["exp"]}));
+        assert_eq!(
+            parse(&format!("{crit}.{p}.sig"), 1000).unwrap_err(),
+            Invalid::CritHeader
+        );
+        let good = format!("{h}.{p}.sig");
+        let ok = parse(&good, 1000).unwrap();
+        assert_eq!(
+            (ok.alg, ok.kid.as_deref(), ok.signature),
+            (Algorithm::RS256, Some("k"), "sig")
+        );
+        assert_eq!(ok.signing_input, format!("{h}.{p}"));
+    }
+
+    #[test]
+    fn claim_checks() {
+        let now = 1_700_000_000;
+        let r = rules();
+        assert_eq!(check_claims(&claims(now), &r, now), Ok(()));
+        let with = |f: &dyn Fn(&mut Claims)| {
+            let mut c = claims(now);
+            f(&mut c);
+            check_claims(&c, &r, now)
+        };
+        assert_eq!(with(&|c| c.exp = None), Err(Invalid::MissingExp));
+        assert_eq!(with(&|c| c.exp = Some(now - 61)), Err(Invalid::Expired));
+        assert_eq!(with(&|c| c.exp = Some(now - 59)), Ok(()), "inside leeway");
+        assert_eq!(with(&|c| c.nbf = Some(now + 61)), Err(Invalid::NotYetValid));
+        assert_eq!(
+            with(&|c| c.iat = Some(now + 61)),
+            Err(Invalid::IssuedInFuture)
+        );
+        assert_eq!(
+            with(&|c| c.aud = vec!["other".into()]),
+            Err(Invalid::WrongAudience)
+        );
+        assert_eq!(
+            with(&|c| c.iss = Some("https://sts.windows.net/x/".into())),
+            Err(Invalid::UnknownIssuer)
+        );
+        assert_eq!(
+            with(&|c| c.tid = Some("11111111-2222-3333-4444-555555555555".into())),
+            Err(Invalid::UnknownIssuer)
+        );
+        let mut only = rules();
+        only.tenants = vec!["11111111-2222-3333-4444-555555555555".into()];
+        assert_eq!(
+            check_claims(&claims(now), &only, now),
+            Err(Invalid::TenantNotAllowed)
+        );
+    }
+
+    #[test]
+    fn numeric_dates_accept_floats_and_aud_accepts_one_or_many() {
+        let c: Claims = serde_json::from_str(r#"{"exp": 1.5e9, "aud": "a"}"#).unwrap();
+        assert_eq!((c.exp, c.aud), (Some(1_500_000_000), vec!["a".to_string()]));
+        let c: Claims = serde_json::from_str(r#"{"aud": ["a", "b"]}"#).unwrap();
+        assert_eq!(c.aud.len(), 2);
+        assert!(serde_json::from_str::<Claims>(r#"{"exp": "soon"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Claims>(r#"{"exp": 1, "exp": 2}"#).is_err(),
+            "duplicate claims refused"
+        );
+    }
+}

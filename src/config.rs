@@ -1,0 +1,565 @@
+//! Configuration: one TOML file, parsed into raw serde structs (unknown keys rejected), then
+//! validated into typed structs before any socket is bound. Every error names the file, the key
+//! and the problem, so a bad deploy fails at start-up with one readable line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+use serde::Deserialize;
+
+use crate::routes::Requirement;
+
+/// A configuration problem: where, which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------------------------
+// Typed configuration: what the rest of the gateway sees.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+    pub auth: crate::auth::AuthConfig,
+    pub routes: Vec<RouteConfig>,
+    pub default_require: Requirement,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream to send response headers.
+    pub timeout: Duration,
+    /// Replaces the client's `Host` when set.
+    pub host: Option<HeaderValue>,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub filter: String,
+    /// One `mfa_gateway::access` event per request.
+    pub access: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: String,
+    /// Empty means every method.
+    pub methods: Vec<http::Method>,
+    pub require: Requirement,
+    pub roles_any: Vec<String>,
+    pub scopes_any: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw serde structs: the file's shape, nothing more.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
+    upstream: Option<RawUpstream>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    mfa: crate::auth::RawMfa,
+    #[serde(default)]
+    identity: crate::auth::RawIdentity,
+    #[serde(default)]
+    challenge: crate::auth::RawChallenge,
+    #[serde(default)]
+    cache: crate::auth::RawCache,
+    #[serde(default, rename = "issuer")]
+    issuers: Vec<crate::auth::RawIssuer>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default)]
+    workers: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "default_max_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default = "default_shutdown_grace")]
+    shutdown_grace: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            workers: 0,
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_read_timeout() -> String {
+    "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_shutdown_grace() -> String {
+    "30s".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: String,
+    #[serde(default = "default_upstream_timeout")]
+    timeout: String,
+    host: Option<String>,
+    #[serde(default = "default_pool_idle_timeout")]
+    pool_idle_timeout: String,
+    #[serde(default = "default_pool_max_idle")]
+    pool_max_idle_per_host: usize,
+}
+
+fn default_connect_timeout() -> String {
+    "2s".into()
+}
+fn default_upstream_timeout() -> String {
+    "30s".into()
+}
+fn default_pool_idle_timeout() -> String {
+    "90s".into()
+}
+fn default_pool_max_idle() -> usize {
+    256
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+    #[serde(default = "default_log_filter")]
+    filter: String,
+    #[serde(default = "default_true")]
+    access: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            filter: default_log_filter(),
+            access: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Pretty
+}
+fn default_log_filter() -> String {
+    "info".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    require: Option<Requirement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    path: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    require: Requirement,
+    #[serde(default)]
+    roles_any: Vec<String>,
+    #[serde(default)]
+    scopes_any: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation.
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file, path.parent())
+    }
+
+    /// Parses and validates config text. `file` names it in errors; `base` resolves relative
+    /// paths (key files) against the config's own folder.
+    pub fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        let mut v = Validator {
+            file,
+            base: base.map(Path::to_path_buf),
+        };
+        v.config(raw)
+    }
+}
+
+/// Turns a TOML/serde error into "file:line:col: [table] message".
+fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let mut key = String::new();
+    if let Some(span) = e.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        // Name the table the error sits in: the nearest header above it.
+        let table = before
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .unwrap_or("top level");
+        key = format!("line {line}, column {col}, in {table}");
+    }
+    ConfigError {
+        file: file.to_string(),
+        key,
+        problem: e.message().trim().to_string(),
+    }
+}
+
+pub(crate) struct Validator<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) base: Option<PathBuf>,
+}
+
+impl Validator<'_> {
+    pub(crate) fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    pub(crate) fn duration(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            self.err(
+                key,
+                format!("bad duration {s:?} ({e}); write e.g. \"500ms\", \"2s\", \"5m\""),
+            )
+        })
+    }
+
+    fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("bad socket address {s:?}; write e.g. \"127.0.0.1:8080\""),
+            )
+        })
+    }
+
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
+        match &self.base {
+            Some(base) if Path::new(p).is_relative() => base.join(p),
+            _ => PathBuf::from(p),
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = self.server(raw.server)?;
+        let admin = AdminConfig {
+            listen: self.addr("admin.listen", &raw.admin.listen)?,
+        };
+        let upstream = match raw.upstream {
+            Some(u) => self.upstream(u)?,
+            None => {
+                return Err(self.err(
+                    "upstream",
+                    "missing table [upstream] (with url = \"http://...\")",
+                ))
+            }
+        };
+        let log = LogConfig {
+            format: raw.log.format,
+            filter: raw.log.filter,
+            access: raw.log.access,
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.filter) {
+            return Err(self.err("log.filter", format!("bad filter {:?}: {e}", log.filter)));
+        }
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            routes.push(self.route(i, r, &routes)?);
+        }
+        // Build the table once here so a conflicting template fails `check`, not start-up.
+        crate::routes::RouteTable::new(&routes, Requirement::AppUserMfa)
+            .map_err(|(i, e)| self.err(format!("route[{i}].path"), e))?;
+        let auth = crate::auth::AuthConfig::validate(
+            self,
+            raw.issuers,
+            raw.mfa,
+            raw.identity,
+            raw.challenge,
+            raw.cache,
+        )?;
+        let default_require = raw.defaults.require.unwrap_or(Requirement::AppUserMfa);
+        let needs_tokens = default_require != Requirement::Public
+            || routes.iter().any(|r| r.require != Requirement::Public);
+        if needs_tokens && auth.issuers.is_empty() {
+            return Err(self.err(
+                "issuer",
+                "routes require tokens but no [[issuer]] is configured; add one, or mark every route and [defaults].require as \"public\"",
+            ));
+        }
+        Ok(Config {
+            server,
+            admin,
+            upstream,
+            log,
+            auth,
+            routes,
+            default_require,
+        })
+    }
+
+    fn server(&self, s: RawServer) -> Result<ServerConfig, ConfigError> {
+        if s.max_connections == 0 {
+            return Err(self.err("server.max_connections", "must be at least 1"));
+        }
+        // hyper's HTTP/1 read buffer has a floor of 8 KiB; below it the setting would be ignored.
+        if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
+            return Err(self.err(
+                "server.max_header_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        if s.workers > 1024 {
+            return Err(self.err("server.workers", "must be at most 1024 (0 = one per core)"));
+        }
+        Ok(ServerConfig {
+            listen: self.addr("server.listen", &s.listen)?,
+            workers: s.workers,
+            max_connections: s.max_connections,
+            header_read_timeout: self
+                .nonzero("server.header_read_timeout", &s.header_read_timeout)?,
+            idle_timeout: self.nonzero("server.idle_timeout", &s.idle_timeout)?,
+            max_header_bytes: s.max_header_bytes,
+            shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
+        })
+    }
+
+    pub(crate) fn nonzero(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
+        let d = self.duration(key, s)?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    /// Checks a URL's syntax and scheme; returns the parsed URI.
+    pub(crate) fn url(&self, key: &str, s: &str) -> Result<http::Uri, ConfigError> {
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| self.err(key, format!("bad URL {s:?}: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(self.err(key, format!("bad URL {s:?}: scheme must be http or https"))),
+        }
+        if uri.authority().is_none() {
+            return Err(self.err(key, format!("bad URL {s:?}: no host")));
+        }
+        Ok(uri)
+    }
+
+    fn upstream(&self, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let uri = self.url("upstream.url", &u.url)?;
+        if uri.scheme_str() == Some("https") {
+            return Err(self.err(
+                "upstream.url",
+                "https upstreams are not supported yet; use http:// (sidecar on loopback)",
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(self.err(
+                "upstream.url",
+                format!(
+                    "bad URL {:?}: a path prefix is not supported; give scheme://host:port only",
+                    u.url
+                ),
+            ));
+        }
+        let host = match u.host {
+            Some(h) => Some(HeaderValue::from_str(&h).map_err(|_| {
+                self.err("upstream.host", format!("{h:?} is not a valid Host value"))
+            })?),
+            None => None,
+        };
+        Ok(UpstreamConfig {
+            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: uri.authority().cloned().expect("checked above"),
+            connect_timeout: self.nonzero("upstream.connect_timeout", &u.connect_timeout)?,
+            timeout: self.nonzero("upstream.timeout", &u.timeout)?,
+            host,
+            pool_idle_timeout: self.duration("upstream.pool_idle_timeout", &u.pool_idle_timeout)?,
+            pool_max_idle_per_host: u.pool_max_idle_per_host,
+        })
+    }
+
+    fn route(
+        &self,
+        i: usize,
+        r: RawRoute,
+        seen: &[RouteConfig],
+    ) -> Result<RouteConfig, ConfigError> {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let name_ok = !r.name.is_empty()
+            && r.name.len() <= 64
+            && r.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(self.err(
+                key("name"),
+                format!(
+                    "{:?}: use 1-64 letters, digits, '_' or '-' (it becomes a metric label)",
+                    r.name
+                ),
+            ));
+        }
+        if seen.iter().any(|s| s.name == r.name) {
+            return Err(self.err(key("name"), format!("duplicate route name {:?}", r.name)));
+        }
+        if !r.path.starts_with('/') {
+            return Err(self.err(key("path"), format!("{:?} must start with '/'", r.path)));
+        }
+        let mut methods = Vec::with_capacity(r.methods.len());
+        for m in &r.methods {
+            let method = http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| self.err(key("methods"), format!("{m:?} is not an HTTP method")))?;
+            methods.push(method);
+        }
+        if r.require == Requirement::Public && !(r.roles_any.is_empty() && r.scopes_any.is_empty())
+        {
+            return Err(self.err(
+                key("require"),
+                "a public route looks at no token, so roles_any/scopes_any cannot apply",
+            ));
+        }
+        Ok(RouteConfig {
+            name: r.name,
+            path: r.path,
+            methods,
+            require: r.require,
+            roles_any: r.roles_any,
+            scopes_any: r.scopes_any,
+        })
+    }
+}

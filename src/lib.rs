@@ -1,0 +1,83 @@
+//! mfa-gateway: a reverse proxy that verifies bearer tokens and enforces MFA per route.
+//!
+//! A request goes listener -> stack -> auth -> proxy; open the files in that order.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod refusal;
+pub mod routes;
+pub mod stack;
+
+use config::{Config, LogConfig, LogFormat};
+
+/// Installs the global tracing subscriber. `RUST_LOG`, when set, overrides `log.filter`.
+pub fn init_logging(log: &LogConfig) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&log.filter));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Builds the runtime, serves until SIGTERM or SIGINT, drains, and returns the exit code.
+pub fn run(config: Config) -> i32 {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        rt.worker_threads(config.server.workers);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mfa-gateway: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let running = match app::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "start-up failed");
+                eprintln!("mfa-gateway: {e}");
+                return 1;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        running.shutdown().await;
+        0
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,255 @@
+//! One struct of metric handles, registered once. Label values come from fixed sets only (route
+//! names from the config, decision and token-kind enums), and the hot-path counters are resolved
+//! to plain handles at start-up so a request never hashes a label set.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::auth::policy::TokenKind;
+use crate::auth::token::Invalid;
+
+/// What became of a request; the `decision` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Allowed,
+    MfaRequired,
+    MissingToken,
+    InvalidToken,
+    Forbidden,
+    KeysUnavailable,
+    UpstreamError,
+    BadRequest,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 8] = [
+        Decision::Allowed,
+        Decision::MfaRequired,
+        Decision::MissingToken,
+        Decision::InvalidToken,
+        Decision::Forbidden,
+        Decision::KeysUnavailable,
+        Decision::UpstreamError,
+        Decision::BadRequest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::MfaRequired => "mfa_required",
+            Decision::MissingToken => "missing_token",
+            Decision::InvalidToken => "invalid_token",
+            Decision::Forbidden => "forbidden",
+            Decision::KeysUnavailable => "keys_unavailable",
+            Decision::UpstreamError => "upstream_error",
+            Decision::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// `token_kind` label: `None` when no token was verified.
+pub fn kind_label(kind: Option<TokenKind>) -> &'static str {
+    kind.map_or("none", TokenKind::as_str)
+}
+
+const KINDS: [Option<TokenKind>; 3] = [Some(TokenKind::AppUser), Some(TokenKind::AppOnly), None];
+
+/// Upstream failure kinds; the `kind` label of `upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "tls", "protocol"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: Vec<IntCounter>,
+    invalid: Vec<IntCounter>,
+    route_count: usize,
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    upstream_errors: Vec<IntCounter>,
+    pub connections_open: IntGauge,
+    pub requests_in_flight: IntGauge,
+    pub key_fetches: IntCounterVec,
+    pub key_refetches: IntCounterVec,
+    pub keys_held: IntGaugeVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+}
+
+/// Buckets from 25 µs to 10 s: resolves the gateway's own microseconds and slow upstreams alike.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+impl Metrics {
+    pub fn new<'a>(route_names: impl Iterator<Item = &'a str>, issuer_names: &[String]) -> Self {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique")
+        };
+
+        let requests_vec = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_requests_total",
+                "Requests by route name, decision and token kind.",
+            ),
+            &["route", "decision", "token_kind"],
+        )
+        .unwrap();
+        reg(Box::new(requests_vec.clone()));
+        let routes: Vec<&str> = route_names.collect();
+        let mut requests = Vec::with_capacity(routes.len() * Decision::ALL.len() * KINDS.len());
+        for r in &routes {
+            for d in Decision::ALL {
+                for k in KINDS {
+                    requests.push(requests_vec.with_label_values(&[*r, d.as_str(), kind_label(k)]));
+                }
+            }
+        }
+
+        let invalid_vec = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_invalid_tokens_total",
+                "Tokens refused as invalid, by reason.",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        reg(Box::new(invalid_vec.clone()));
+        let invalid = Invalid::ALL
+            .iter()
+            .map(|i| invalid_vec.with_label_values(&[i.reason()]))
+            .collect();
+
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "mfa_gateway_request_duration_seconds",
+                "Whole request time, to response headers.",
+            )
+            .buckets(latency_buckets()),
+        )
+        .unwrap();
+        reg(Box::new(request_duration.clone()));
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "mfa_gateway_upstream_duration_seconds",
+                "Upstream time to response headers.",
+            )
+            .buckets(latency_buckets()),
+        )
+        .unwrap();
+        reg(Box::new(upstream_duration.clone()));
+
+        let upstream_vec = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_upstream_errors_total",
+                "Requests the upstream failed, by kind.",
+            ),
+            &["kind"],
+        )
+        .unwrap();
+        reg(Box::new(upstream_vec.clone()));
+        let upstream_errors = UPSTREAM_ERROR_KINDS
+            .iter()
+            .map(|k| upstream_vec.with_label_values(&[k]))
+            .collect();
+
+        let connections_open =
+            IntGauge::new("mfa_gateway_connections_open", "Client connections open.").unwrap();
+        reg(Box::new(connections_open.clone()));
+        let requests_in_flight =
+            IntGauge::new("mfa_gateway_requests_in_flight", "Requests being handled.").unwrap();
+        reg(Box::new(requests_in_flight.clone()));
+
+        let key_fetches = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_key_fetches_total",
+                "Key set fetches by issuer and result.",
+            ),
+            &["issuer", "result"],
+        )
+        .unwrap();
+        reg(Box::new(key_fetches.clone()));
+        let key_refetches = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_key_refetches_total",
+                "Key set fetches triggered by an unknown kid.",
+            ),
+            &["issuer"],
+        )
+        .unwrap();
+        reg(Box::new(key_refetches.clone()));
+        let keys_held = IntGaugeVec::new(
+            Opts::new("mfa_gateway_keys_held", "Signing keys held, by issuer."),
+            &["issuer"],
+        )
+        .unwrap();
+        reg(Box::new(keys_held.clone()));
+        for i in issuer_names {
+            for result in ["ok", "error"] {
+                key_fetches.with_label_values(&[i, result]);
+            }
+            key_refetches.with_label_values(&[i]);
+            keys_held.with_label_values(&[i]);
+        }
+
+        let cache = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_token_cache_total",
+                "Verified-token cache lookups by result.",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        reg(Box::new(cache.clone()));
+
+        Metrics {
+            registry,
+            requests,
+            invalid,
+            route_count: routes.len(),
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            connections_open,
+            requests_in_flight,
+            key_fetches,
+            key_refetches,
+            keys_held,
+            cache_hits: cache.with_label_values(&["hit"]),
+            cache_misses: cache.with_label_values(&["miss"]),
+        }
+    }
+
+    pub fn request(&self, route: usize, decision: Decision, kind: Option<TokenKind>) {
+        debug_assert!(route < self.route_count);
+        let d = Decision::ALL
+            .iter()
+            .position(|x| *x == decision)
+            .unwrap_or(0);
+        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2);
+        self.requests[(route * Decision::ALL.len() + d) * KINDS.len() + k].inc();
+    }
+
+    pub fn invalid_token(&self, why: Invalid) {
+        if let Some(i) = Invalid::ALL.iter().position(|x| *x == why) {
+            self.invalid[i].inc();
+        }
+    }
+
+    pub fn upstream_error(&self, kind: &str) {
+        if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.upstream_errors[i].inc();
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

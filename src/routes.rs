@@ -1,0 +1,268 @@
+//! Method + path -> route (name and auth requirement), by matchit templates.
+//!
+//! Matching rule: the most specific template wins (static segments beat `{param}`, which beats
+//! `{*catch_all}`); among routes that share one template, the first in the file whose `methods`
+//! admit the request wins. A request that matches nothing gets `[defaults].require` under the
+//! route name `unmatched`.
+
+use std::sync::Arc;
+
+use http::Method;
+use serde::Deserialize;
+
+use crate::config::RouteConfig;
+
+/// What a route demands of the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// No token is looked at (health, overview pages).
+    Public,
+    /// Any valid token; no MFA needed.
+    Token,
+    /// App+User tokens must carry MFA; app-only tokens pass (operations needing no GDAP role).
+    Mfa,
+    /// Only App+User tokens with MFA (GDAP operations); app-only tokens are refused.
+    AppUserMfa,
+}
+
+impl Requirement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Requirement::Public => "public",
+            Requirement::Token => "token",
+            Requirement::Mfa => "mfa",
+            Requirement::AppUserMfa => "app_user_mfa",
+        }
+    }
+}
+
+/// One resolved route: what the request path needs, and the name used in logs and metrics.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Index into the metric label set: routes in file order, then `unmatched`.
+    pub index: usize,
+    pub name: Arc<str>,
+    pub require: Requirement,
+    pub methods: Vec<Method>,
+    pub roles_any: Vec<String>,
+    pub scopes_any: Vec<String>,
+}
+
+pub const UNMATCHED: &str = "unmatched";
+
+pub struct RouteTable {
+    router: matchit::Router<Vec<usize>>,
+    routes: Vec<Route>,
+    unmatched: Route,
+}
+
+impl RouteTable {
+    /// Builds the table; on a template matchit refuses, returns the route's index and why.
+    pub fn new(configs: &[RouteConfig], default: Requirement) -> Result<Self, (usize, String)> {
+        let mut router = matchit::Router::new();
+        let mut templates: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut routes = Vec::with_capacity(configs.len());
+        for (i, c) in configs.iter().enumerate() {
+            routes.push(Route {
+                index: i,
+                name: c.name.as_str().into(),
+                require: c.require,
+                methods: c.methods.clone(),
+                roles_any: c.roles_any.clone(),
+                scopes_any: c.scopes_any.clone(),
+            });
+            match templates.iter_mut().find(|(p, _)| *p == c.path) {
+                Some((_, ids)) => ids.push(i),
+                None => templates.push((c.path.clone(), vec![i])),
+            }
+        }
+        for (path, ids) in templates {
+            let first = ids[0];
+            router
+                .insert(path, ids)
+                .map_err(|e| (first, e.to_string()))?;
+        }
+        let unmatched = Route {
+            index: configs.len(),
+            name: UNMATCHED.into(),
+            require: default,
+            methods: Vec::new(),
+            roles_any: Vec::new(),
+            scopes_any: Vec::new(),
+        };
+        Ok(Self {
+            router,
+            routes,
+            unmatched,
+        })
+    }
+
+    pub fn resolve(&self, method: &Method, path: &str) -> &Route {
+        if let Ok(m) = self.router.at(path) {
+            for &i in m.value {
+                let r = &self.routes[i];
+                if r.methods.is_empty() || r.methods.contains(method) {
+                    return r;
+                }
+            }
+        }
+        &self.unmatched
+    }
+
+    /// Route names in label order (file order, then `unmatched`).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.routes
+            .iter()
+            .chain(std::iter::once(&self.unmatched))
+            .map(|r| &*r.name)
+    }
+}
+
+/// True when a path is in the one spelling the route table and the upstream agree on.
+///
+/// Routes match the raw path, so `/v1/%63ustomers`, `/v1//customers` or `/v1/x/../customers`
+/// could reach a resource under a route that was not meant for it. Rather than guess how the
+/// upstream decodes, such paths are refused (fail closed).
+pub fn is_normal_path(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
+        return false;
+    }
+    for seg in path[1..].split('/') {
+        if seg == "." || seg == ".." {
+            return false;
+        }
+    }
+    if path.contains("//") {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let decoded = match (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                (Some(h), Some(l)) => (h * 16 + l) as u8,
+                _ => return false,
+            };
+            // An encoded unreserved character, slash, backslash or dot has a plain spelling
+            // (or is a traversal trick): refuse it.
+            if decoded.is_ascii_alphanumeric() || b"-._~/\\".contains(&decoded) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, path: &str, methods: &[&str], require: Requirement) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            path: path.into(),
+            methods: methods.iter().map(|m| m.parse().unwrap()).collect(),
+            require,
+            roles_any: vec![],
+            scopes_any: vec![],
+        }
+    }
+
+    #[test]
+    fn specific_template_wins_and_methods_fall_through_in_file_order() {
+        let t = RouteTable::new(
+            &[
+                route(
+                    "customers",
+                    "/v1/customers/{id}/{*rest}",
+                    &[],
+                    Requirement::AppUserMfa,
+                ),
+                route("orders", "/v1/customers/{id}/orders", &[], Requirement::Mfa),
+                route("offers-read", "/v1/offers", &["GET"], Requirement::Mfa),
+                route("offers-write", "/v1/offers", &[], Requirement::AppUserMfa),
+            ],
+            Requirement::Token,
+        )
+        .unwrap();
+        assert_eq!(
+            &*t.resolve(&Method::GET, "/v1/customers/c1/orders").name,
+            "orders"
+        );
+        assert_eq!(
+            &*t.resolve(&Method::GET, "/v1/customers/c1/users").name,
+            "customers"
+        );
+        assert_eq!(&*t.resolve(&Method::GET, "/v1/offers").name, "offers-read");
+        assert_eq!(
+            &*t.resolve(&Method::POST, "/v1/offers").name,
+            "offers-write"
+        );
+        let u = t.resolve(&Method::GET, "/nothing");
+        assert_eq!(
+            (&*u.name, u.require, u.index),
+            (UNMATCHED, Requirement::Token, 4)
+        );
+        assert_eq!(
+            t.names().collect::<Vec<_>>(),
+            [
+                "customers",
+                "orders",
+                "offers-read",
+                "offers-write",
+                UNMATCHED
+            ]
+        );
+    }
+
+    #[test]
+    fn conflicting_templates_name_the_route() {
+        let err = RouteTable::new(
+            &[
+                route("a", "/v1/{x}", &[], Requirement::Token),
+                route("b", "/v1/{y}", &[], Requirement::Token),
+            ],
+            Requirement::Token,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.0, 1);
+    }
+
+    #[test]
+    fn normal_paths() {
+        for p in [
+            "/",
+            "/v1/customers/abc",
+            "/v1/a%20b",
+            "/v1/%3A",
+            "/a.b/c..d",
+        ] {
+            assert!(is_normal_path(p), "{p}");
+        }
+        for p in [
+            "",
+            "v1",
+            "/v1/%63ustomers",
+            "/v1//x",
+            "/v1/./x",
+            "/v1/../x",
+            "/v1/..",
+            "/v1/%2e%2e/x",
+            "/v1/%2F",
+            "/v1/%5c",
+            "/v1/%zz",
+            "/v1/%4",
+        ] {
+            assert!(!is_normal_path(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The real binary: `check` exit codes and messages, and a graceful drain on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mfa-gateway");
+
+fn check(text: &str) -> (i32, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "mfa-gw-check-{}-{}",
+        std::process::id(),
+        text.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let msg =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap(), msg)
+}
+
+#[test]
+fn shipped_configs_pass_check() {
+    for file in [
+        "config/gateway.toml",
+        "config/partner-center.toml",
+        "config/bench.toml",
+    ] {
+        let out = Command::new(BIN)
+            .args(["check", "--config", file])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn bad_configs_exit_64_naming_the_key_and_problem() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[defaults]\nrequire = \"public\"\n";
+    let cases = [
+        (format!("{base}[server]\nlisten = \"0.0.0.0:1\"\nlisen = 1\n"), vec!["unknown field `lisen`", "[server]", "line 7"]),
+        (base.replace("http://127.0.0.1:1", "ftp://x"), vec!["upstream.url", "scheme must be http or https"]),
+        (base.replace("http://127.0.0.1:1", "not a url"), vec!["upstream.url", "bad URL"]),
+        (format!("{base}[server]\nidle_timeout = \"soon\"\n"), vec!["server.idle_timeout", "bad duration \"soon\""]),
+        (
+            format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"public\"\n[[route]]\nname = \"a\"\npath = \"/b\"\nrequire = \"public\"\n"),
+            vec!["route[1].name", "duplicate route name \"a\""],
+        ),
+        (format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"mfa\"\n"), vec!["issuer", "no [[issuer]]"]),
+        ("[server]\n".to_string(), vec!["upstream", "missing table [upstream]"]),
+        (
+            format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"sometimes\"\n"),
+            vec!["unknown variant `sometimes`"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let (code, msg) = check(&text);
+        assert_eq!(code, 64, "{text}\n{msg}");
+        assert!(msg.contains("gw.toml"), "names the file: {msg}");
+        for n in needles {
+            assert!(msg.contains(n), "{msg:?} lacks {n:?}");
+        }
+    }
+    let (code, _) = check(base);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn missing_file_exits_64() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/gw.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish() {
+    let arrived = Arc::new(AtomicBool::new(false));
+    let seen = arrived.clone();
+    let up = upstream(move |_req: Request<Incoming>| {
+        let seen = seen.clone();
+        async move {
+            seen.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Response::new(full("finished"))
+        }
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("mfa-gw-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    std::fs::write(
+        &file,
+        public_config(up, "").replace("access = false", "access = true"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("gateway printed nothing").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let pending = tokio::spawn(async move { get(addr, "/work", None).await });
+    while !arrived.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let (status, _, body) = pending.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("draining")), "{rest:?}");
+    // The access event never carries the Authorization header.
+    assert!(!rest
+        .iter()
+        .any(|l| l.to_lowercase().contains("authorization")));
+}

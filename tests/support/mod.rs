@@ -1,0 +1,239 @@
+//! Real servers on loopback port 0: upstreams, the key server, the gateway; and a real client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mfa_gateway::app::{self, Running};
+use mfa_gateway::config::Config;
+use mfa_gateway::demo::{DevIssuer, KeyServer};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type UpBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// Starts an upstream on 127.0.0.1:0 that answers with `handler`.
+pub async fn upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that answers JSON describing what it received (body drained and counted).
+pub async fn echo_upstream() -> SocketAddr {
+    upstream(|req: Request<Incoming>| async move {
+        let method = req.method().to_string();
+        let uri = req.uri().to_string();
+        let headers: serde_json::Map<String, Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<bin>"))))
+            .collect();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let doc = json!({"method": method, "uri": uri, "headers": headers,
+                         "body": String::from_utf8_lossy(&body)});
+        Response::new(full(doc.to_string()))
+    })
+    .await
+}
+
+/// A port with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// Config text with loopback ports and the given upstream; `extra` appends tables.
+pub fn config_text(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nshutdown_grace = \"5s\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"http://{upstream}\"\n\
+         [log]\naccess = false\n{extra}\n"
+    )
+}
+
+/// Gateway with no auth at all: every request is public.
+pub fn public_config(upstream: SocketAddr, extra: &str) -> String {
+    config_text(
+        upstream,
+        &format!("[defaults]\nrequire = \"public\"\n{extra}"),
+    )
+}
+
+pub async fn start(text: &str) -> Running {
+    let config = Config::parse(text, "test.toml", None).unwrap_or_else(|e| panic!("{e}"));
+    app::start(config).await.unwrap()
+}
+
+pub type TestClient = Client<HttpConnector, UpBody>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// GET with an optional bearer token; returns status, headers and body text.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (http::StatusCode, http::HeaderMap, String) {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(&client(), req.body(full("")).unwrap()).await
+}
+
+pub async fn send(
+    c: &TestClient,
+    req: Request<UpBody>,
+) -> (http::StatusCode, http::HeaderMap, String) {
+    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Writes raw bytes to the gateway and reads until the peer closes or `timeout` passes.
+pub async fn raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
+    out
+}
+
+/// An issuer with a key server on loopback, and a gateway trusting it.
+pub struct AuthHarness {
+    pub issuer: DevIssuer,
+    pub keys: Arc<KeyServer>,
+    pub gw: Running,
+    pub upstream: SocketAddr,
+}
+
+pub const TEMPLATE_ISSUER: &str = "https://sts.windows.net/{tenantid}/";
+
+/// Key server with one key (`kid` "k1"), echo upstream, and a gateway with `routes` (TOML) and
+/// `issuer_extra` (keys added to the [[issuer]] block).
+pub async fn auth_harness(routes: &str, issuer_extra: &str) -> AuthHarness {
+    let issuer = DevIssuer::generate("k1");
+    let keys = KeyServer::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        json!({"keys": [issuer.jwk()]}),
+        TEMPLATE_ISSUER,
+    );
+    let upstream = echo_upstream().await;
+    let text = config_text(
+        upstream,
+        &format!(
+            "[[issuer]]\nissuer = \"{TEMPLATE_ISSUER}\"\ndiscovery = \"{}\"\n\
+             audiences = [\"https://api.partnercenter.microsoft.com\"]\n{issuer_extra}\n{routes}",
+            keys.discovery_url()
+        ),
+    );
+    let gw = start(&text).await;
+    wait_ready(&gw).await;
+    AuthHarness {
+        issuer,
+        keys,
+        gw,
+        upstream,
+    }
+}
+
+pub async fn wait_ready(gw: &Running) {
+    for _ in 0..250 {
+        if gw.stack.auth.not_ready().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gateway not ready: {:?}", gw.stack.auth.not_ready());
+}
+
+/// The Partner Center-shaped route set used by the auth tests.
+pub const ROUTES: &str = r#"
+[[route]]
+name = "health"
+path = "/healthz"
+require = "public"
+[[route]]
+name = "offers"
+path = "/v1/offers"
+require = "mfa"
+[[route]]
+name = "customers"
+path = "/v1/customers/{*rest}"
+require = "app_user_mfa"
+[[route]]
+name = "reports"
+path = "/v1/reports"
+require = "token"
+"#;
+
+/// Reads one metric sample's value from the admin port.
+pub async fn metric(gw: &Running, name_and_labels: &str) -> f64 {
+    let (_, _, body) = get(gw.admin_addr, "/metrics", None).await;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}

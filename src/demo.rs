@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -124,6 +124,8 @@ pub struct KeyServer {
     pub fetches: AtomicUsize,
     /// While false, every request gets 503.
     pub up: AtomicBool,
+    /// Delay before each answer, in milliseconds (a slow key server).
+    pub delay_ms: AtomicU64,
 }
 
 impl KeyServer {
@@ -136,9 +138,19 @@ impl KeyServer {
             issuer: issuer.into(),
             fetches: AtomicUsize::new(0),
             up: AtomicBool::new(true),
+            delay_ms: AtomicU64::new(0),
         });
         let state = me.clone();
-        serve_plain(listener, move |req| state.answer(&req));
+        serve_plain(listener, move |req| {
+            let state = state.clone();
+            async move {
+                let delay = state.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
+                state.answer(&req)
+            }
+        });
         me
     }
 
@@ -189,13 +201,14 @@ pub fn start_echo_upstream(listener: TcpListener, header_prefix: &'static str) {
             })
             .collect();
         let body = json!({"ok": true, "method": req.method().as_str(), "path": req.uri().path(), "identity": identity});
-        plain(StatusCode::OK, format!("{body}\n").into())
+        std::future::ready(plain(StatusCode::OK, format!("{body}\n").into()))
     });
 }
 
-fn serve_plain<F>(listener: TcpListener, answer: F)
+fn serve_plain<F, Fut>(listener: TcpListener, answer: F)
 where
-    F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let answer = Arc::new(answer);
     tokio::spawn(async move {
@@ -204,7 +217,7 @@ where
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let r = answer(req);
-                    async move { Ok::<_, Infallible>(r) }
+                    async move { Ok::<_, Infallible>(r.await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)

@@ -328,18 +328,21 @@ impl IssuerKeys {
     /// Keeps the set fresh: first fetch with backoff until it succeeds, then every
     /// `refresh_interval`; failures retry with backoff while the old set keeps serving.
     pub async fn maintain(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(250);
+        // Retries never wait longer than a normal refresh would.
+        let first = Duration::from_millis(250).min(self.timing.refresh_interval);
+        let cap = Duration::from_secs(30).min(self.timing.refresh_interval);
+        let mut backoff = first;
         loop {
             let ok = match self.start_fetch(true) {
                 Some(rx) => wait_done(rx).await,
                 None => false,
             };
             if ok {
-                backoff = Duration::from_millis(250);
+                backoff = first;
                 tokio::time::sleep(self.timing.refresh_interval).await;
             } else {
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(cap);
             }
         }
     }

@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
+COPY benches ./benches
 RUN cargo build --release --locked --bin mfa-gateway
 
 # Runtime stage: distroless (glibc, CA certificates for https key servers), non-root.

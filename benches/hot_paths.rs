@@ -1,0 +1,159 @@
+//! Criterion benches for the per-request hot functions: token verification (new and cached),
+//! route matching, policy, and header rewriting.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use mfa_gateway::auth::policy::{self, Caller, MfaRules, TokenKind};
+use mfa_gateway::auth::{keys, token, Authenticator};
+use mfa_gateway::config::Config;
+use mfa_gateway::demo::{entra_claims, DevIssuer};
+use mfa_gateway::metrics::Metrics;
+use mfa_gateway::routes::RouteTable;
+
+/// Polls a future that is expected to be ready at once (the cached path never awaits).
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("cached verification awaited"),
+    }
+}
+
+fn setup() -> (DevIssuer, Config, std::path::PathBuf) {
+    let issuer = DevIssuer::generate("k1");
+    let dir = std::env::temp_dir().join(format!("mfa-gw-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [issuer.jwk()]}).to_string(),
+    )
+    .unwrap();
+    let profile = std::fs::read_to_string("config/partner-center.toml").unwrap();
+    let text = profile.replace(
+        "discovery = \"https://login.microsoftonline.com/common/.well-known/openid-configuration\"",
+        &format!("jwks_file = \"{}\"", jwks.display()),
+    );
+    let config = Config::parse(&text, "bench", None).unwrap();
+    (issuer, config, dir)
+}
+
+fn bench_tokens(c: &mut Criterion) {
+    let (issuer, config, _dir) = setup();
+    let rules = config.auth.issuers[0].rules.clone();
+    let jwks = serde_json::json!({"keys": [issuer.jwk()]}).to_string();
+    let key = keys::parse_jwks(jwks.as_bytes()).unwrap().keys.remove(0);
+    let tok = issuer.mint(&entra_claims("mfa", 3600));
+    let mfa = MfaRules {
+        amr: vec!["mfa".into()],
+        acrs: vec![],
+    };
+
+    c.bench_function(
+        "token/verify_new (parse + RS256 + claims + classify)",
+        |b| {
+            b.iter(|| {
+                let p = token::parse(black_box(&tok), 16 * 1024).unwrap();
+                token::verify_signature(&p, &rules, &key).unwrap();
+                token::check_claims(&p.claims, &rules, mfa_gateway::auth::unix_now()).unwrap();
+                black_box((
+                    policy::classify(&p.claims),
+                    policy::has_mfa(&p.claims, &mfa),
+                ))
+            })
+        },
+    );
+    c.bench_function("token/parse_only", |b| {
+        b.iter(|| token::parse(black_box(&tok), 16 * 1024).unwrap())
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = Arc::new(Metrics::new(
+        std::iter::once("r"),
+        &[config.auth.issuers[0].name.clone()],
+    ));
+    let auth = rt.block_on(async {
+        let auth = Authenticator::new(
+            &config.auth,
+            mfa_gateway::auth::jwks::fetch_client(),
+            metrics,
+        );
+        tokio::spawn(auth.issuers[0].clone().maintain());
+        while !auth.not_ready().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        auth
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {tok}")).unwrap(),
+    );
+    rt.block_on(auth.verify(&headers)).unwrap();
+    c.bench_function(
+        "token/verify_cached (Authenticator::verify, cache hit)",
+        |b| b.iter(|| ready(auth.verify(black_box(&headers))).unwrap()),
+    );
+}
+
+fn bench_routes_and_policy(c: &mut Criterion) {
+    let (_issuer, config, _dir) = setup();
+    let table = RouteTable::new(&config.routes, config.default_require).unwrap();
+    c.bench_function("routes/resolve (partner-center table)", |b| {
+        b.iter(|| {
+            table.resolve(
+                &Method::GET,
+                black_box("/v1/customers/11111111-2222-3333-4444-555555555555/subscriptions/abc"),
+            )
+        })
+    });
+    let route = table.resolve(&Method::GET, "/v1/customers/c/users");
+    let caller = Caller {
+        kind: TokenKind::AppUser,
+        mfa: true,
+        roles: &[],
+        scopes: "user_impersonation",
+    };
+    c.bench_function("policy/decide", |b| {
+        b.iter(|| policy::decide(black_box(route), black_box(&caller)))
+    });
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let mut base = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "application/json"),
+        ("authorization", "Bearer abc.def.ghi"),
+        ("connection", "keep-alive"),
+        ("x-request-id", "0123456789abcdef0123456789abcdef"),
+    ] {
+        base.insert(k, HeaderValue::from_static(v));
+    }
+    c.bench_function("proxy/strip_hop_by_hop (typical request)", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut h| {
+                mfa_gateway::proxy::strip_hop_by_hop(&mut h);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_tokens,
+    bench_routes_and_policy,
+    bench_headers
+);
+criterion_main!(benches);

@@ -28,11 +28,7 @@ fn setup() -> (DevIssuer, Config, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("mfa-gw-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let jwks = dir.join("jwks.json");
-    std::fs::write(
-        &jwks,
-        serde_json::json!({"keys": [issuer.jwk()]}).to_string(),
-    )
-    .unwrap();
+    std::fs::write(&jwks, serde_json::json!({"keys": [issuer.jwk()]}).to_string()).unwrap();
     let profile = std::fs::read_to_string("config/partner-center.toml").unwrap();
     let text = profile.replace(
         "discovery = \"https://login.microsoftonline.com/common/.well-known/openid-configuration\"",
@@ -48,43 +44,22 @@ fn bench_tokens(c: &mut Criterion) {
     let jwks = serde_json::json!({"keys": [issuer.jwk()]}).to_string();
     let key = keys::parse_jwks(jwks.as_bytes()).unwrap().keys.remove(0);
     let tok = issuer.mint(&entra_claims("mfa", 3600));
-    let mfa = MfaRules {
-        amr: vec!["mfa".into()],
-        acrs: vec![],
-    };
+    let mfa = MfaRules { amr: vec!["mfa".into()], acrs: vec![] };
 
-    c.bench_function(
-        "token/verify_new (parse + RS256 + claims + classify)",
-        |b| {
-            b.iter(|| {
-                let p = token::parse(black_box(&tok), 16 * 1024).unwrap();
-                token::verify_signature(&p, &rules, &key).unwrap();
-                token::check_claims(&p.claims, &rules, mfa_gateway::auth::unix_now()).unwrap();
-                black_box((
-                    policy::classify(&p.claims),
-                    policy::has_mfa(&p.claims, &mfa),
-                ))
-            })
-        },
-    );
-    c.bench_function("token/parse_only", |b| {
-        b.iter(|| token::parse(black_box(&tok), 16 * 1024).unwrap())
+    c.bench_function("token/verify_new (parse + RS256 + claims + classify)", |b| {
+        b.iter(|| {
+            let p = token::parse(black_box(&tok), 16 * 1024).unwrap();
+            token::verify_signature(&p, &rules, &key).unwrap();
+            token::check_claims(&p.claims, &rules, mfa_gateway::auth::unix_now()).unwrap();
+            black_box((policy::classify(&p.claims), policy::has_mfa(&p.claims, &mfa)))
+        })
     });
+    c.bench_function("token/parse_only", |b| b.iter(|| token::parse(black_box(&tok), 16 * 1024).unwrap()));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let metrics = Arc::new(Metrics::new(
-        std::iter::once("r"),
-        &[config.auth.issuers[0].name.clone()],
-    ));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let metrics = Arc::new(Metrics::new(std::iter::once("r"), &[config.auth.issuers[0].name.clone()]));
     let auth = rt.block_on(async {
-        let auth = Authenticator::new(
-            &config.auth,
-            mfa_gateway::auth::jwks::fetch_client(),
-            metrics,
-        );
+        let auth = Authenticator::new(&config.auth, mfa_gateway::auth::jwks::fetch_client(), metrics);
         tokio::spawn(auth.issuers[0].clone().maintain());
         while !auth.not_ready().is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -92,15 +67,11 @@ fn bench_tokens(c: &mut Criterion) {
         auth
     });
     let mut headers = HeaderMap::new();
-    headers.insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {tok}")).unwrap(),
-    );
+    headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {tok}")).unwrap());
     rt.block_on(auth.verify(&headers)).unwrap();
-    c.bench_function(
-        "token/verify_cached (Authenticator::verify, cache hit)",
-        |b| b.iter(|| ready(auth.verify(black_box(&headers))).unwrap()),
-    );
+    c.bench_function("token/verify_cached (Authenticator::verify, cache hit)", |b| {
+        b.iter(|| ready(auth.verify(black_box(&headers))).unwrap())
+    });
 }
 
 fn bench_routes_and_policy(c: &mut Criterion) {
@@ -115,15 +86,8 @@ fn bench_routes_and_policy(c: &mut Criterion) {
         })
     });
     let route = table.resolve(&Method::GET, "/v1/customers/c/users");
-    let caller = Caller {
-        kind: TokenKind::AppUser,
-        mfa: true,
-        roles: &[],
-        scopes: "user_impersonation",
-    };
-    c.bench_function("policy/decide", |b| {
-        b.iter(|| policy::decide(black_box(route), black_box(&caller)))
-    });
+    let caller = Caller { kind: TokenKind::AppUser, mfa: true, roles: &[], scopes: "user_impersonation" };
+    c.bench_function("policy/decide", |b| b.iter(|| policy::decide(black_box(route), black_box(&caller))));
 }
 
 fn bench_headers(c: &mut Criterion) {
@@ -150,10 +114,5 @@ fn bench_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(
-    benches,
-    bench_tokens,
-    bench_routes_and_policy,
-    bench_headers
-);
+criterion_group!(benches, bench_tokens, bench_routes_and_policy, bench_headers);
 criterion_main!(benches);

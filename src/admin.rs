@@ -43,11 +43,7 @@ pub async fn serve(listener: TcpListener, stack: Arc<Stack>, mut shutdown: watch
 
 fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -63,25 +59,14 @@ fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            stack.metrics.render().into(),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; try /healthz, /readyz, /metrics\n".into(),
-        ),
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", stack.metrics.render().into()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz, /readyz, /metrics\n".into()),
     }
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }

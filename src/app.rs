@@ -35,42 +35,29 @@ pub async fn start(config: Config) -> Result<Running, String> {
     // One TLS provider for the process (key fetches now, TLS listeners later).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-    let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {} (server.listen): {e}",
-            config.server.listen
-        )
-    })?;
-    let admin = TcpListener::bind(config.admin.listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {} (admin.listen): {e}",
-            config.admin.listen
-        )
-    })?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
+    let admin = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (admin.listen): {e}", config.admin.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
-    let routes = RouteTable::new(&config.routes, config.default_require)
-        .map_err(|(i, e)| format!("route[{i}]: {e}"))?;
+    let routes =
+        RouteTable::new(&config.routes, config.default_require).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
     let issuer_names: Vec<String> = config.auth.issuers.iter().map(|i| i.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(routes.names(), &issuer_names));
     let auth = Authenticator::new(&config.auth, jwks::fetch_client(), metrics.clone());
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
-    let background = auth
-        .issuers
-        .iter()
-        .map(|i| tokio::spawn(i.clone().maintain()))
-        .collect();
+    let background = auth.issuers.iter().map(|i| tokio::spawn(i.clone().maintain())).collect();
 
     let stack = Arc::new(Stack {
         routes,
         auth,
         proxy: Proxy::new(&config.upstream),
         metrics,
-        style: RefusalStyle {
-            realm: config.auth.realm.clone(),
-            request_context: config.auth.request_context.clone(),
-        },
+        style: RefusalStyle { realm: config.auth.realm.clone(), request_context: config.auth.request_context.clone() },
         forward_authorization: config.auth.forward_authorization,
         access_log: config.log.access,
         request_ids: RequestIds::default(),
@@ -79,24 +66,9 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let (shutdown, rx) = watch::channel(false);
     let drain = Arc::new(Drain::default());
     tokio::spawn(crate::admin::serve(admin, stack.clone(), rx.clone()));
-    let listener = tokio::spawn(listener::serve(
-        listener,
-        stack.clone(),
-        config.server.clone(),
-        rx,
-        drain.clone(),
-    ));
+    let listener = tokio::spawn(listener::serve(listener, stack.clone(), config.server.clone(), rx, drain.clone()));
     tracing::info!(%addr, admin = %admin_addr, "listening");
-    Ok(Running {
-        addr,
-        admin_addr,
-        stack,
-        shutdown,
-        listener,
-        background,
-        drain,
-        grace: config.server.shutdown_grace,
-    })
+    Ok(Running { addr, admin_addr, stack, shutdown, listener, background, drain, grace: config.server.shutdown_grace })
 }
 
 impl Running {

@@ -194,9 +194,7 @@ struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self {
-            listen: default_admin_listen(),
-        }
+        Self { listen: default_admin_listen() }
     }
 }
 
@@ -245,11 +243,7 @@ struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self {
-            format: default_log_format(),
-            filter: default_log_filter(),
-            access: true,
-        }
+        Self { format: default_log_format(), filter: default_log_filter(), access: true }
     }
 }
 
@@ -303,10 +297,7 @@ impl Config {
     /// paths (key files) against the config's own folder.
     pub fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
-        let mut v = Validator {
-            file,
-            base: base.map(Path::to_path_buf),
-        };
+        let mut v = Validator { file, base: base.map(Path::to_path_buf) };
         v.config(raw)
     }
 }
@@ -319,19 +310,10 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
         let line = before.matches('\n').count() + 1;
         let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         // Name the table the error sits in: the nearest header above it.
-        let table = before
-            .lines()
-            .rev()
-            .map(str::trim)
-            .find(|l| l.starts_with('['))
-            .unwrap_or("top level");
+        let table = before.lines().rev().map(str::trim).find(|l| l.starts_with('[')).unwrap_or("top level");
         key = format!("line {line}, column {col}, in {table}");
     }
-    ConfigError {
-        file: file.to_string(),
-        key,
-        problem: e.message().trim().to_string(),
-    }
+    ConfigError { file: file.to_string(), key, problem: e.message().trim().to_string() }
 }
 
 pub(crate) struct Validator<'a> {
@@ -341,29 +323,16 @@ pub(crate) struct Validator<'a> {
 
 impl Validator<'_> {
     pub(crate) fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_string(),
-            key: key.into(),
-            problem: problem.into(),
-        }
+        ConfigError { file: self.file.to_string(), key: key.into(), problem: problem.into() }
     }
 
     pub(crate) fn duration(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            self.err(
-                key,
-                format!("bad duration {s:?} ({e}); write e.g. \"500ms\", \"2s\", \"5m\""),
-            )
-        })
+        humantime::parse_duration(s.trim())
+            .map_err(|e| self.err(key, format!("bad duration {s:?} ({e}); write e.g. \"500ms\", \"2s\", \"5m\"")))
     }
 
     fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-        s.parse().map_err(|_| {
-            self.err(
-                key,
-                format!("bad socket address {s:?}; write e.g. \"127.0.0.1:8080\""),
-            )
-        })
+        s.parse().map_err(|_| self.err(key, format!("bad socket address {s:?}; write e.g. \"127.0.0.1:8080\"")))
     }
 
     pub(crate) fn path(&self, p: &str) -> PathBuf {
@@ -375,23 +344,12 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = self.server(raw.server)?;
-        let admin = AdminConfig {
-            listen: self.addr("admin.listen", &raw.admin.listen)?,
-        };
+        let admin = AdminConfig { listen: self.addr("admin.listen", &raw.admin.listen)? };
         let upstream = match raw.upstream {
             Some(u) => self.upstream(u)?,
-            None => {
-                return Err(self.err(
-                    "upstream",
-                    "missing table [upstream] (with url = \"http://...\")",
-                ))
-            }
+            None => return Err(self.err("upstream", "missing table [upstream] (with url = \"http://...\")")),
         };
-        let log = LogConfig {
-            format: raw.log.format,
-            filter: raw.log.filter,
-            access: raw.log.access,
-        };
+        let log = LogConfig { format: raw.log.format, filter: raw.log.filter, access: raw.log.access };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.filter) {
             return Err(self.err("log.filter", format!("bad filter {:?}: {e}", log.filter)));
         }
@@ -402,32 +360,18 @@ impl Validator<'_> {
         // Build the table once here so a conflicting template fails `check`, not start-up.
         crate::routes::RouteTable::new(&routes, Requirement::AppUserMfa)
             .map_err(|(i, e)| self.err(format!("route[{i}].path"), e))?;
-        let auth = crate::auth::AuthConfig::validate(
-            self,
-            raw.issuers,
-            raw.mfa,
-            raw.identity,
-            raw.challenge,
-            raw.cache,
-        )?;
+        let auth =
+            crate::auth::AuthConfig::validate(self, raw.issuers, raw.mfa, raw.identity, raw.challenge, raw.cache)?;
         let default_require = raw.defaults.require.unwrap_or(Requirement::AppUserMfa);
-        let needs_tokens = default_require != Requirement::Public
-            || routes.iter().any(|r| r.require != Requirement::Public);
+        let needs_tokens =
+            default_require != Requirement::Public || routes.iter().any(|r| r.require != Requirement::Public);
         if needs_tokens && auth.issuers.is_empty() {
             return Err(self.err(
                 "issuer",
                 "routes require tokens but no [[issuer]] is configured; add one, or mark every route and [defaults].require as \"public\"",
             ));
         }
-        Ok(Config {
-            server,
-            admin,
-            upstream,
-            log,
-            auth,
-            routes,
-            default_require,
-        })
+        Ok(Config { server, admin, upstream, log, auth, routes, default_require })
     }
 
     fn server(&self, s: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -436,10 +380,7 @@ impl Validator<'_> {
         }
         // hyper's HTTP/1 read buffer has a floor of 8 KiB; below it the setting would be ignored.
         if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
-            return Err(self.err(
-                "server.max_header_bytes",
-                "must be between 8192 and 1048576",
-            ));
+            return Err(self.err("server.max_header_bytes", "must be between 8192 and 1048576"));
         }
         if s.workers > 1024 {
             return Err(self.err("server.workers", "must be at most 1024 (0 = one per core)"));
@@ -448,8 +389,7 @@ impl Validator<'_> {
             listen: self.addr("server.listen", &s.listen)?,
             workers: s.workers,
             max_connections: s.max_connections,
-            header_read_timeout: self
-                .nonzero("server.header_read_timeout", &s.header_read_timeout)?,
+            header_read_timeout: self.nonzero("server.header_read_timeout", &s.header_read_timeout)?,
             idle_timeout: self.nonzero("server.idle_timeout", &s.idle_timeout)?,
             max_header_bytes: s.max_header_bytes,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
@@ -466,9 +406,7 @@ impl Validator<'_> {
 
     /// Checks a URL's syntax and scheme; returns the parsed URI.
     pub(crate) fn url(&self, key: &str, s: &str) -> Result<http::Uri, ConfigError> {
-        let uri: http::Uri = s
-            .parse()
-            .map_err(|e| self.err(key, format!("bad URL {s:?}: {e}")))?;
+        let uri: http::Uri = s.parse().map_err(|e| self.err(key, format!("bad URL {s:?}: {e}")))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
             _ => return Err(self.err(key, format!("bad URL {s:?}: scheme must be http or https"))),
@@ -482,24 +420,21 @@ impl Validator<'_> {
     fn upstream(&self, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
         let uri = self.url("upstream.url", &u.url)?;
         if uri.scheme_str() == Some("https") {
-            return Err(self.err(
-                "upstream.url",
-                "https upstreams are not supported yet; use http:// (sidecar on loopback)",
-            ));
+            return Err(
+                self.err("upstream.url", "https upstreams are not supported yet; use http:// (sidecar on loopback)")
+            );
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(self.err(
                 "upstream.url",
-                format!(
-                    "bad URL {:?}: a path prefix is not supported; give scheme://host:port only",
-                    u.url
-                ),
+                format!("bad URL {:?}: a path prefix is not supported; give scheme://host:port only", u.url),
             ));
         }
         let host = match u.host {
-            Some(h) => Some(HeaderValue::from_str(&h).map_err(|_| {
-                self.err("upstream.host", format!("{h:?} is not a valid Host value"))
-            })?),
+            Some(h) => Some(
+                HeaderValue::from_str(&h)
+                    .map_err(|_| self.err("upstream.host", format!("{h:?} is not a valid Host value")))?,
+            ),
             None => None,
         };
         Ok(UpstreamConfig {
@@ -513,25 +448,15 @@ impl Validator<'_> {
         })
     }
 
-    fn route(
-        &self,
-        i: usize,
-        r: RawRoute,
-        seen: &[RouteConfig],
-    ) -> Result<RouteConfig, ConfigError> {
+    fn route(&self, i: usize, r: RawRoute, seen: &[RouteConfig]) -> Result<RouteConfig, ConfigError> {
         let key = |k: &str| format!("route[{i}].{k}");
         let name_ok = !r.name.is_empty()
             && r.name.len() <= 64
-            && r.name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !name_ok {
             return Err(self.err(
                 key("name"),
-                format!(
-                    "{:?}: use 1-64 letters, digits, '_' or '-' (it becomes a metric label)",
-                    r.name
-                ),
+                format!("{:?}: use 1-64 letters, digits, '_' or '-' (it becomes a metric label)", r.name),
             ));
         }
         if seen.iter().any(|s| s.name == r.name) {
@@ -546,12 +471,10 @@ impl Validator<'_> {
                 .map_err(|_| self.err(key("methods"), format!("{m:?} is not an HTTP method")))?;
             methods.push(method);
         }
-        if r.require == Requirement::Public && !(r.roles_any.is_empty() && r.scopes_any.is_empty())
-        {
-            return Err(self.err(
-                key("require"),
-                "a public route looks at no token, so roles_any/scopes_any cannot apply",
-            ));
+        if r.require == Requirement::Public && !(r.roles_any.is_empty() && r.scopes_any.is_empty()) {
+            return Err(
+                self.err(key("require"), "a public route looks at no token, so roles_any/scopes_any cannot apply")
+            );
         }
         Ok(RouteConfig {
             name: r.name,

@@ -38,10 +38,7 @@ pub struct DevIssuer {
 impl DevIssuer {
     pub fn generate(kid: &str) -> Self {
         let key = KeyPair::generate(KeySize::Rsa2048).expect("RSA key generation");
-        Self {
-            key,
-            kid: kid.into(),
-        }
+        Self { key, kid: kid.into() }
     }
 
     /// The public key as a JWK.
@@ -55,28 +52,15 @@ impl DevIssuer {
 
     /// Signs `claims` as RS256 with this key's `kid`.
     pub fn mint(&self, claims: &Value) -> String {
-        self.mint_with_header(
-            &json!({"alg": "RS256", "typ": "JWT", "kid": self.kid}),
-            claims,
-        )
+        self.mint_with_header(&json!({"alg": "RS256", "typ": "JWT", "kid": self.kid}), claims)
     }
 
     /// Signs with RS256 whatever header is given (tests use it for hostile headers).
     pub fn mint_with_header(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let mut sig = vec![0; self.key.public_modulus_len()];
-        self.key
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                input.as_bytes(),
-                &mut sig,
-            )
-            .expect("RSA signing");
+        self.key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig).expect("RSA signing");
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 }
@@ -193,12 +177,7 @@ pub fn start_echo_upstream(listener: TcpListener, header_prefix: &'static str) {
             .headers()
             .iter()
             .filter(|(k, _)| k.as_str().starts_with(header_prefix))
-            .map(|(k, v)| {
-                (
-                    k.as_str()[header_prefix.len()..].to_string(),
-                    Value::from(v.to_str().unwrap_or("?")),
-                )
-            })
+            .map(|(k, v)| (k.as_str()[header_prefix.len()..].to_string(), Value::from(v.to_str().unwrap_or("?"))))
             .collect();
         let body = json!({"ok": true, "method": req.method().as_str(), "path": req.uri().path(), "identity": identity});
         std::future::ready(plain(StatusCode::OK, format!("{body}\n").into()))
@@ -230,23 +209,13 @@ where
 fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
 }
 
 /// The Partner Center profile with its key source, upstream and ports replaced.
-pub fn profile_config(
-    discovery: &str,
-    upstream: &str,
-    listen: &str,
-    admin: &str,
-) -> Result<Config, String> {
-    let mut doc: toml::Table = PROFILE
-        .parse()
-        .map_err(|e| format!("embedded profile: {e}"))?;
+pub fn profile_config(discovery: &str, upstream: &str, listen: &str, admin: &str) -> Result<Config, String> {
+    let mut doc: toml::Table = PROFILE.parse().map_err(|e| format!("embedded profile: {e}"))?;
     let set = |doc: &mut toml::Table, table: &str, key: &str, value: &str| {
         if let Some(toml::Value::Table(t)) = doc.get_mut(table) {
             t.insert(key.into(), toml::Value::String(value.into()));
@@ -260,8 +229,7 @@ pub fn profile_config(
             first.insert("discovery".into(), toml::Value::String(discovery.into()));
         }
     }
-    Config::parse(&doc.to_string(), "partner-center profile (demo)", None)
-        .map_err(|e| e.to_string())
+    Config::parse(&doc.to_string(), "partner-center profile (demo)", None).map_err(|e| e.to_string())
 }
 
 pub struct DemoOptions {
@@ -274,27 +242,15 @@ pub struct DemoOptions {
 pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let issuer = DevIssuer::generate("demo-1");
     let keys = KeyServer::start(
-        TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?,
+        TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?,
         json!({"keys": [issuer.jwk()]}),
         "https://sts.windows.net/{tenantid}/",
     );
-    let upstream = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let upstream_url = format!(
-        "http://{}",
-        upstream.local_addr().map_err(|e| e.to_string())?
-    );
+    let upstream = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let upstream_url = format!("http://{}", upstream.local_addr().map_err(|e| e.to_string())?);
     start_echo_upstream(upstream, "x-mfa-gateway-");
 
-    let config = profile_config(
-        &keys.discovery_url(),
-        &upstream_url,
-        &opts.listen,
-        &opts.admin,
-    )?;
+    let config = profile_config(&keys.discovery_url(), &upstream_url, &opts.listen, &opts.admin)?;
     let running = crate::app::start(config).await?;
     for _ in 0..100 {
         if running.stack.auth.not_ready().is_empty() {
@@ -322,11 +278,7 @@ fn write_tokens(issuer: &DevIssuer, dir: &Path) -> Result<[PathBuf; 3], String> 
 }
 
 fn print_banner(addr: SocketAddr, admin: SocketAddr, [mfa, nomfa, app]: &[PathBuf; 3]) {
-    let host = if addr.ip().is_unspecified() {
-        format!("127.0.0.1:{}", addr.port())
-    } else {
-        addr.to_string()
-    };
+    let host = if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
     let cid = "11111111-2222-3333-4444-555555555555";
     println!(
         "\nmfa-gateway demo: gateway on http://{host} (admin http://{admin}), Partner Center profile,\n\

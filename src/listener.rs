@@ -106,15 +106,7 @@ pub async fn serve(
             let _guard = guard;
             stack.metrics.connections_open.inc();
             let conn_info = Conn { peer, tls: false };
-            serve_connection(
-                stream,
-                &builder,
-                stack.clone(),
-                conn_info,
-                idle_timeout,
-                shutdown,
-            )
-            .await;
+            serve_connection(stream, &builder, stack.clone(), conn_info, idle_timeout, shutdown).await;
             stack.metrics.connections_open.dec();
         });
     }
@@ -132,10 +124,7 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(AtomicU64::new(now_ms()));
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        last: activity.clone(),
-    });
+    let io = TokioIo::new(Tracked { inner: io, last: activity.clone() });
     let svc = service_fn(move |req| {
         let stack = stack.clone();
         async move { Ok::<_, Infallible>(stack.handle(req, conn_info).await) }
@@ -145,9 +134,8 @@ async fn serve_connection<I>(
     let mut closing = false;
     loop {
         let idle_deadline = tokio::time::Instant::now()
-            + idle_timeout.saturating_sub(Duration::from_millis(
-                now_ms().saturating_sub(activity.load(Ordering::Relaxed)),
-            ));
+            + idle_timeout
+                .saturating_sub(Duration::from_millis(now_ms().saturating_sub(activity.load(Ordering::Relaxed))));
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -183,11 +171,7 @@ struct Tracked<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -198,11 +182,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.last.store(now_ms(), Ordering::Relaxed);

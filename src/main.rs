@@ -73,27 +73,11 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(e),
         },
-        Command::Demo {
-            listen,
-            admin,
-            tokens_dir,
-        } => {
-            mfa_gateway::init_logging(&LogConfig {
-                format: LogFormat::Pretty,
-                filter: "info".into(),
-                access: true,
-            });
-            let tokens_dir =
-                tokens_dir.unwrap_or_else(|| std::env::temp_dir().join("mfa-gateway-demo"));
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            match rt.block_on(mfa_gateway::demo::run(mfa_gateway::demo::DemoOptions {
-                listen,
-                admin,
-                tokens_dir,
-            })) {
+        Command::Demo { listen, admin, tokens_dir } => {
+            mfa_gateway::init_logging(&LogConfig { format: LogFormat::Pretty, filter: "info".into(), access: true });
+            let tokens_dir = tokens_dir.unwrap_or_else(|| std::env::temp_dir().join("mfa-gateway-demo"));
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            match rt.block_on(mfa_gateway::demo::run(mfa_gateway::demo::DemoOptions { listen, admin, tokens_dir })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mfa-gateway demo: {e}");

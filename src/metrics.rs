@@ -3,8 +3,7 @@
 //! to plain handles at start-up so a request never hashes a label set.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::auth::policy::TokenKind;
@@ -79,23 +78,18 @@ pub struct Metrics {
 /// Buckets from 25 µs to 10 s: resolves the gateway's own microseconds and slow upstreams alike.
 fn latency_buckets() -> Vec<f64> {
     vec![
-        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        2.5, 5.0, 10.0,
     ]
 }
 
 impl Metrics {
     pub fn new<'a>(route_names: impl Iterator<Item = &'a str>, issuer_names: &[String]) -> Self {
         let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| {
-            registry.register(c).expect("metric names are unique")
-        };
+        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("metric names are unique");
 
         let requests_vec = IntCounterVec::new(
-            Opts::new(
-                "mfa_gateway_requests_total",
-                "Requests by route name, decision and token kind.",
-            ),
+            Opts::new("mfa_gateway_requests_total", "Requests by route name, decision and token kind."),
             &["route", "decision", "token_kind"],
         )
         .unwrap();
@@ -111,82 +105,53 @@ impl Metrics {
         }
 
         let invalid_vec = IntCounterVec::new(
-            Opts::new(
-                "mfa_gateway_invalid_tokens_total",
-                "Tokens refused as invalid, by reason.",
-            ),
+            Opts::new("mfa_gateway_invalid_tokens_total", "Tokens refused as invalid, by reason."),
             &["reason"],
         )
         .unwrap();
         reg(Box::new(invalid_vec.clone()));
-        let invalid = Invalid::ALL
-            .iter()
-            .map(|i| invalid_vec.with_label_values(&[i.reason()]))
-            .collect();
+        let invalid = Invalid::ALL.iter().map(|i| invalid_vec.with_label_values(&[i.reason()])).collect();
 
         let request_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "mfa_gateway_request_duration_seconds",
-                "Whole request time, to response headers.",
-            )
-            .buckets(latency_buckets()),
+            HistogramOpts::new("mfa_gateway_request_duration_seconds", "Whole request time, to response headers.")
+                .buckets(latency_buckets()),
         )
         .unwrap();
         reg(Box::new(request_duration.clone()));
         let upstream_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "mfa_gateway_upstream_duration_seconds",
-                "Upstream time to response headers.",
-            )
-            .buckets(latency_buckets()),
+            HistogramOpts::new("mfa_gateway_upstream_duration_seconds", "Upstream time to response headers.")
+                .buckets(latency_buckets()),
         )
         .unwrap();
         reg(Box::new(upstream_duration.clone()));
 
         let upstream_vec = IntCounterVec::new(
-            Opts::new(
-                "mfa_gateway_upstream_errors_total",
-                "Requests the upstream failed, by kind.",
-            ),
+            Opts::new("mfa_gateway_upstream_errors_total", "Requests the upstream failed, by kind."),
             &["kind"],
         )
         .unwrap();
         reg(Box::new(upstream_vec.clone()));
-        let upstream_errors = UPSTREAM_ERROR_KINDS
-            .iter()
-            .map(|k| upstream_vec.with_label_values(&[k]))
-            .collect();
+        let upstream_errors = UPSTREAM_ERROR_KINDS.iter().map(|k| upstream_vec.with_label_values(&[k])).collect();
 
-        let connections_open =
-            IntGauge::new("mfa_gateway_connections_open", "Client connections open.").unwrap();
+        let connections_open = IntGauge::new("mfa_gateway_connections_open", "Client connections open.").unwrap();
         reg(Box::new(connections_open.clone()));
-        let requests_in_flight =
-            IntGauge::new("mfa_gateway_requests_in_flight", "Requests being handled.").unwrap();
+        let requests_in_flight = IntGauge::new("mfa_gateway_requests_in_flight", "Requests being handled.").unwrap();
         reg(Box::new(requests_in_flight.clone()));
 
         let key_fetches = IntCounterVec::new(
-            Opts::new(
-                "mfa_gateway_key_fetches_total",
-                "Key set fetches by issuer and result.",
-            ),
+            Opts::new("mfa_gateway_key_fetches_total", "Key set fetches by issuer and result."),
             &["issuer", "result"],
         )
         .unwrap();
         reg(Box::new(key_fetches.clone()));
         let key_refetches = IntCounterVec::new(
-            Opts::new(
-                "mfa_gateway_key_refetches_total",
-                "Key set fetches triggered by an unknown kid.",
-            ),
+            Opts::new("mfa_gateway_key_refetches_total", "Key set fetches triggered by an unknown kid."),
             &["issuer"],
         )
         .unwrap();
         reg(Box::new(key_refetches.clone()));
-        let keys_held = IntGaugeVec::new(
-            Opts::new("mfa_gateway_keys_held", "Signing keys held, by issuer."),
-            &["issuer"],
-        )
-        .unwrap();
+        let keys_held =
+            IntGaugeVec::new(Opts::new("mfa_gateway_keys_held", "Signing keys held, by issuer."), &["issuer"]).unwrap();
         reg(Box::new(keys_held.clone()));
         for i in issuer_names {
             for result in ["ok", "error"] {
@@ -197,10 +162,7 @@ impl Metrics {
         }
 
         let cache = IntCounterVec::new(
-            Opts::new(
-                "mfa_gateway_token_cache_total",
-                "Verified-token cache lookups by result.",
-            ),
+            Opts::new("mfa_gateway_token_cache_total", "Verified-token cache lookups by result."),
             &["result"],
         )
         .unwrap();
@@ -226,10 +188,7 @@ impl Metrics {
 
     pub fn request(&self, route: usize, decision: Decision, kind: Option<TokenKind>) {
         debug_assert!(route < self.route_count);
-        let d = Decision::ALL
-            .iter()
-            .position(|x| *x == decision)
-            .unwrap_or(0);
+        let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
         let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2);
         self.requests[(route * Decision::ALL.len() + d) * KINDS.len() + k].inc();
     }

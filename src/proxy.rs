@@ -56,10 +56,7 @@ impl Proxy {
             .pool_idle_timeout(upstream.pool_idle_timeout)
             .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
             .build(http);
-        Self {
-            client,
-            upstream: upstream.clone(),
-        }
+        Self { client, upstream: upstream.clone() }
     }
 
     /// Sends the request upstream and returns its response headers (the body still streaming).
@@ -72,9 +69,7 @@ impl Proxy {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
             // HTTP/2 carries the host in :authority.
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
 
         let headers = req.headers_mut();
@@ -94,23 +89,18 @@ impl Proxy {
             (None, None) => {}
         }
 
-        let mut parts = Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone());
+        let mut parts = Uri::builder().scheme(self.upstream.scheme.clone()).authority(self.upstream.authority.clone());
         // Path and query go through byte for byte.
         parts = parts.path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()));
-        *req.uri_mut() = parts
-            .build()
-            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        *req.uri_mut() = parts.build().map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         *req.version_mut() = Version::HTTP_11;
 
-        let mut resp =
-            match tokio::time::timeout(self.upstream.timeout, self.client.request(req)).await {
-                Err(_) => return Err(UpstreamError::Timeout),
-                Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(root_cause(&e))),
-                Ok(Err(e)) => return Err(UpstreamError::Protocol(root_cause(&e))),
-                Ok(Ok(resp)) => resp,
-            };
+        let mut resp = match tokio::time::timeout(self.upstream.timeout, self.client.request(req)).await {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(root_cause(&e))),
+            Ok(Err(e)) => return Err(UpstreamError::Protocol(root_cause(&e))),
+            Ok(Ok(resp)) => resp,
+        };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -119,9 +109,7 @@ impl Proxy {
                 // Keep Connection/Upgrade: the client needs them to complete the switch.
                 return Ok(resp);
             }
-            return Err(UpstreamError::Protocol(
-                "upstream switched protocols unasked".into(),
-            ));
+            return Err(UpstreamError::Protocol("upstream switched protocols unasked".into()));
         }
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
@@ -134,8 +122,7 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         return None;
     }
     let asks = connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    asks.then(|| req.headers().get(header::UPGRADE).cloned())
-        .flatten()
+    asks.then(|| req.headers().get(header::UPGRADE).cloned()).flatten()
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -160,18 +147,13 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers: the fixed list (RFC 9110 §7.6.1), every `Proxy-*` header, and
 /// whatever `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> =
+        connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
     if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
+        let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
         for name in proxy {
             headers.remove(name);
         }
@@ -183,11 +165,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn append_forwarded(headers: &mut HeaderMap, origin: &Origin, host: Option<&HeaderValue>) {
     let ip = origin.client_ip.to_string();
     append(headers, HeaderName::from_static("x-forwarded-for"), &ip);
-    append(
-        headers,
-        HeaderName::from_static("x-forwarded-proto"),
-        origin.scheme,
-    );
+    append(headers, HeaderName::from_static("x-forwarded-proto"), origin.scheme);
     if let Some(h) = host.and_then(|h| h.to_str().ok()) {
         append(headers, HeaderName::from_static("x-forwarded-host"), h);
     }
@@ -195,11 +173,7 @@ fn append_forwarded(headers: &mut HeaderMap, origin: &Origin, host: Option<&Head
 
 fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     let joined = {
-        let existing: Vec<&str> = headers
-            .get_all(&name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
+        let existing: Vec<&str> = headers.get_all(&name).iter().filter_map(|v| v.to_str().ok()).collect();
         if existing.is_empty() {
             None
         } else {
@@ -282,15 +256,8 @@ mod tests {
     fn forwarded_headers_append_this_hop() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let origin = Origin {
-            client_ip: "127.0.0.1".parse().unwrap(),
-            scheme: "http",
-        };
-        append_forwarded(
-            &mut h,
-            &origin,
-            Some(&HeaderValue::from_static("api.example")),
-        );
+        let origin = Origin { client_ip: "127.0.0.1".parse().unwrap(), scheme: "http" };
+        append_forwarded(&mut h, &origin, Some(&HeaderValue::from_static("api.example")));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example");

@@ -79,9 +79,7 @@ impl RouteTable {
         }
         for (path, ids) in templates {
             let first = ids[0];
-            router
-                .insert(path, ids)
-                .map_err(|e| (first, e.to_string()))?;
+            router.insert(path, ids).map_err(|e| (first, e.to_string()))?;
         }
         let unmatched = Route {
             index: configs.len(),
@@ -91,11 +89,7 @@ impl RouteTable {
             roles_any: Vec::new(),
             scopes_any: Vec::new(),
         };
-        Ok(Self {
-            router,
-            routes,
-            unmatched,
-        })
+        Ok(Self { router, routes, unmatched })
     }
 
     pub fn resolve(&self, method: &Method, path: &str) -> &Route {
@@ -112,10 +106,7 @@ impl RouteTable {
 
     /// Route names in label order (file order, then `unmatched`).
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.routes
-            .iter()
-            .chain(std::iter::once(&self.unmatched))
-            .map(|r| &*r.name)
+        self.routes.iter().chain(std::iter::once(&self.unmatched)).map(|r| &*r.name)
     }
 }
 
@@ -141,10 +132,7 @@ pub fn is_normal_path(path: &str) -> bool {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = |c: u8| (c as char).to_digit(16);
-            let decoded = match (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            ) {
+            let decoded = match (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
                 (Some(h), Some(l)) => (h * 16 + l) as u8,
                 _ => return false,
             };
@@ -180,12 +168,7 @@ mod tests {
     fn specific_template_wins_and_methods_fall_through_in_file_order() {
         let t = RouteTable::new(
             &[
-                route(
-                    "customers",
-                    "/v1/customers/{id}/{*rest}",
-                    &[],
-                    Requirement::AppUserMfa,
-                ),
+                route("customers", "/v1/customers/{id}/{*rest}", &[], Requirement::AppUserMfa),
                 route("orders", "/v1/customers/{id}/orders", &[], Requirement::Mfa),
                 route("offers-read", "/v1/offers", &["GET"], Requirement::Mfa),
                 route("offers-write", "/v1/offers", &[], Requirement::AppUserMfa),
@@ -193,43 +176,19 @@ mod tests {
             Requirement::Token,
         )
         .unwrap();
-        assert_eq!(
-            &*t.resolve(&Method::GET, "/v1/customers/c1/orders").name,
-            "orders"
-        );
-        assert_eq!(
-            &*t.resolve(&Method::GET, "/v1/customers/c1/users").name,
-            "customers"
-        );
+        assert_eq!(&*t.resolve(&Method::GET, "/v1/customers/c1/orders").name, "orders");
+        assert_eq!(&*t.resolve(&Method::GET, "/v1/customers/c1/users").name, "customers");
         assert_eq!(&*t.resolve(&Method::GET, "/v1/offers").name, "offers-read");
-        assert_eq!(
-            &*t.resolve(&Method::POST, "/v1/offers").name,
-            "offers-write"
-        );
+        assert_eq!(&*t.resolve(&Method::POST, "/v1/offers").name, "offers-write");
         let u = t.resolve(&Method::GET, "/nothing");
-        assert_eq!(
-            (&*u.name, u.require, u.index),
-            (UNMATCHED, Requirement::Token, 4)
-        );
-        assert_eq!(
-            t.names().collect::<Vec<_>>(),
-            [
-                "customers",
-                "orders",
-                "offers-read",
-                "offers-write",
-                UNMATCHED
-            ]
-        );
+        assert_eq!((&*u.name, u.require, u.index), (UNMATCHED, Requirement::Token, 4));
+        assert_eq!(t.names().collect::<Vec<_>>(), ["customers", "orders", "offers-read", "offers-write", UNMATCHED]);
     }
 
     #[test]
     fn conflicting_templates_name_the_route() {
         let err = RouteTable::new(
-            &[
-                route("a", "/v1/{x}", &[], Requirement::Token),
-                route("b", "/v1/{y}", &[], Requirement::Token),
-            ],
+            &[route("a", "/v1/{x}", &[], Requirement::Token), route("b", "/v1/{y}", &[], Requirement::Token)],
             Requirement::Token,
         )
         .err()
@@ -239,13 +198,7 @@ mod tests {
 
     #[test]
     fn normal_paths() {
-        for p in [
-            "/",
-            "/v1/customers/abc",
-            "/v1/a%20b",
-            "/v1/%3A",
-            "/a.b/c..d",
-        ] {
+        for p in ["/", "/v1/customers/abc", "/v1/a%20b", "/v1/%3A", "/a.b/c..d"] {
             assert!(is_normal_path(p), "{p}");
         }
         for p in [

@@ -43,8 +43,7 @@ impl Stack {
         self.metrics.requests_in_flight.inc();
         // Keep the caller's request id (or mint one) so both sides of the hop log the same id.
         let request_id = self.request_ids.take_or_mint(req.headers());
-        req.headers_mut()
-            .insert(REQUEST_ID.clone(), request_id.clone());
+        req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
         // Route on method + raw path; the route names the requirement.
         let route = self.routes.resolve(req.method(), req.uri().path());
         let method = req.method().clone();
@@ -66,8 +65,7 @@ impl Stack {
                 (refusal.into_response(&self.style), d, Some(r))
             }
         };
-        resp.headers_mut()
-            .insert(REQUEST_ID.clone(), request_id.clone());
+        resp.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
 
         let elapsed = start.elapsed();
         let kind = verified.as_ref().map(|v| v.kind);
@@ -107,11 +105,7 @@ impl Stack {
         strip_prefixed(req.headers_mut(), self.auth.header_prefix());
         if route.require != Requirement::Public {
             // Verify the token (cached after the first time), then the route's requirement.
-            let v = self
-                .auth
-                .verify(req.headers())
-                .await
-                .map_err(Refusal::Auth)?;
+            let v = self.auth.verify(req.headers()).await.map_err(Refusal::Auth)?;
             *verified = Some(v.clone());
             self.auth.authorize(route, &v).map_err(Refusal::Auth)?;
             // Tell the upstream who called, from verified claims only.
@@ -123,30 +117,17 @@ impl Stack {
                 headers.remove(AUTHORIZATION);
             }
         }
-        let origin = Origin {
-            client_ip: conn.peer.ip(),
-            scheme: if conn.tls { "https" } else { "http" },
-        };
+        let origin = Origin { client_ip: conn.peer.ip(), scheme: if conn.tls { "https" } else { "http" } };
         let upstream_start = Instant::now();
-        let resp = self
-            .proxy
-            .forward(req, &origin)
-            .await
-            .map_err(Refusal::Upstream)?;
-        self.metrics
-            .upstream_duration
-            .observe(upstream_start.elapsed().as_secs_f64());
+        let resp = self.proxy.forward(req, &origin).await.map_err(Refusal::Upstream)?;
+        self.metrics.upstream_duration.observe(upstream_start.elapsed().as_secs_f64());
         Ok(resp)
     }
 }
 
 fn strip_prefixed(headers: &mut http::HeaderMap, prefix: &str) {
     if headers.keys().any(|k| k.as_str().starts_with(prefix)) {
-        let names: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with(prefix))
-            .cloned()
-            .collect();
+        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with(prefix)).cloned().collect();
         for n in names {
             headers.remove(n);
         }
@@ -161,10 +142,7 @@ pub struct RequestIds {
 
 impl Default for RequestIds {
     fn default() -> Self {
-        Self {
-            seed: RandomState::new().hash_one(std::process::id()),
-            counter: AtomicU64::new(0),
-        }
+        Self { seed: RandomState::new().hash_one(std::process::id()), counter: AtomicU64::new(0) }
     }
 }
 

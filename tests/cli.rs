@@ -15,41 +15,20 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_mfa-gateway");
 
 fn check(text: &str) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "mfa-gw-check-{}-{}",
-        std::process::id(),
-        text.len()
-    ));
+    let dir = std::env::temp_dir().join(format!("mfa-gw-check-{}-{}", std::process::id(), text.len()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gw.toml");
     std::fs::write(&file, text).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let msg =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&file).output().unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     (out.status.code().unwrap(), msg)
 }
 
 #[test]
 fn shipped_configs_pass_check() {
-    for file in [
-        "config/gateway.toml",
-        "config/partner-center.toml",
-        "config/bench.toml",
-    ] {
-        let out = Command::new(BIN)
-            .args(["check", "--config", file])
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for file in ["config/gateway.toml", "config/partner-center.toml", "config/bench.toml"] {
+        let out = Command::new(BIN).args(["check", "--config", file]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -86,10 +65,7 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
 
 #[test]
 fn missing_file_exits_64() {
-    let out = Command::new(BIN)
-        .args(["check", "--config", "/nonexistent/gw.toml"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check", "--config", "/nonexistent/gw.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
@@ -110,11 +86,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     let dir = std::env::temp_dir().join(format!("mfa-gw-drain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gw.toml");
-    std::fs::write(
-        &file,
-        public_config(up, "").replace("access = false", "access = true"),
-    )
-    .unwrap();
+    std::fs::write(&file, public_config(up, "").replace("access = false", "access = true")).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&file)
@@ -133,21 +105,14 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     while !arrived.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let (status, _, body) = pending.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(exit.code(), Some(0));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("draining")), "{rest:?}");
     // The access event never carries the Authorization header.
-    assert!(!rest
-        .iter()
-        .any(|l| l.to_lowercase().contains("authorization")));
+    assert!(!rest.iter().any(|l| l.to_lowercase().contains("authorization")));
 }

@@ -26,20 +26,12 @@ async fn a_new_kid_is_accepted_after_a_refetch() {
     let h = auth_harness(ROUTES, "refetch_min_interval = \"0s\"").await;
     let before = h.keys.fetches.load(Ordering::SeqCst);
     let next = DevIssuer::generate("k2");
-    h.keys
-        .set_jwks(json!({"keys": [h.issuer.jwk(), next.jwk()]}));
+    h.keys.set_jwks(json!({"keys": [h.issuer.jwk(), next.jwk()]}));
     let token = next.mint(&entra_claims("mfa", 600));
-    assert_eq!(
-        get(h.gw.addr, "/v1/offers", Some(&token)).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(get(h.gw.addr, "/v1/offers", Some(&token)).await.0, StatusCode::OK);
     assert_eq!(h.keys.fetches.load(Ordering::SeqCst), before + 1);
     assert_eq!(
-        metric(
-            &h.gw,
-            "mfa_gateway_key_refetches_total{issuer=\"https://sts.windows.net/{tenantid}/\"}"
-        )
-        .await,
+        metric(&h.gw, "mfa_gateway_key_refetches_total{issuer=\"https://sts.windows.net/{tenantid}/\"}").await,
         1.0
     );
 }
@@ -48,39 +40,17 @@ async fn a_new_kid_is_accepted_after_a_refetch() {
 async fn a_removed_key_is_refused_after_the_next_refresh_even_if_cached() {
     let h = auth_harness(ROUTES, "refresh_interval = \"200ms\"").await;
     let old = h.issuer.mint(&entra_claims("mfa", 600));
-    assert_eq!(
-        get(h.gw.addr, "/v1/offers", Some(&old)).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get(h.gw.addr, "/v1/offers", Some(&old)).await.0,
-        StatusCode::OK,
-        "now cached"
-    );
+    assert_eq!(get(h.gw.addr, "/v1/offers", Some(&old)).await.0, StatusCode::OK);
+    assert_eq!(get(h.gw.addr, "/v1/offers", Some(&old)).await.0, StatusCode::OK, "now cached");
     let next = DevIssuer::generate("k2");
     h.keys.set_jwks(json!({"keys": [next.jwk()]}));
     let start = h.keys.fetches.load(Ordering::SeqCst);
-    wait_until("a refresh", async || {
-        h.keys.fetches.load(Ordering::SeqCst) > start
-    })
-    .await;
+    wait_until("a refresh", async || h.keys.fetches.load(Ordering::SeqCst) > start).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (status, headers, _) = get(h.gw.addr, "/v1/offers", Some(&old)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(headers["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .contains("signing key not found"));
-    assert_eq!(
-        get(
-            h.gw.addr,
-            "/v1/offers",
-            Some(&next.mint(&entra_claims("mfa", 600)))
-        )
-        .await
-        .0,
-        StatusCode::OK
-    );
+    assert!(headers["www-authenticate"].to_str().unwrap().contains("signing key not found"));
+    assert_eq!(get(h.gw.addr, "/v1/offers", Some(&next.mint(&entra_claims("mfa", 600)))).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -88,20 +58,12 @@ async fn unknown_kid_refetches_are_rate_limited() {
     let h = auth_harness(ROUTES, "refetch_min_interval = \"1h\"").await;
     let before = h.keys.fetches.load(Ordering::SeqCst);
     let stranger = DevIssuer::generate("k9");
-    h.keys
-        .set_jwks(json!({"keys": [h.issuer.jwk(), stranger.jwk()]}));
+    h.keys.set_jwks(json!({"keys": [h.issuer.jwk(), stranger.jwk()]}));
     for _ in 0..5 {
         let token = stranger.mint(&entra_claims("mfa", 600));
-        assert_eq!(
-            get(h.gw.addr, "/v1/offers", Some(&token)).await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(get(h.gw.addr, "/v1/offers", Some(&token)).await.0, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(
-        h.keys.fetches.load(Ordering::SeqCst),
-        before,
-        "the start-up fetch was within the last hour"
-    );
+    assert_eq!(h.keys.fetches.load(Ordering::SeqCst), before, "the start-up fetch was within the last hour");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,8 +72,7 @@ async fn a_hundred_concurrent_unknown_kid_requests_cause_one_fetch() {
     // Let the start-up fetch age past the rate limit, then make the key server slow.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let next = DevIssuer::generate("k2");
-    h.keys
-        .set_jwks(json!({"keys": [h.issuer.jwk(), next.jwk()]}));
+    h.keys.set_jwks(json!({"keys": [h.issuer.jwk(), next.jwk()]}));
     h.keys.delay_ms.store(300, Ordering::SeqCst);
     let before = h.keys.fetches.load(Ordering::SeqCst);
     let addr = h.gw.addr;
@@ -147,47 +108,21 @@ async fn key_server_down_at_start_then_up_flips_readyz() {
     );
     let gw = start(&text).await;
     let token = issuer.mint(&entra_claims("mfa", 600));
-    wait_until("a failed fetch", async || {
-        get(gw.admin_addr, "/readyz", None)
-            .await
-            .2
-            .contains("HTTP 503")
-    })
-    .await;
+    wait_until("a failed fetch", async || get(gw.admin_addr, "/readyz", None).await.2.contains("HTTP 503")).await;
     let (status, _, body) = get(gw.admin_addr, "/readyz", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        body.contains("https://sts.windows.net/{tenantid}/: no keys"),
-        "{body}"
-    );
-    assert_eq!(
-        get(gw.addr, "/v1/offers", Some(&token)).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(
-        get(gw.addr, "/healthz", None).await.0,
-        StatusCode::OK,
-        "public routes serve meanwhile"
-    );
+    assert!(body.contains("https://sts.windows.net/{tenantid}/: no keys"), "{body}");
+    assert_eq!(get(gw.addr, "/v1/offers", Some(&token)).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(gw.addr, "/healthz", None).await.0, StatusCode::OK, "public routes serve meanwhile");
 
     keys.up.store(true, Ordering::SeqCst);
-    wait_until("readyz 200", async || {
-        get(gw.admin_addr, "/readyz", None).await.0 == StatusCode::OK
-    })
-    .await;
-    assert_eq!(
-        get(gw.addr, "/v1/offers", Some(&token)).await.0,
-        StatusCode::OK
-    );
+    wait_until("readyz 200", async || get(gw.admin_addr, "/readyz", None).await.0 == StatusCode::OK).await;
+    assert_eq!(get(gw.addr, "/v1/offers", Some(&token)).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn key_server_down_later_keeps_the_cached_keys_until_max_stale() {
-    let h = auth_harness(
-        ROUTES,
-        "refresh_interval = \"100ms\"\nmax_stale = \"1500ms\"",
-    )
-    .await;
+    let h = auth_harness(ROUTES, "refresh_interval = \"100ms\"\nmax_stale = \"1500ms\"").await;
     h.keys.up.store(false, Ordering::SeqCst);
     let failures = || {
         metric(&h.gw, "mfa_gateway_key_fetches_total{issuer=\"https://sts.windows.net/{tenantid}/\",result=\"error\"}")
@@ -195,10 +130,7 @@ async fn key_server_down_later_keeps_the_cached_keys_until_max_stale() {
     wait_until("a failed refresh", async || failures().await >= 1.0).await;
     // A token never seen before still verifies against the last good set.
     let fresh = h.issuer.mint(&entra_claims("mfa", 700));
-    assert_eq!(
-        get(h.gw.addr, "/v1/offers", Some(&fresh)).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(get(h.gw.addr, "/v1/offers", Some(&fresh)).await.0, StatusCode::OK);
     // Past max_stale the set is dropped: fail closed, 503, and /readyz says so.
     wait_until("keys dropped", async || {
         get(h.gw.admin_addr, "/readyz", None).await.0 == StatusCode::SERVICE_UNAVAILABLE
@@ -210,12 +142,6 @@ async fn key_server_down_later_keeps_the_cached_keys_until_max_stale() {
         "cached entry voided too"
     );
     h.keys.up.store(true, Ordering::SeqCst);
-    wait_until("keys back", async || {
-        get(h.gw.admin_addr, "/readyz", None).await.0 == StatusCode::OK
-    })
-    .await;
-    assert_eq!(
-        get(h.gw.addr, "/v1/offers", Some(&fresh)).await.0,
-        StatusCode::OK
-    );
+    wait_until("keys back", async || get(h.gw.admin_addr, "/readyz", None).await.0 == StatusCode::OK).await;
+    assert_eq!(get(h.gw.addr, "/v1/offers", Some(&fresh)).await.0, StatusCode::OK);
 }

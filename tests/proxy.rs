@@ -24,10 +24,7 @@ async fn method_path_query_headers_and_body_round_trip() {
     assert_eq!(status, StatusCode::OK);
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["method"], "POST");
-    assert_eq!(
-        seen["uri"], "/v1/a%20b/c?x=1&y=%3A&z",
-        "path and query byte for byte"
-    );
+    assert_eq!(seen["uri"], "/v1/a%20b/c?x=1&y=%3A&z", "path and query byte for byte");
     assert_eq!(seen["headers"]["x-custom"], "value 1");
     assert_eq!(seen["headers"]["host"], gw.addr.to_string(), "Host kept");
     assert_eq!(seen["body"], "hello body");
@@ -37,19 +34,13 @@ async fn method_path_query_headers_and_body_round_trip() {
 #[tokio::test]
 async fn host_is_replaced_when_configured() {
     let up = echo_upstream().await;
-    let text = config_text(up, "[defaults]\nrequire = \"public\"\n").replace(
-        &format!("url = \"http://{up}\"\n"),
-        &format!("url = \"http://{up}\"\nhost = \"api.internal\"\n"),
-    );
+    let text = config_text(up, "[defaults]\nrequire = \"public\"\n")
+        .replace(&format!("url = \"http://{up}\"\n"), &format!("url = \"http://{up}\"\nhost = \"api.internal\"\n"));
     let gw = start(&text).await;
     let (_, _, body) = get(gw.addr, "/x", None).await;
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["headers"]["host"], "api.internal");
-    assert_eq!(
-        seen["headers"]["x-forwarded-host"],
-        gw.addr.to_string(),
-        "the client's host is still told"
-    );
+    assert_eq!(seen["headers"]["x-forwarded-host"], gw.addr.to_string(), "the client's host is still told");
 }
 
 #[tokio::test]
@@ -81,21 +72,12 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     let (_, _, body) = send(&client(), req).await;
     let seen: Value = serde_json::from_str(&body).unwrap();
     let h = seen["headers"].as_object().unwrap();
-    for gone in [
-        "x-secret",
-        "keep-alive",
-        "te",
-        "trailer",
-        "proxy-authorization",
-        "upgrade",
-    ] {
+    for gone in ["x-secret", "keep-alive", "te", "trailer", "proxy-authorization", "upgrade"] {
         assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
     }
     assert_eq!(h["x-kept"], "k");
     // hyper's client may add its own keep-alive `connection`; the client's tokens must not pass.
-    assert!(h
-        .get("connection")
-        .is_none_or(|c| !c.as_str().unwrap().contains("x-secret")));
+    assert!(h.get("connection").is_none_or(|c| !c.as_str().unwrap().contains("x-secret")));
 
     let gw2 = start(&public_config(up, "")).await;
     let (_, headers, _) = get(gw2.addr, "/r", None).await;
@@ -129,18 +111,11 @@ async fn request_id_is_kept_or_generated_and_returned() {
     let seen: Value = serde_json::from_str(&body).unwrap();
     let minted = headers["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(minted.len(), 32);
-    assert_eq!(
-        seen["headers"]["x-request-id"],
-        minted.as_str(),
-        "upstream and client see the same id"
-    );
+    assert_eq!(seen["headers"]["x-request-id"], minted.as_str(), "upstream and client see the same id");
     let (_, headers2, _) = get(gw.addr, "/id", None).await;
     assert_ne!(headers2["x-request-id"], minted.as_str(), "ids are unique");
 
-    let req = Request::get(format!("http://{}/id", gw.addr))
-        .header("x-request-id", "abc-123")
-        .body(full(""))
-        .unwrap();
+    let req = Request::get(format!("http://{}/id", gw.addr)).header("x-request-id", "abc-123").body(full("")).unwrap();
     let (_, headers, body) = send(&client(), req).await;
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(headers["x-request-id"], "abc-123");
@@ -154,10 +129,7 @@ async fn upstream_down_is_502_with_a_reason() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.starts_with("upstream unreachable"), "{body}");
     assert!(body.to_lowercase().contains("refused"), "{body}");
-    assert_eq!(
-        metric(&gw, "mfa_gateway_upstream_errors_total{kind=\"connect\"}").await,
-        1.0
-    );
+    assert_eq!(metric(&gw, "mfa_gateway_upstream_errors_total{kind=\"connect\"}").await, 1.0);
 }
 
 #[tokio::test]
@@ -167,10 +139,8 @@ async fn upstream_too_slow_is_504() {
         Response::new(full("late"))
     })
     .await;
-    let text = public_config(up, "").replace(
-        &format!("url = \"http://{up}\"\n"),
-        &format!("url = \"http://{up}\"\ntimeout = \"300ms\"\n"),
-    );
+    let text = public_config(up, "")
+        .replace(&format!("url = \"http://{up}\"\n"), &format!("url = \"http://{up}\"\ntimeout = \"300ms\"\n"));
     let gw = start(&text).await;
     let t = std::time::Instant::now();
     let (status, _, body) = get(gw.addr, "/slow", None).await;
@@ -182,16 +152,11 @@ async fn upstream_too_slow_is_504() {
 #[tokio::test]
 async fn a_client_trickling_headers_is_cut_off() {
     let up = echo_upstream().await;
-    let text = public_config(up, "").replace(
-        "shutdown_grace",
-        "header_read_timeout = \"400ms\"\nshutdown_grace",
-    );
+    let text = public_config(up, "").replace("shutdown_grace", "header_read_timeout = \"400ms\"\nshutdown_grace");
     let gw = start(&text).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let t = std::time::Instant::now();
     let mut buf = Vec::new();
     // Keep trickling one header byte at a time; the gateway must close regardless.
@@ -201,9 +166,7 @@ async fn a_client_trickling_headers_is_cut_off() {
             if s.write_all(b"X").await.is_err() {
                 return;
             }
-            if let Ok(Ok(0)) =
-                tokio::time::timeout(Duration::from_millis(1), s.read_buf(&mut buf)).await
-            {
+            if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read_buf(&mut buf)).await {
                 return;
             }
         }
@@ -216,8 +179,7 @@ async fn a_client_trickling_headers_is_cut_off() {
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let up = echo_upstream().await;
-    let text =
-        public_config(up, "").replace("shutdown_grace", "max_header_bytes = 8192\nshutdown_grace");
+    let text = public_config(up, "").replace("shutdown_grace", "max_header_bytes = 8192\nshutdown_grace");
     let gw = start(&text).await;
     let big = "a".repeat(20_000);
     let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
@@ -230,20 +192,14 @@ async fn oversized_headers_get_431() {
 async fn http2_prior_knowledge() {
     let up = echo_upstream().await;
     let gw = start(&public_config(up, "")).await;
-    let req = Request::get(format!("http://{}/h2?q=1", gw.addr))
-        .body(full(""))
-        .unwrap();
+    let req = Request::get(format!("http://{}/h2?q=1", gw.addr)).body(full("")).unwrap();
     let resp = h2_client().request(req).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let seen: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["uri"], "/h2?q=1");
-    assert_eq!(
-        seen["headers"]["host"],
-        gw.addr.to_string(),
-        ":authority becomes Host"
-    );
+    assert_eq!(seen["headers"]["host"], gw.addr.to_string(), ":authority becomes Host");
 }
 
 #[tokio::test]
@@ -269,38 +225,23 @@ async fn websocket_style_upgrade_is_tunnelled() {
     let gw = start(&public_config(up, "")).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
         s.read_exact(&mut b).await.unwrap();
         head.push(b[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     s.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 5];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await.unwrap().unwrap();
     assert_eq!(&back, b"ping!");
 }
 
 fn rss_peak_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .parse()
-        .unwrap()
+    s.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,27 +259,15 @@ async fn a_256_mib_body_streams_each_way_with_flat_memory() {
         }
         assert_eq!(got, TOTAL, "upstream received the whole upload");
         let chunk = Bytes::from(vec![7u8; CHUNK]);
-        Response::new(
-            Repeat {
-                chunk,
-                left: TOTAL / CHUNK,
-            }
-            .boxed(),
-        )
+        Response::new(Repeat { chunk, left: TOTAL / CHUNK }.boxed())
     })
     .await;
     let gw = start(&public_config(up, "")).await;
     // Reset the peak-RSS mark so the measurement covers only the transfer.
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
     let before = rss_peak_kib();
-    let upload = Repeat {
-        chunk: Bytes::from(vec![1u8; CHUNK]),
-        left: TOTAL / CHUNK,
-    }
-    .boxed();
-    let req = Request::put(format!("http://{}/big", gw.addr))
-        .body(upload)
-        .unwrap();
+    let upload = Repeat { chunk: Bytes::from(vec![1u8; CHUNK]), left: TOTAL / CHUNK }.boxed();
+    let req = Request::put(format!("http://{}/big", gw.addr)).body(upload).unwrap();
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
@@ -350,10 +279,7 @@ async fn a_256_mib_body_streams_each_way_with_flat_memory() {
     }
     assert_eq!(got, TOTAL);
     let grew_mib = (rss_peak_kib().saturating_sub(before)) / 1024;
-    assert!(
-        grew_mib < 64,
-        "peak RSS grew by {grew_mib} MiB moving 2 x 256 MiB"
-    );
+    assert!(grew_mib < 64, "peak RSS grew by {grew_mib} MiB moving 2 x 256 MiB");
 }
 
 /// `count` copies of `chunk` as a body, produced lazily: nothing is held but one chunk.

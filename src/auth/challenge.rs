@@ -102,10 +102,7 @@ mod tests {
     #[test]
     fn refusal_table() {
         let c = challenge(AuthRefusal::MissingToken, None);
-        assert_eq!(
-            (c.status, c.www_authenticate.as_deref()),
-            (StatusCode::UNAUTHORIZED, Some("Bearer"))
-        );
+        assert_eq!((c.status, c.www_authenticate.as_deref()), (StatusCode::UNAUTHORIZED, Some("Bearer")));
         let c = challenge(AuthRefusal::MissingToken, Some("api"));
         assert_eq!(c.www_authenticate.as_deref(), Some("Bearer realm=\"api\""));
 
@@ -118,17 +115,11 @@ mod tests {
         let c = challenge(AuthRefusal::Denied(Deny::MfaRequired), Some("api"));
         assert_eq!(c.status, StatusCode::UNAUTHORIZED);
         assert_eq!(c.reason_phrase, Some("Unauthorized - MFA required"));
-        assert_eq!(
-            c.www_authenticate.as_deref(),
-            Some("Bearer error=\"invalid_token\"")
-        );
+        assert_eq!(c.www_authenticate.as_deref(), Some("Bearer error=\"invalid_token\""));
 
         let c = challenge(AuthRefusal::Denied(Deny::AppOnlyNotAllowed), None);
         assert_eq!(c.status, StatusCode::FORBIDDEN);
-        assert!(c
-            .www_authenticate
-            .unwrap()
-            .starts_with("Bearer error=\"insufficient_scope\", error_description="));
+        assert!(c.www_authenticate.unwrap().starts_with("Bearer error=\"insufficient_scope\", error_description="));
 
         let c = challenge(AuthRefusal::KeysUnavailable, None);
         assert_eq!(

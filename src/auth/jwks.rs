@@ -36,10 +36,8 @@ pub struct KeyTiming {
     pub fetch_timeout: Duration,
 }
 
-pub type FetchClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Empty<Bytes>,
->;
+pub type FetchClient =
+    Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>;
 
 /// Result of looking a token's key up in the current snapshot.
 pub enum Lookup {
@@ -93,10 +91,7 @@ impl IssuerKeys {
             timing,
             keys: ArcSwap::from_pointee(Vec::new()),
             epoch: AtomicU64::new(0),
-            gate: Mutex::new(Gate {
-                last_start: None,
-                inflight: None,
-            }),
+            gate: Mutex::new(Gate { last_start: None, inflight: None }),
             health: Mutex::new(Health::default()),
             client,
             metrics,
@@ -129,11 +124,7 @@ impl IssuerKeys {
         if keys.is_empty() {
             return Lookup::NoKeys;
         }
-        let usable = |k: &&Arc<Key>| {
-            k.issuer
-                .as_ref()
-                .is_none_or(|p| p.matches(iss, tid).is_ok())
-        };
+        let usable = |k: &&Arc<Key>| k.issuer.as_ref().is_none_or(|p| p.matches(iss, tid).is_ok());
         match kid {
             Some(kid) => match keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
                 Some(k) if usable(&k) => Lookup::Found(k.clone()),
@@ -154,10 +145,7 @@ impl IssuerKeys {
     pub async fn refetch_for_unknown_kid(self: &Arc<Self>) -> bool {
         match self.start_fetch(false) {
             Some(rx) => {
-                self.metrics
-                    .key_refetches
-                    .with_label_values(&[&self.name])
-                    .inc();
+                self.metrics.key_refetches.with_label_values(&[&self.name]).inc();
                 wait_done(rx).await
             }
             None => false,
@@ -171,11 +159,7 @@ impl IssuerKeys {
         if let Some(rx) = &gate.inflight {
             return Some(rx.clone());
         }
-        if !force
-            && gate
-                .last_start
-                .is_some_and(|t| t.elapsed() < self.timing.refetch_min_interval)
-        {
+        if !force && gate.last_start.is_some_and(|t| t.elapsed() < self.timing.refetch_min_interval) {
             return None;
         }
         let (tx, rx) = watch::channel(None);
@@ -200,32 +184,21 @@ impl IssuerKeys {
                 let mut h = self.health.lock().unwrap();
                 h.last_success = Some(Instant::now());
                 h.last_error = None;
-                self.metrics
-                    .key_fetches
-                    .with_label_values(&[&self.name, "ok"])
-                    .inc();
+                self.metrics.key_fetches.with_label_values(&[&self.name, "ok"]).inc();
                 true
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.name, error = %e, "key set fetch failed");
-                self.metrics
-                    .key_fetches
-                    .with_label_values(&[&self.name, "error"])
-                    .inc();
+                self.metrics.key_fetches.with_label_values(&[&self.name, "error"]).inc();
                 let mut h = self.health.lock().unwrap();
                 h.last_error = Some(e);
-                let stale = h
-                    .last_success
-                    .is_some_and(|t| t.elapsed() > self.timing.max_stale);
+                let stale = h.last_success.is_some_and(|t| t.elapsed() > self.timing.max_stale);
                 drop(h);
                 if stale && self.has_keys() {
                     tracing::error!(issuer = %self.name, max_stale = ?self.timing.max_stale, "key set is stale past max_stale; dropping it, tokens of this issuer get 503 until a fetch succeeds");
                     self.keys.store(Arc::new(Vec::new()));
                     self.epoch.fetch_add(1, Ordering::AcqRel);
-                    self.metrics
-                        .keys_held
-                        .with_label_values(&[&self.name])
-                        .set(0);
+                    self.metrics.keys_held.with_label_values(&[&self.name]).set(0);
                 }
                 false
             }
@@ -239,34 +212,23 @@ impl IssuerKeys {
         let same = |a: &Key, b: &Key| a.kid == b.kid && a.material == b.material && a.alg == b.alg;
         let merged: Vec<Arc<Key>> = new_keys
             .into_iter()
-            .map(|k| {
-                old.iter()
-                    .find(|o| same(o, &k))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(k))
-            })
+            .map(|k| old.iter().find(|o| same(o, &k)).cloned().unwrap_or_else(|| Arc::new(k)))
             .collect();
-        let removed = old
-            .iter()
-            .any(|o| !merged.iter().any(|n| Arc::ptr_eq(o, n)));
+        let removed = old.iter().any(|o| !merged.iter().any(|n| Arc::ptr_eq(o, n)));
         let count = merged.len();
         self.keys.store(Arc::new(merged));
         if removed {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
-        self.metrics
-            .keys_held
-            .with_label_values(&[&self.name])
-            .set(count as i64);
+        self.metrics.keys_held.with_label_values(&[&self.name]).set(count as i64);
         tracing::info!(issuer = %self.name, keys = count, removed, "key set loaded");
     }
 
     async fn fetch(&self) -> Result<Vec<Key>, String> {
         let body = match &self.source {
-            KeySource::File(path) => tokio::fs::read(path)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .into(),
+            KeySource::File(path) => {
+                tokio::fs::read(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?.into()
+            }
             KeySource::Jwks(uri) => self.get(uri.clone()).await?,
             KeySource::Discovery(uri) => {
                 #[derive(serde::Deserialize)]
@@ -274,17 +236,12 @@ impl IssuerKeys {
                     jwks_uri: String,
                 }
                 let doc = self.get(uri.clone()).await?;
-                let d: Discovery = serde_json::from_slice(&doc)
-                    .map_err(|e| format!("discovery document from {uri}: {e}"))?;
-                let jwks: http::Uri = d
-                    .jwks_uri
-                    .parse()
-                    .map_err(|_| format!("discovery jwks_uri {:?} is not a URL", d.jwks_uri))?;
+                let d: Discovery =
+                    serde_json::from_slice(&doc).map_err(|e| format!("discovery document from {uri}: {e}"))?;
+                let jwks: http::Uri =
+                    d.jwks_uri.parse().map_err(|_| format!("discovery jwks_uri {:?} is not a URL", d.jwks_uri))?;
                 if !matches!(jwks.scheme_str(), Some("http" | "https")) {
-                    return Err(format!(
-                        "discovery jwks_uri {:?} is not http(s)",
-                        d.jwks_uri
-                    ));
+                    return Err(format!("discovery jwks_uri {:?} is not http(s)", d.jwks_uri));
                 }
                 self.get(jwks).await?
             }
@@ -299,18 +256,12 @@ impl IssuerKeys {
     async fn get(&self, uri: http::Uri) -> Result<Bytes, String> {
         let req = http::Request::get(uri.clone())
             .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("mfa-gateway/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(http::header::USER_AGENT, concat!("mfa-gateway/", env!("CARGO_PKG_VERSION")))
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let fut = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("GET {uri}: {}", crate::proxy::error_chain(&e)))?;
+            let resp =
+                self.client.request(req).await.map_err(|e| format!("GET {uri}: {}", crate::proxy::error_chain(&e)))?;
             if resp.status() != http::StatusCode::OK {
                 return Err(format!("GET {uri}: HTTP {}", resp.status()));
             }
@@ -320,9 +271,7 @@ impl IssuerKeys {
                 .map_err(|e| format!("GET {uri}: body: {e}"))?;
             Ok(body.to_bytes())
         };
-        tokio::time::timeout(self.timing.fetch_timeout, fut)
-            .await
-            .map_err(|_| format!("GET {uri}: timed out"))?
+        tokio::time::timeout(self.timing.fetch_timeout, fut).await.map_err(|_| format!("GET {uri}: timed out"))?
     }
 
     /// Keeps the set fresh: first fetch with backoff until it succeeds, then every
@@ -361,7 +310,9 @@ pub fn fetch_client() -> FetchClient {
         .unwrap_or_else(|e| {
             tracing::warn!(error = %e, "no platform root certificates; https key servers will fail");
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth(),
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
             )
         })
         .https_or_http()

@@ -41,11 +41,7 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key")
-            .field("kid", &self.kid)
-            .field("kind", &self.kind)
-            .field("alg", &self.alg)
-            .finish()
+        f.debug_struct("Key").field("kid", &self.kid).field("kind", &self.kind).field("alg", &self.alg).finish()
     }
 }
 
@@ -78,8 +74,7 @@ pub struct ParsedJwks {
 /// Parses a JWKS. Keys that cannot be used for signatures are skipped with a reason; a document
 /// with no usable key at all is an error, so a bad publish never empties a good cached set.
 pub fn parse_jwks(body: &[u8]) -> Result<ParsedJwks, String> {
-    let raw: RawJwks =
-        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let raw: RawJwks = serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for (i, v) in raw.keys.into_iter().enumerate() {
@@ -102,10 +97,7 @@ fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
         }
     }
     let alg = match &jwk.alg {
-        Some(a) => Some(
-            a.parse::<Algorithm>()
-                .map_err(|_| format!("unsupported alg {a:?}"))?,
-        ),
+        Some(a) => Some(a.parse::<Algorithm>().map_err(|_| format!("unsupported alg {a:?}"))?),
         None => None,
     };
     let need = |f: &Option<String>, name: &str| f.clone().ok_or_else(|| format!("missing {name}"));
@@ -162,14 +154,7 @@ fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
         }
     }
     let issuer = jwk.issuer.as_deref().map(IssuerPattern::new);
-    Ok(Key {
-        kid: jwk.kid,
-        kind,
-        alg,
-        issuer,
-        decoding,
-        material,
-    })
+    Ok(Key { kid: jwk.kid, kind, alg, issuer, decoding, material })
 }
 
 #[cfg(test)]

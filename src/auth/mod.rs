@@ -131,12 +131,7 @@ impl AuthConfig {
                 (Some(u), None, None) => KeySource::Discovery(v.url(&key("discovery"), u)?),
                 (None, Some(u), None) => KeySource::Jwks(v.url(&key("jwks_uri"), u)?),
                 (None, None, Some(f)) => KeySource::File(v.path(f)),
-                _ => {
-                    return Err(v.err(
-                        key("discovery"),
-                        "give exactly one of discovery, jwks_uri, jwks_file",
-                    ))
-                }
+                _ => return Err(v.err(key("discovery"), "give exactly one of discovery, jwks_uri, jwks_file")),
             };
             if r.audiences.is_empty() {
                 return Err(v.err(key("audiences"), "at least one audience is required"));
@@ -173,19 +168,11 @@ impl AuthConfig {
                 return Err(v.err(key("max_token_bytes"), "must be between 256 and 65536"));
             }
             let timing = KeyTiming {
-                refresh_interval: v.nonzero(
-                    &key("refresh_interval"),
-                    r.refresh_interval.as_deref().unwrap_or("1h"),
-                )?,
-                refetch_min_interval: v.duration(
-                    &key("refetch_min_interval"),
-                    r.refetch_min_interval.as_deref().unwrap_or("5m"),
-                )?,
+                refresh_interval: v.nonzero(&key("refresh_interval"), r.refresh_interval.as_deref().unwrap_or("1h"))?,
+                refetch_min_interval: v
+                    .duration(&key("refetch_min_interval"), r.refetch_min_interval.as_deref().unwrap_or("5m"))?,
                 max_stale: v.nonzero(&key("max_stale"), r.max_stale.as_deref().unwrap_or("24h"))?,
-                fetch_timeout: v.nonzero(
-                    &key("fetch_timeout"),
-                    r.fetch_timeout.as_deref().unwrap_or("5s"),
-                )?,
+                fetch_timeout: v.nonzero(&key("fetch_timeout"), r.fetch_timeout.as_deref().unwrap_or("5s"))?,
             };
             issuers.push(IssuerConfig {
                 rules: IssuerRules {
@@ -203,29 +190,15 @@ impl AuthConfig {
         }
         let amr = mfa.amr.unwrap_or_else(|| vec!["mfa".into()]);
         if amr.is_empty() && mfa.acrs.is_empty() {
-            return Err(v.err(
-                "mfa.amr",
-                "no claim value would ever count as MFA; keep \"mfa\"",
-            ));
+            return Err(v.err("mfa.amr", "no claim value would ever count as MFA; keep \"mfa\""));
         }
-        let header_prefix = identity
-            .header_prefix
-            .unwrap_or_else(|| "x-mfa-gateway-".into())
-            .to_ascii_lowercase();
-        if header_prefix.len() < 3
-            || HeaderName::from_bytes(format!("{header_prefix}x").as_bytes()).is_err()
-        {
-            return Err(v.err(
-                "identity.header_prefix",
-                format!("{header_prefix:?} is not a header name prefix"),
-            ));
+        let header_prefix = identity.header_prefix.unwrap_or_else(|| "x-mfa-gateway-".into()).to_ascii_lowercase();
+        if header_prefix.len() < 3 || HeaderName::from_bytes(format!("{header_prefix}x").as_bytes()).is_err() {
+            return Err(v.err("identity.header_prefix", format!("{header_prefix:?} is not a header name prefix")));
         }
         if let Some(r) = &ch.realm {
             if r.contains(['"', '\\']) || !r.is_ascii() || r.chars().any(|c| c.is_ascii_control()) {
-                return Err(v.err(
-                    "challenge.realm",
-                    "must be printable ASCII without quotes or backslashes",
-                ));
+                return Err(v.err("challenge.realm", "must be printable ASCII without quotes or backslashes"));
             }
         }
         let request_context = match ch.request_context {
@@ -238,10 +211,7 @@ impl AuthConfig {
         let cache_max_entries = cache.max_entries.unwrap_or(10_000);
         Ok(AuthConfig {
             issuers,
-            mfa: MfaRules {
-                amr,
-                acrs: mfa.acrs,
-            },
+            mfa: MfaRules { amr, acrs: mfa.acrs },
             header_prefix,
             forward_authorization: identity.forward_authorization.unwrap_or(true),
             realm: ch.realm,
@@ -275,32 +245,20 @@ pub struct Verified {
 
 impl Verified {
     pub fn caller(&self) -> Caller<'_> {
-        Caller {
-            kind: self.kind,
-            mfa: self.mfa,
-            roles: &self.roles,
-            scopes: &self.scopes,
-        }
+        Caller { kind: self.kind, mfa: self.mfa, roles: &self.roles, scopes: &self.scopes }
     }
 }
 
 struct UntilExp;
 
 impl moka::Expiry<Arc<str>, Arc<Verified>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _: &Arc<str>,
-        v: &Arc<Verified>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _: &Arc<str>, v: &Arc<Verified>, _: std::time::Instant) -> Option<Duration> {
         Some(Duration::from_secs((v.exp - unix_now()).max(0) as u64))
     }
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 pub struct Authenticator {
@@ -332,26 +290,15 @@ impl Authenticator {
             issuers,
             mfa: cfg.mfa.clone(),
             header_prefix: cfg.header_prefix.clone(),
-            max_token_bytes: cfg
-                .issuers
-                .iter()
-                .map(|i| i.rules.max_token_bytes)
-                .max()
-                .unwrap_or(0),
-            cache: moka::sync::Cache::builder()
-                .max_capacity(cfg.cache_max_entries)
-                .expire_after(UntilExp)
-                .build(),
+            max_token_bytes: cfg.issuers.iter().map(|i| i.rules.max_token_bytes).max().unwrap_or(0),
+            cache: moka::sync::Cache::builder().max_capacity(cfg.cache_max_entries).expire_after(UntilExp).build(),
             metrics,
         }
     }
 
     /// Reasons the gateway is not ready to judge tokens; empty when it is.
     pub fn not_ready(&self) -> Vec<String> {
-        self.issuers
-            .iter()
-            .filter_map(|i| i.not_ready_reason())
-            .collect()
+        self.issuers.iter().filter_map(|i| i.not_ready_reason()).collect()
     }
 
     /// Verifies the request's bearer token (from cache when it verified before).
@@ -378,11 +325,7 @@ impl Authenticator {
     async fn verify_uncached(&self, token: &str) -> Result<Verified, AuthRefusal> {
         let invalid = AuthRefusal::Invalid;
         let parsed = token::parse(token, self.max_token_bytes).map_err(invalid)?;
-        let iss = parsed
-            .claims
-            .iss
-            .as_deref()
-            .ok_or(invalid(Invalid::UnknownIssuer))?;
+        let iss = parsed.claims.iss.as_deref().ok_or(invalid(Invalid::UnknownIssuer))?;
         let (index, issuer) = self
             .issuers
             .iter()

@@ -108,12 +108,7 @@ pub fn decide(route: &Route, caller: &Caller<'_>) -> Result<(), Deny> {
     if !route.roles_any.is_empty() && !caller.roles.iter().any(|r| route.roles_any.contains(r)) {
         return Err(Deny::MissingRole);
     }
-    if !route.scopes_any.is_empty()
-        && !caller
-            .scopes
-            .split(' ')
-            .any(|s| route.scopes_any.iter().any(|r| r == s))
-    {
+    if !route.scopes_any.is_empty() && !caller.scopes.split(' ').any(|s| route.scopes_any.iter().any(|r| r == s)) {
         return Err(Deny::MissingScope);
     }
     Ok(())
@@ -155,10 +150,7 @@ mod tests {
             })),
             TokenKind::AppOnly
         );
-        assert_eq!(
-            classify(&c(|c| c.roles = vec!["r".into()])),
-            TokenKind::AppOnly
-        );
+        assert_eq!(classify(&c(|c| c.roles = vec!["r".into()])), TokenKind::AppOnly);
         // scp present -> App+User even with roles or oid == sub.
         assert_eq!(
             classify(&c(|c| {
@@ -189,23 +181,11 @@ mod tests {
 
     #[test]
     fn mfa_signal_from_amr_or_acrs() {
-        let rules = MfaRules {
-            amr: vec!["mfa".into()],
-            acrs: vec!["c1".into()],
-        };
-        assert!(has_mfa(
-            &c(|c| c.amr = Some(vec!["pwd".into(), "mfa".into()])),
-            &rules
-        ));
+        let rules = MfaRules { amr: vec!["mfa".into()], acrs: vec!["c1".into()] };
+        assert!(has_mfa(&c(|c| c.amr = Some(vec!["pwd".into(), "mfa".into()])), &rules));
         assert!(!has_mfa(&c(|c| c.amr = Some(vec!["pwd".into()])), &rules));
-        assert!(
-            !has_mfa(&c(|c| c.amr = Some(vec!["ngcmfa".into()])), &rules),
-            "only configured values count"
-        );
-        assert!(
-            has_mfa(&c(|c| c.acrs = vec!["c1".into()]), &rules),
-            "v2 token without amr"
-        );
+        assert!(!has_mfa(&c(|c| c.amr = Some(vec!["ngcmfa".into()])), &rules), "only configured values count");
+        assert!(has_mfa(&c(|c| c.acrs = vec!["c1".into()]), &rules), "v2 token without amr");
         assert!(
             !has_mfa(
                 &c(|c| {
@@ -220,26 +200,14 @@ mod tests {
     }
 
     fn route(require: Requirement) -> Route {
-        Route {
-            index: 0,
-            name: "r".into(),
-            require,
-            methods: vec![],
-            roles_any: vec![],
-            scopes_any: vec![],
-        }
+        Route { index: 0, name: "r".into(), require, methods: vec![], roles_any: vec![], scopes_any: vec![] }
     }
 
     #[test]
     fn requirement_matrix() {
         use Requirement::*;
         use TokenKind::*;
-        let caller = |kind, mfa| Caller {
-            kind,
-            mfa,
-            roles: &[],
-            scopes: "",
-        };
+        let caller = |kind, mfa| Caller { kind, mfa, roles: &[], scopes: "" };
         let cases = [
             (Token, AppUser, false, Ok(())),
             (Token, AppOnly, false, Ok(())),
@@ -251,11 +219,7 @@ mod tests {
             (AppUserMfa, AppOnly, false, Err(Deny::AppOnlyNotAllowed)),
         ];
         for (req, kind, mfa, want) in cases {
-            assert_eq!(
-                decide(&route(req), &caller(kind, mfa)),
-                want,
-                "{req:?} {kind:?} mfa={mfa}"
-            );
+            assert_eq!(decide(&route(req), &caller(kind, mfa)), want, "{req:?} {kind:?} mfa={mfa}");
         }
     }
 
@@ -264,54 +228,19 @@ mod tests {
         let mut r = route(Requirement::Token);
         r.roles_any = vec!["Partner.Read.All".into()];
         let roles = vec!["Partner.Read.All".to_string()];
+        assert_eq!(decide(&r, &Caller { kind: TokenKind::AppOnly, mfa: false, roles: &roles, scopes: "" }), Ok(()));
         assert_eq!(
-            decide(
-                &r,
-                &Caller {
-                    kind: TokenKind::AppOnly,
-                    mfa: false,
-                    roles: &roles,
-                    scopes: ""
-                }
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            decide(
-                &r,
-                &Caller {
-                    kind: TokenKind::AppOnly,
-                    mfa: false,
-                    roles: &[],
-                    scopes: ""
-                }
-            ),
+            decide(&r, &Caller { kind: TokenKind::AppOnly, mfa: false, roles: &[], scopes: "" }),
             Err(Deny::MissingRole)
         );
         let mut r = route(Requirement::Token);
         r.scopes_any = vec!["user_impersonation".into()];
         assert_eq!(
-            decide(
-                &r,
-                &Caller {
-                    kind: TokenKind::AppUser,
-                    mfa: true,
-                    roles: &[],
-                    scopes: "a user_impersonation"
-                }
-            ),
+            decide(&r, &Caller { kind: TokenKind::AppUser, mfa: true, roles: &[], scopes: "a user_impersonation" }),
             Ok(())
         );
         assert_eq!(
-            decide(
-                &r,
-                &Caller {
-                    kind: TokenKind::AppUser,
-                    mfa: true,
-                    roles: &[],
-                    scopes: "user_impersonation2"
-                }
-            ),
+            decide(&r, &Caller { kind: TokenKind::AppUser, mfa: true, roles: &[], scopes: "user_impersonation2" }),
             Err(Deny::MissingScope)
         );
     }

@@ -122,9 +122,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Invalid> {
     if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
         return Ok(None);
     }
-    let token = std::str::from_utf8(&bytes[7..])
-        .map_err(|_| Invalid::Malformed)?
-        .trim();
+    let token = std::str::from_utf8(&bytes[7..]).map_err(|_| Invalid::Malformed)?.trim();
     if token.is_empty() {
         return Err(Invalid::Malformed);
     }
@@ -141,10 +139,7 @@ pub enum IssuerPattern {
 impl IssuerPattern {
     pub fn new(s: &str) -> Self {
         match s.split_once("{tenantid}") {
-            Some((prefix, suffix)) => IssuerPattern::Template {
-                prefix: prefix.into(),
-                suffix: suffix.into(),
-            },
+            Some((prefix, suffix)) => IssuerPattern::Template { prefix: prefix.into(), suffix: suffix.into() },
             None => IssuerPattern::Exact(s.into()),
         }
     }
@@ -273,9 +268,7 @@ pub struct Parsed<'t> {
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, Invalid> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| Invalid::BadBase64)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| Invalid::BadBase64)
 }
 
 /// Splits and decodes a compact JWS. `jku`, `x5u` and `jwk` headers are never read: keys come
@@ -285,9 +278,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Invalid> {
         return Err(Invalid::TooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(Invalid::Malformed);
     };
     if h.is_empty() || p.is_empty() || s.is_empty() {
@@ -298,43 +289,24 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Invalid> {
         return Err(Invalid::CritHeader);
     }
     // `none` and unknown names fail to parse; HS* parse but no key type accepts them.
-    let alg = header
-        .alg
-        .as_deref()
-        .and_then(|a| a.parse::<Algorithm>().ok())
-        .ok_or(Invalid::AlgNotAllowed)?;
+    let alg = header.alg.as_deref().and_then(|a| a.parse::<Algorithm>().ok()).ok_or(Invalid::AlgNotAllowed)?;
     let claims: Claims = serde_json::from_slice(&b64(p)?).map_err(|_| Invalid::BadJson)?;
     // Validate the signature's encoding now so a bad one is reported as such.
     if s.len() > 1400 || b64(s).is_err() {
         return Err(Invalid::BadBase64);
     }
-    Ok(Parsed {
-        alg,
-        kid: header.kid,
-        claims,
-        signing_input: &token[..h.len() + 1 + p.len()],
-        signature: s,
-    })
+    Ok(Parsed { alg, kid: header.kid, claims, signing_input: &token[..h.len() + 1 + p.len()], signature: s })
 }
 
 /// Checks the algorithm against the issuer's allowlist and the key, then the signature.
-pub fn verify_signature(
-    parsed: &Parsed<'_>,
-    rules: &IssuerRules,
-    key: &Key,
-) -> Result<(), Invalid> {
+pub fn verify_signature(parsed: &Parsed<'_>, rules: &IssuerRules, key: &Key) -> Result<(), Invalid> {
     if !rules.algorithms.contains(&parsed.alg) {
         return Err(Invalid::AlgNotAllowed);
     }
     if !key.kind.accepts(parsed.alg) || key.alg.is_some_and(|a| a != parsed.alg) {
         return Err(Invalid::AlgKeyMismatch);
     }
-    match jsonwebtoken::crypto::verify(
-        parsed.signature,
-        parsed.signing_input.as_bytes(),
-        &key.decoding,
-        parsed.alg,
-    ) {
+    match jsonwebtoken::crypto::verify(parsed.signature, parsed.signing_input.as_bytes(), &key.decoding, parsed.alg) {
         Ok(true) => Ok(()),
         _ => Err(Invalid::BadSignature),
     }
@@ -346,33 +318,19 @@ pub fn check_claims(claims: &Claims, rules: &IssuerRules, now: i64) -> Result<()
     if now > exp.saturating_add(rules.leeway_secs) {
         return Err(Invalid::Expired);
     }
-    if claims
-        .nbf
-        .is_some_and(|nbf| nbf > now.saturating_add(rules.leeway_secs))
-    {
+    if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(rules.leeway_secs)) {
         return Err(Invalid::NotYetValid);
     }
-    if claims
-        .iat
-        .is_some_and(|iat| iat > now.saturating_add(rules.leeway_secs))
-    {
+    if claims.iat.is_some_and(|iat| iat > now.saturating_add(rules.leeway_secs)) {
         return Err(Invalid::IssuedInFuture);
     }
     let iss = claims.iss.as_deref().ok_or(Invalid::UnknownIssuer)?;
     rules.issuer.matches(iss, claims.tid.as_deref())?;
-    if !claims
-        .aud
-        .iter()
-        .any(|a| rules.audiences.iter().any(|r| r == a))
-    {
+    if !claims.aud.iter().any(|a| rules.audiences.iter().any(|r| r == a)) {
         return Err(Invalid::WrongAudience);
     }
     if !rules.tenants.is_empty() {
-        let tid = claims
-            .tid
-            .as_deref()
-            .filter(|t| is_guid(t))
-            .ok_or(Invalid::BadTenantId)?;
+        let tid = claims.tid.as_deref().filter(|t| is_guid(t)).ok_or(Invalid::BadTenantId)?;
         if !rules.tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)) {
             return Err(Invalid::TenantNotAllowed);
         }
@@ -418,15 +376,9 @@ mod tests {
     fn bearer_extraction() {
         let mut h = HeaderMap::new();
         assert_eq!(bearer(&h), Ok(None));
-        h.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Basic dXNlcjpwYXNz"),
-        );
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwYXNz"));
         assert_eq!(bearer(&h), Ok(None));
-        h.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("bearer abc.def.ghi"),
-        );
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc.def.ghi"));
         assert_eq!(bearer(&h), Ok(Some("abc.def.ghi")));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer "));
         assert_eq!(bearer(&h), Err(Invalid::Malformed));
@@ -440,10 +392,7 @@ mod tests {
         let iss = format!("https://sts.windows.net/{TID}/");
         assert!(p.could_match(&iss));
         assert_eq!(p.matches(&iss, Some(TID)), Ok(()));
-        assert_eq!(
-            p.matches(&iss, Some("not-a-guid")),
-            Err(Invalid::BadTenantId)
-        );
+        assert_eq!(p.matches(&iss, Some("not-a-guid")), Err(Invalid::BadTenantId));
         assert_eq!(p.matches(&iss, None), Err(Invalid::BadTenantId));
         let other = "11111111-2222-3333-4444-555555555555";
         assert_eq!(p.matches(&iss, Some(other)), Err(Invalid::UnknownIssuer));
@@ -457,38 +406,17 @@ mod tests {
         let p = enc(&serde_json::json!({"exp": 1}));
         assert_eq!(parse("a.b", 100).unwrap_err(), Invalid::Malformed);
         assert_eq!(parse("a.b.c.d", 100).unwrap_err(), Invalid::Malformed);
-        assert_eq!(
-            parse(&format!("{h}.{p}."), 1000).unwrap_err(),
-            Invalid::Malformed
-        );
-        assert_eq!(
-            parse(&format!("{h}.{p}.sig"), 10).unwrap_err(),
-            Invalid::TooLarge
-        );
-        assert_eq!(
-            parse(&format!("{h}.!!!.sig"), 1000).unwrap_err(),
-            Invalid::BadBase64
-        );
-        assert_eq!(
-            parse(&format!("{h}.{}.sig", enc(&serde_json::json!([1]))), 1000).unwrap_err(),
-            Invalid::BadJson
-        );
+        assert_eq!(parse(&format!("{h}.{p}."), 1000).unwrap_err(), Invalid::Malformed);
+        assert_eq!(parse(&format!("{h}.{p}.sig"), 10).unwrap_err(), Invalid::TooLarge);
+        assert_eq!(parse(&format!("{h}.!!!.sig"), 1000).unwrap_err(), Invalid::BadBase64);
+        assert_eq!(parse(&format!("{h}.{}.sig", enc(&serde_json::json!([1]))), 1000).unwrap_err(), Invalid::BadJson);
         let none = enc(&serde_json::json!({"alg": "none"}));
-        assert_eq!(
-            parse(&format!("{none}.{p}.sig"), 1000).unwrap_err(),
-            Invalid::AlgNotAllowed
-        );
+        assert_eq!(parse(&format!("{none}.{p}.sig"), 1000).unwrap_err(), Invalid::AlgNotAllowed);
         let crit = enc(&serde_json::json!({"alg": "RS256", "crit": ["exp"]}));
-        assert_eq!(
-            parse(&format!("{crit}.{p}.sig"), 1000).unwrap_err(),
-            Invalid::CritHeader
-        );
+        assert_eq!(parse(&format!("{crit}.{p}.sig"), 1000).unwrap_err(), Invalid::CritHeader);
         let good = format!("{h}.{p}.sig");
         let ok = parse(&good, 1000).unwrap();
-        assert_eq!(
-            (ok.alg, ok.kid.as_deref(), ok.signature),
-            (Algorithm::RS256, Some("k"), "sig")
-        );
+        assert_eq!((ok.alg, ok.kid.as_deref(), ok.signature), (Algorithm::RS256, Some("k"), "sig"));
         assert_eq!(ok.signing_input, format!("{h}.{p}"));
     }
 
@@ -506,28 +434,13 @@ mod tests {
         assert_eq!(with(&|c| c.exp = Some(now - 61)), Err(Invalid::Expired));
         assert_eq!(with(&|c| c.exp = Some(now - 59)), Ok(()), "inside leeway");
         assert_eq!(with(&|c| c.nbf = Some(now + 61)), Err(Invalid::NotYetValid));
-        assert_eq!(
-            with(&|c| c.iat = Some(now + 61)),
-            Err(Invalid::IssuedInFuture)
-        );
-        assert_eq!(
-            with(&|c| c.aud = vec!["other".into()]),
-            Err(Invalid::WrongAudience)
-        );
-        assert_eq!(
-            with(&|c| c.iss = Some("https://sts.windows.net/x/".into())),
-            Err(Invalid::UnknownIssuer)
-        );
-        assert_eq!(
-            with(&|c| c.tid = Some("11111111-2222-3333-4444-555555555555".into())),
-            Err(Invalid::UnknownIssuer)
-        );
+        assert_eq!(with(&|c| c.iat = Some(now + 61)), Err(Invalid::IssuedInFuture));
+        assert_eq!(with(&|c| c.aud = vec!["other".into()]), Err(Invalid::WrongAudience));
+        assert_eq!(with(&|c| c.iss = Some("https://sts.windows.net/x/".into())), Err(Invalid::UnknownIssuer));
+        assert_eq!(with(&|c| c.tid = Some("11111111-2222-3333-4444-555555555555".into())), Err(Invalid::UnknownIssuer));
         let mut only = rules();
         only.tenants = vec!["11111111-2222-3333-4444-555555555555".into()];
-        assert_eq!(
-            check_claims(&claims(now), &only, now),
-            Err(Invalid::TenantNotAllowed)
-        );
+        assert_eq!(check_claims(&claims(now), &only, now), Err(Invalid::TenantNotAllowed));
     }
 
     #[test]
@@ -537,9 +450,6 @@ mod tests {
         let c: Claims = serde_json::from_str(r#"{"aud": ["a", "b"]}"#).unwrap();
         assert_eq!(c.aud.len(), 2);
         assert!(serde_json::from_str::<Claims>(r#"{"exp": "soon"}"#).is_err());
-        assert!(
-            serde_json::from_str::<Claims>(r#"{"exp": 1, "exp": 2}"#).is_err(),
-            "duplicate claims refused"
-        );
+        assert!(serde_json::from_str::<Claims>(r#"{"exp": 1, "exp": 2}"#).is_err(), "duplicate claims refused");
     }
 }

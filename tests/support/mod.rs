@@ -59,17 +59,9 @@ pub async fn echo_upstream() -> SocketAddr {
     upstream(|req: Request<Incoming>| async move {
         let method = req.method().to_string();
         let uri = req.uri().to_string();
-        let headers: serde_json::Map<String, Value> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<bin>"))))
-            .collect();
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let headers: serde_json::Map<String, Value> =
+            req.headers().iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<bin>")))).collect();
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let doc = json!({"method": method, "uri": uri, "headers": headers,
                          "body": String::from_utf8_lossy(&body)});
         Response::new(full(doc.to_string()))
@@ -97,10 +89,7 @@ pub fn config_text(upstream: SocketAddr, extra: &str) -> String {
 
 /// Gateway with no auth at all: every request is public.
 pub fn public_config(upstream: SocketAddr, extra: &str) -> String {
-    config_text(
-        upstream,
-        &format!("[defaults]\nrequire = \"public\"\n{extra}"),
-    )
+    config_text(upstream, &format!("[defaults]\nrequire = \"public\"\n{extra}"))
 }
 
 pub async fn start(text: &str) -> Running {
@@ -115,17 +104,11 @@ pub fn client() -> TestClient {
 }
 
 pub fn h2_client() -> TestClient {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new())
+    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
 }
 
 /// GET with an optional bearer token; returns status, headers and body text.
-pub async fn get(
-    addr: SocketAddr,
-    path: &str,
-    token: Option<&str>,
-) -> (http::StatusCode, http::HeaderMap, String) {
+pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (http::StatusCode, http::HeaderMap, String) {
     let mut req = Request::get(format!("http://{addr}{path}"));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -133,21 +116,11 @@ pub async fn get(
     send(&client(), req.body(full("")).unwrap()).await
 }
 
-pub async fn send(
-    c: &TestClient,
-    req: Request<UpBody>,
-) -> (http::StatusCode, http::HeaderMap, String) {
-    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req))
-        .await
-        .expect("response in time")
-        .unwrap();
+pub async fn send(c: &TestClient, req: Request<UpBody>) -> (http::StatusCode, http::HeaderMap, String) {
+    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req)).await.expect("response in time").unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Writes raw bytes to the gateway and reads until the peer closes or `timeout` passes.
@@ -189,12 +162,7 @@ pub async fn auth_harness(routes: &str, issuer_extra: &str) -> AuthHarness {
     );
     let gw = start(&text).await;
     wait_ready(&gw).await;
-    AuthHarness {
-        issuer,
-        keys,
-        gw,
-        upstream,
-    }
+    AuthHarness { issuer, keys, gw, upstream }
 }
 
 pub async fn wait_ready(gw: &Running) {
@@ -230,10 +198,5 @@ require = "token"
 /// Reads one metric sample's value from the admin port.
 pub async fn metric(gw: &Running, name_and_labels: &str) -> f64 {
     let (_, _, body) = get(gw.admin_addr, "/metrics", None).await;
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+    body.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }

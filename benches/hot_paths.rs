@@ -59,7 +59,7 @@ fn bench_tokens(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let metrics = Arc::new(Metrics::new(std::iter::once("r"), &[config.auth.issuers[0].name.clone()]));
     let auth = rt.block_on(async {
-        let auth = Authenticator::new(&config.auth, mfa_gateway::auth::jwks::fetch_client(), metrics);
+        let auth = Authenticator::new(&config.auth, metrics);
         tokio::spawn(auth.issuers[0].clone().maintain());
         while !auth.not_ready().is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::{jwks, Authenticator};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::listener::{self, Drain};
 use crate::metrics::Metrics;
@@ -17,6 +17,7 @@ use crate::proxy::Proxy;
 use crate::refusal::RefusalStyle;
 use crate::routes::RouteTable;
 use crate::stack::{RequestIds, Stack};
+use crate::tls::ServerTls;
 
 /// A started gateway: its bound addresses and the handle to stop it.
 pub struct Running {
@@ -48,7 +49,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         RouteTable::new(&config.routes, config.default_require).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
     let issuer_names: Vec<String> = config.auth.issuers.iter().map(|i| i.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(routes.names(), &issuer_names));
-    let auth = Authenticator::new(&config.auth, jwks::fetch_client(), metrics.clone());
+    let auth = Authenticator::new(&config.auth, metrics.clone());
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
     let background = auth.issuers.iter().map(|i| tokio::spawn(i.clone().maintain())).collect();
 
@@ -63,11 +64,23 @@ pub async fn start(config: Config) -> Result<Running, String> {
         request_ids: RequestIds::default(),
     });
 
+    let mut background: Vec<JoinHandle<()>> = background;
+    let tls = match &config.server.tls {
+        Some(t) => {
+            let tls = Arc::new(ServerTls::new(t.clone())?);
+            background.push(tokio::spawn(tls.clone().watch()));
+            Some(tls)
+        }
+        None => None,
+    };
+
     let (shutdown, rx) = watch::channel(false);
     let drain = Arc::new(Drain::default());
     tokio::spawn(crate::admin::serve(admin, stack.clone(), rx.clone()));
-    let listener = tokio::spawn(listener::serve(listener, stack.clone(), config.server.clone(), rx, drain.clone()));
-    tracing::info!(%addr, admin = %admin_addr, "listening");
+    let listener =
+        tokio::spawn(listener::serve(listener, stack.clone(), config.server.clone(), tls, rx, drain.clone()));
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, admin = %admin_addr, scheme, "listening");
     Ok(Running { addr, admin_addr, stack, shutdown, listener, background, drain, grace: config.server.shutdown_grace })
 }
 

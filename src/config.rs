@@ -57,6 +57,7 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
+    pub tls: Option<crate::tls::ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +76,8 @@ pub struct UpstreamConfig {
     pub host: Option<HeaderValue>,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// TLS settings for `https://` upstreams (platform roots plus `ca_file`).
+    pub tls: Option<rustls::ClientConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -150,6 +153,18 @@ struct RawServer {
     max_header_bytes: usize,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace: String,
+    tls: Option<RawServerTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
+    client_auth: Option<crate::tls::ClientAuth>,
+    handshake_timeout: Option<String>,
+    reload_interval: Option<String>,
 }
 
 impl Default for RawServer {
@@ -162,6 +177,7 @@ impl Default for RawServer {
             idle_timeout: default_idle_timeout(),
             max_header_bytes: default_max_header_bytes(),
             shutdown_grace: default_shutdown_grace(),
+            tls: None,
         }
     }
 }
@@ -215,6 +231,9 @@ struct RawUpstream {
     pool_idle_timeout: String,
     #[serde(default = "default_pool_max_idle")]
     pool_max_idle_per_host: usize,
+    ca_file: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
 }
 
 fn default_connect_timeout() -> String {
@@ -393,7 +412,50 @@ impl Validator<'_> {
             idle_timeout: self.nonzero("server.idle_timeout", &s.idle_timeout)?,
             max_header_bytes: s.max_header_bytes,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
+            tls: match s.tls {
+                Some(t) => Some(self.server_tls(t)?),
+                None => None,
+            },
         })
+    }
+
+    fn server_tls(&self, t: RawServerTls) -> Result<crate::tls::ServerTlsConfig, ConfigError> {
+        if t.client_auth.is_some() && t.client_ca.is_none() {
+            return Err(self.err(
+                "server.tls.client_auth",
+                "needs server.tls.client_ca (the CA bundle client certificates must chain to)",
+            ));
+        }
+        let c = crate::tls::ServerTlsConfig {
+            cert: self.path(&t.cert),
+            key: self.path(&t.key),
+            client_ca: t.client_ca.as_deref().map(|p| self.path(p)),
+            client_auth: t.client_auth.unwrap_or(crate::tls::ClientAuth::Required),
+            handshake_timeout: self
+                .nonzero("server.tls.handshake_timeout", t.handshake_timeout.as_deref().unwrap_or("10s"))?,
+            reload_interval: self
+                .nonzero("server.tls.reload_interval", t.reload_interval.as_deref().unwrap_or("30s"))?,
+        };
+        // Load the files now so `check` catches a bad certificate or key.
+        crate::tls::server_config(&c).map_err(|e| self.err("server.tls", e))?;
+        Ok(c)
+    }
+
+    /// Client TLS for an upstream or key server: platform roots, `ca_file`, optional identity.
+    pub(crate) fn client_tls(
+        &self,
+        key: &str,
+        ca_file: Option<&str>,
+        cert: Option<&str>,
+        private_key: Option<&str>,
+    ) -> Result<rustls::ClientConfig, ConfigError> {
+        let identity = match (cert, private_key) {
+            (Some(c), Some(k)) => Some(crate::tls::Identity { cert: self.path(c), key: self.path(k) }),
+            (None, None) => None,
+            _ => return Err(self.err(format!("{key}.client_cert"), "client_cert and client_key go together")),
+        };
+        let ca = ca_file.map(|p| self.path(p));
+        crate::tls::client_config(ca.as_deref(), identity.as_ref()).map_err(|e| self.err(key, e))
     }
 
     pub(crate) fn nonzero(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -419,11 +481,20 @@ impl Validator<'_> {
 
     fn upstream(&self, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
         let uri = self.url("upstream.url", &u.url)?;
-        if uri.scheme_str() == Some("https") {
-            return Err(
-                self.err("upstream.url", "https upstreams are not supported yet; use http:// (sidecar on loopback)")
-            );
+        let https = uri.scheme_str() == Some("https");
+        if !https && (u.ca_file.is_some() || u.client_cert.is_some()) {
+            return Err(self.err("upstream.ca_file", "TLS settings need an https:// upstream.url"));
         }
+        let tls = if https {
+            Some(self.client_tls(
+                "upstream",
+                u.ca_file.as_deref(),
+                u.client_cert.as_deref(),
+                u.client_key.as_deref(),
+            )?)
+        } else {
+            None
+        };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(self.err(
                 "upstream.url",
@@ -445,6 +516,7 @@ impl Validator<'_> {
             host,
             pool_idle_timeout: self.duration("upstream.pool_idle_timeout", &u.pool_idle_timeout)?,
             pool_max_idle_per_host: u.pool_max_idle_per_host,
+            tls,
         })
     }
 

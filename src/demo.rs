@@ -214,7 +214,13 @@ fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 }
 
 /// The Partner Center profile with its key source, upstream and ports replaced.
-pub fn profile_config(discovery: &str, upstream: &str, listen: &str, admin: &str) -> Result<Config, String> {
+pub fn profile_config(
+    discovery: &str,
+    upstream: &str,
+    listen: &str,
+    admin: &str,
+    tls: Option<(&Path, &Path)>,
+) -> Result<Config, String> {
     let mut doc: toml::Table = PROFILE.parse().map_err(|e| format!("embedded profile: {e}"))?;
     let set = |doc: &mut toml::Table, table: &str, key: &str, value: &str| {
         if let Some(toml::Value::Table(t)) = doc.get_mut(table) {
@@ -224,6 +230,18 @@ pub fn profile_config(discovery: &str, upstream: &str, listen: &str, admin: &str
     set(&mut doc, "server", "listen", listen);
     set(&mut doc, "admin", "listen", admin);
     set(&mut doc, "upstream", "url", upstream);
+    if let (Some((cert, key)), Some(toml::Value::Table(server))) = (tls, doc.get_mut("server")) {
+        let mut t = toml::Table::new();
+        t.insert("cert".into(), toml::Value::String(cert.display().to_string()));
+        t.insert("key".into(), toml::Value::String(key.display().to_string()));
+        server.insert("tls".into(), toml::Value::Table(t));
+    }
+    if let (Some((cert, key)), Some(toml::Value::Table(server))) = (tls, doc.get_mut("server")) {
+        let mut t = toml::Table::new();
+        t.insert("cert".into(), toml::Value::String(cert.display().to_string()));
+        t.insert("key".into(), toml::Value::String(key.display().to_string()));
+        server.insert("tls".into(), toml::Value::Table(t));
+    }
     if let Some(toml::Value::Array(issuers)) = doc.get_mut("issuer") {
         if let Some(toml::Value::Table(first)) = issuers.first_mut() {
             first.insert("discovery".into(), toml::Value::String(discovery.into()));
@@ -236,6 +254,8 @@ pub struct DemoOptions {
     pub listen: String,
     pub admin: String,
     pub tokens_dir: PathBuf,
+    /// Serve HTTPS with a self-signed certificate written next to the tokens.
+    pub tls: bool,
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
@@ -250,7 +270,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let upstream_url = format!("http://{}", upstream.local_addr().map_err(|e| e.to_string())?);
     start_echo_upstream(upstream, "x-mfa-gateway-");
 
-    let config = profile_config(&keys.discovery_url(), &upstream_url, &opts.listen, &opts.admin)?;
+    std::fs::create_dir_all(&opts.tokens_dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.tokens_dir.display()))?;
+    let tls_files = if opts.tls { Some(write_self_signed(&opts.tokens_dir)?) } else { None };
+    let tls = tls_files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let config = profile_config(&keys.discovery_url(), &upstream_url, &opts.listen, &opts.admin, tls)?;
     let running = crate::app::start(config).await?;
     for _ in 0..100 {
         if running.stack.auth.not_ready().is_empty() {
@@ -259,7 +283,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let paths = write_tokens(&issuer, &opts.tokens_dir)?;
-    print_banner(running.addr, running.admin_addr, &paths);
+    let ca = tls_files.as_ref().map(|(c, _)| c.as_path());
+    print_banner(running.addr, running.admin_addr, &paths, ca);
     crate::wait_for_signal().await;
     running.shutdown().await;
     Ok(())
@@ -277,20 +302,34 @@ fn write_tokens(issuer: &DevIssuer, dir: &Path) -> Result<[PathBuf; 3], String> 
     Ok(out.try_into().expect("three paths"))
 }
 
-fn print_banner(addr: SocketAddr, admin: SocketAddr, [mfa, nomfa, app]: &[PathBuf; 3]) {
+/// A self-signed certificate for localhost and 127.0.0.1: (cert.pem, key.pem).
+fn write_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(|e| format!("cannot write {}: {e}", key.display()))?;
+    Ok((cert, key))
+}
+
+fn print_banner(addr: SocketAddr, admin: SocketAddr, [mfa, nomfa, app]: &[PathBuf; 3], ca: Option<&Path>) {
+    let (scheme, curl) = match ca {
+        Some(ca) => ("https", format!("curl --cacert {} -i", ca.display())),
+        None => ("http", "curl -i".to_string()),
+    };
     let host = if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
     let cid = "11111111-2222-3333-4444-555555555555";
     println!(
-        "\nmfa-gateway demo: gateway on http://{host} (admin http://{admin}), Partner Center profile,\n\
+        "\nmfa-gateway demo: gateway on {scheme}://{host} (admin http://{admin}), Partner Center profile,\n\
          dev issuer and echo upstream on loopback. Tokens (valid 12 h) are in {dir}.\n\n\
          # App+User token with MFA -> 200, the upstream echoes the identity it received\n\
-         curl -i -H \"Authorization: Bearer $(cat {mfa})\" http://{host}/v1/customers/{cid}/subscriptions\n\n\
+         {curl} -H \"Authorization: Bearer $(cat {mfa})\" {scheme}://{host}/v1/customers/{cid}/subscriptions\n\n\
          # App+User token without MFA -> 401 Unauthorized - MFA required\n\
-         curl -i -H \"Authorization: Bearer $(cat {nomfa})\" http://{host}/v1/customers/{cid}/subscriptions\n\n\
+         {curl} -H \"Authorization: Bearer $(cat {nomfa})\" {scheme}://{host}/v1/customers/{cid}/subscriptions\n\n\
          # App-only token on a GDAP operation -> 403 insufficient_scope\n\
-         curl -i -H \"Authorization: Bearer $(cat {app})\" http://{host}/v1/customers/{cid}/users\n\n\
+         {curl} -H \"Authorization: Bearer $(cat {app})\" {scheme}://{host}/v1/customers/{cid}/users\n\n\
          # App-only token on a catalog lookup (no GDAP role needed) -> 200\n\
-         curl -i -H \"Authorization: Bearer $(cat {app})\" http://{host}/v1/offers\n\n\
+         {curl} -H \"Authorization: Bearer $(cat {app})\" {scheme}://{host}/v1/offers\n\n\
          # Readiness and metrics\n\
          curl -i http://{admin}/readyz\n\
          curl -s http://{admin}/metrics | grep mfa_gateway_requests_total\n\n\

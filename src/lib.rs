@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod routes;
 pub mod stack;
+pub mod tls;
 
 use config::{Config, LogConfig, LogFormat};
 

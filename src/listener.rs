@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::ServerConfig;
 use crate::stack::{Conn, Stack};
+use crate::tls::ServerTls;
 
 /// Counts open connections so shutdown can wait for them to finish.
 #[derive(Default)]
@@ -58,6 +59,7 @@ pub async fn serve(
     listener: TcpListener,
     stack: Arc<Stack>,
     cfg: ServerConfig,
+    tls: Option<Arc<ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
     drain: Arc<Drain>,
 ) {
@@ -101,20 +103,75 @@ pub async fn serve(
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let idle_timeout = cfg.idle_timeout;
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _guard = guard;
             stack.metrics.connections_open.inc();
-            let conn_info = Conn { peer, tls: false };
-            serve_connection(stream, &builder, stack.clone(), conn_info, idle_timeout, shutdown).await;
+            let activity = Arc::new(AtomicU64::new(now_ms()));
+            let io = Tracked { inner: stream, last: activity.clone() };
+            match tls {
+                None => {
+                    let conn_info = Conn { peer, tls: false };
+                    serve_connection(io, activity, &builder, stack.clone(), conn_info, idle_timeout, shutdown).await;
+                }
+                Some(tls) => match handshake(io, &tls, &stack).await {
+                    Some(io) => {
+                        let conn_info = Conn { peer, tls: true };
+                        serve_connection(io, activity, &builder, stack.clone(), conn_info, idle_timeout, shutdown)
+                            .await;
+                    }
+                    None => tracing::debug!(client = %peer, "TLS handshake did not complete"),
+                },
+            }
             stack.metrics.connections_open.dec();
         });
     }
     tracing::info!("listener closed; draining connections");
 }
 
+/// Completes the TLS handshake within the configured time. A client that speaks plain HTTP
+/// to the TLS port is told so in a one-line 400 rather than left with a reset.
+async fn handshake(
+    mut io: Tracked<tokio::net::TcpStream>,
+    tls: &ServerTls,
+    stack: &Stack,
+) -> Option<tokio_rustls::server::TlsStream<Tracked<tokio::net::TcpStream>>> {
+    let limit = tls.settings.handshake_timeout;
+    let work = async {
+        let mut first = [0u8; 1];
+        // 0x16 opens a TLS handshake record; anything else is not TLS.
+        if matches!(io.inner.peek(&mut first).await, Ok(1) if first[0] != 0x16) {
+            use tokio::io::AsyncWriteExt;
+            const BODY: &str = "this port speaks HTTPS, not HTTP\n";
+            let reply = format!(
+                "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{BODY}",
+                BODY.len()
+            );
+            let _ = io.write_all(reply.as_bytes()).await;
+            let _ = io.shutdown().await;
+            return Err("plain HTTP on the TLS port".to_string());
+        }
+        tls.acceptor().accept(io).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            stack.metrics.tls_handshake_errors.inc();
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            stack.metrics.tls_handshake_errors.inc();
+            tracing::debug!(timeout = ?limit, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 async fn serve_connection<I>(
     io: I,
+    activity: Arc<AtomicU64>,
     builder: &auto::Builder<TokioExecutor>,
     stack: Arc<Stack>,
     conn_info: Conn,
@@ -123,8 +180,7 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(AtomicU64::new(now_ms()));
-    let io = TokioIo::new(Tracked { inner: io, last: activity.clone() });
+    let io = TokioIo::new(io);
     let svc = service_fn(move |req| {
         let stack = stack.clone();
         async move { Ok::<_, Infallible>(stack.handle(req, conn_info).await) }

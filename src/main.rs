@@ -46,6 +46,9 @@ enum Command {
         /// Where mfa.jwt, nomfa.jwt and app.jwt are written.
         #[arg(long)]
         tokens_dir: Option<PathBuf>,
+        /// Serve HTTPS (HTTP/2 and HTTP/1.1) with a self-signed certificate for localhost.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -73,11 +76,12 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(e),
         },
-        Command::Demo { listen, admin, tokens_dir } => {
+        Command::Demo { listen, admin, tokens_dir, tls } => {
             mfa_gateway::init_logging(&LogConfig { format: LogFormat::Pretty, filter: "info".into(), access: true });
             let tokens_dir = tokens_dir.unwrap_or_else(|| std::env::temp_dir().join("mfa-gateway-demo"));
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-            match rt.block_on(mfa_gateway::demo::run(mfa_gateway::demo::DemoOptions { listen, admin, tokens_dir })) {
+            match rt.block_on(mfa_gateway::demo::run(mfa_gateway::demo::DemoOptions { listen, admin, tokens_dir, tls }))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mfa-gateway demo: {e}");

@@ -73,6 +73,7 @@ pub struct Metrics {
     pub keys_held: IntGaugeVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    pub tls_handshake_errors: IntCounter,
 }
 
 /// Buckets from 25 µs to 10 s: resolves the gateway's own microseconds and slow upstreams alike.
@@ -168,8 +169,16 @@ impl Metrics {
         .unwrap();
         reg(Box::new(cache.clone()));
 
+        let tls_handshake_errors = IntCounter::new(
+            "mfa_gateway_tls_handshake_errors_total",
+            "Client TLS handshakes that failed or timed out (plain HTTP on the TLS port included).",
+        )
+        .unwrap();
+        reg(Box::new(tls_handshake_errors.clone()));
+
         Metrics {
             registry,
+            tls_handshake_errors,
             requests,
             invalid,
             route_count: routes.len(),

@@ -19,6 +19,8 @@ pub enum UpstreamError {
     Connect(String),
     /// No response headers within `upstream.timeout`.
     Timeout,
+    /// The TLS handshake with the upstream failed (untrusted certificate, wrong name, ...).
+    Tls(String),
     /// Connected, but the exchange failed (reset, bad response).
     Protocol(String),
 }
@@ -29,6 +31,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) => "connect",
             UpstreamError::Timeout => "timeout",
+            UpstreamError::Tls(_) => "tls",
             UpstreamError::Protocol(_) => "protocol",
         }
     }
@@ -40,22 +43,30 @@ pub struct Origin {
     pub scheme: &'static str,
 }
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 pub struct Proxy {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<Connector, Incoming>,
     upstream: UpstreamConfig,
 }
 
 impl Proxy {
     pub fn new(upstream: &UpstreamConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(upstream.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(true);
+        let connector = match &upstream.tls {
+            // HTTP/2 to the upstream when its ALPN offers it.
+            Some(tls) => crate::tls::https_connector(tls.clone(), true, Some(upstream.connect_timeout)),
+            None => {
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(upstream.connect_timeout));
+                http.set_nodelay(true);
+                hyper_rustls::HttpsConnector::from((http, std::sync::Arc::new(empty_tls())))
+            }
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(upstream.pool_idle_timeout)
             .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
-            .build(http);
+            .build(connector);
         Self { client, upstream: upstream.clone() }
     }
 
@@ -97,6 +108,7 @@ impl Proxy {
 
         let mut resp = match tokio::time::timeout(self.upstream.timeout, self.client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Err(e)) if is_tls(&e) => return Err(UpstreamError::Tls(root_cause(&e))),
             Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(root_cause(&e))),
             Ok(Err(e)) => return Err(UpstreamError::Protocol(root_cause(&e))),
             Ok(Ok(resp)) => resp,
@@ -201,6 +213,37 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
+}
+
+/// A plain-http upstream never uses this; it only satisfies the connector's type.
+fn empty_tls() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// Whether a rustls error is anywhere in the chain. The connector nests it in `io::Error`s, whose
+/// `source()` skips the wrapped error, so each node is unwrapped too.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    fn node(e: &(dyn std::error::Error + 'static)) -> bool {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            return node(inner);
+        }
+        false
+    }
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if node(err) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The innermost cause: "connection refused" says more than "client error (Connect)".

@@ -85,6 +85,9 @@ impl Refusal {
             Refusal::Upstream(UpstreamError::Connect(why)) => {
                 text(StatusCode::BAD_GATEWAY, &format!("upstream unreachable: {why}\n"))
             }
+            Refusal::Upstream(UpstreamError::Tls(why)) => {
+                text(StatusCode::BAD_GATEWAY, &format!("upstream TLS handshake failed: {why}\n"))
+            }
             Refusal::Upstream(UpstreamError::Protocol(why)) => {
                 text(StatusCode::BAD_GATEWAY, &format!("upstream failed: {why}\n"))
             }

@@ -304,19 +304,7 @@ async fn wait_done(mut rx: watch::Receiver<Option<bool>>) -> bool {
     }
 }
 
-pub fn fetch_client() -> FetchClient {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no platform root certificates; https key servers will fail");
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
-        })
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
+/// A client for key servers, http or https with the issuer's TLS settings.
+pub fn fetch_client(tls: rustls::ClientConfig) -> FetchClient {
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build(crate::tls::https_connector(tls, false, None))
 }

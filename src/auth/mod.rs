@@ -44,6 +44,7 @@ pub(crate) struct RawIssuer {
     refetch_min_interval: Option<String>,
     max_stale: Option<String>,
     fetch_timeout: Option<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -80,6 +81,8 @@ pub struct IssuerConfig {
     pub source: KeySource,
     pub timing: KeyTiming,
     pub name: String,
+    /// For https key servers: platform roots plus the issuer's `ca_file`.
+    pub tls: rustls::ClientConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +189,7 @@ impl AuthConfig {
                 source,
                 timing,
                 name: r.issuer,
+                tls: v.client_tls(&key("ca_file"), r.ca_file.as_deref(), None, None)?,
             });
         }
         let amr = mfa.amr.unwrap_or_else(|| vec!["mfa".into()]);
@@ -271,7 +275,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(cfg: &AuthConfig, client: jwks::FetchClient, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cfg: &AuthConfig, metrics: Arc<Metrics>) -> Self {
         let issuers = cfg
             .issuers
             .iter()
@@ -281,7 +285,7 @@ impl Authenticator {
                     i.rules.clone(),
                     i.source.clone(),
                     i.timing.clone(),
-                    client.clone(),
+                    jwks::fetch_client(i.tls.clone()),
                     metrics.clone(),
                 ))
             })

@@ -1,0 +1,211 @@
+//! rustls configurations from PEM files: the listener's (ALPN h2 + http/1.1, TLS 1.2/1.3,
+//! optional client certificates, reload without restart) and the client's (upstreams and key
+//! servers: platform roots plus an optional CA file, optional client certificate).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// Whether the listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub handshake_timeout: Duration,
+    pub reload_interval: Duration,
+}
+
+/// A client certificate and key offered to a peer.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    // The process-wide provider when installed (app::start does), else aws-lc-rs: the same
+    // library jsonwebtoken verifies signatures with.
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no CERTIFICATE in the file", path.display()));
+    }
+    Ok(certs)
+}
+
+/// PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: no usable private key: {e}", path.display()))
+}
+
+fn roots_from(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c).map_err(|e| format!("{}: bad CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// Builds the listener's config; every failure names the file.
+pub fn server_config(c: &ServerTlsConfig) -> Result<ServerConfig, String> {
+    let certs = load_certs(&c.cert)?;
+    let key = load_key(&c.key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = match &c.client_ca {
+        Some(ca) => {
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots_from(ca)?), provider());
+            let v = match c.client_auth {
+                ClientAuth::Required => v.build(),
+                ClientAuth::Optional => v.allow_unauthenticated().build(),
+            };
+            builder.with_client_cert_verifier(v.map_err(|e| format!("{}: {e}", ca.display()))?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!("{} and {} do not make a certificate and its key: {e}", c.cert.display(), c.key.display())
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Client config: platform roots plus `ca_file`, and an optional client certificate.
+pub fn client_config(ca_file: Option<&Path>, identity: Option<&Identity>) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if let Some(ca) = ca_file {
+        for c in load_certs(ca)? {
+            roots.add(c).map_err(|e| format!("{}: bad CA certificate: {e}", ca.display()))?;
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match identity {
+        Some(id) => builder
+            .with_client_auth_cert(load_certs(&id.cert)?, load_key(&id.key)?)
+            .map_err(|e| format!("{} and {}: {e}", id.cert.display(), id.key.display())),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The listener's TLS state: a config swapped atomically when the files change or on SIGHUP.
+/// Handshakes in progress and open connections keep the config they started with.
+pub struct ServerTls {
+    pub settings: ServerTlsConfig,
+    current: ArcSwap<ServerConfig>,
+    stamp: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl ServerTls {
+    pub fn new(settings: ServerTlsConfig) -> Result<Self, String> {
+        let config = server_config(&settings)?;
+        let stamp = Mutex::new(stamps(&settings));
+        Ok(Self { settings, current: ArcSwap::from_pointee(config), stamp })
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// Rebuilds from the files; on any error the old config keeps serving.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = server_config(&self.settings)?;
+        self.current.store(Arc::new(config));
+        Ok(())
+    }
+
+    fn reload_logged(&self, why: &str) {
+        match self.reload() {
+            Ok(()) => tracing::info!(reason = why, cert = %self.settings.cert.display(), "TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(reason = why, error = %e, "TLS reload refused; the previous certificate keeps serving")
+            }
+        }
+    }
+
+    /// Polls the files' modification times and listens for SIGHUP.
+    pub async fn watch(self: Arc<Self>) {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(self.settings.reload_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let hup_fired = async {
+                match hup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = stamps(&self.settings);
+                    let changed = {
+                        let mut old = self.stamp.lock().unwrap();
+                        let changed = *old != now;
+                        *old = now;
+                        changed
+                    };
+                    if changed {
+                        self.reload_logged("files changed");
+                    }
+                }
+                _ = hup_fired => self.reload_logged("SIGHUP"),
+            }
+        }
+    }
+}
+
+fn stamps(s: &ServerTlsConfig) -> Vec<Option<SystemTime>> {
+    [Some(&s.cert), Some(&s.key), s.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// An HTTPS-or-HTTP connector for hyper-util's client.
+pub fn https_connector(
+    tls: ClientConfig,
+    http2: bool,
+    connect_timeout: Option<Duration>,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(connect_timeout);
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    if http2 {
+        b.enable_all_versions().wrap_connector(http)
+    } else {
+        b.enable_http1().wrap_connector(http)
+    }
+}

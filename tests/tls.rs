@@ -1,0 +1,388 @@
+//! TLS on both sides, with certificates made here: ALPN h2/http1.1, the MFA refusal over both,
+//! clean refusals of plain HTTP and TLS 1.1, reload, mutual TLS, HTTPS upstreams and key servers.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mfa_gateway::demo::{entra_claims, DevIssuer};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A private certificate authority.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { pem, issuer: Issuer::new(params, key) }
+    }
+
+    /// A leaf for localhost and 127.0.0.1: (cert PEM, key PEM).
+    fn leaf(&self) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
+    }
+}
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mfa-gw-tls-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now())
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// A rustls client config trusting `ca_pem`, offering `alpn`, optionally with a client cert.
+fn client_tls(ca_pem: &str, alpn: &[&[u8]], identity: Option<&(String, String)>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut c = match identity {
+        Some((cert, key)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes()).map(Result::unwrap).collect(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    c
+}
+
+/// Connects over TLS and returns the stream (for raw bytes or a hyper handshake).
+async fn tls_connect(
+    addr: SocketAddr,
+    cfg: rustls::ClientConfig,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+/// One request over a fresh TLS connection; returns (version, status, headers, body).
+async fn https_get(
+    addr: SocketAddr,
+    cfg: rustls::ClientConfig,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(Version, StatusCode, http::HeaderMap, String), String> {
+    let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
+    let io = TokioIo::new(tls_connect(addr, cfg).await.map_err(|e| e.to_string())?);
+    let mut req = Request::get(format!("https://localhost:{}{path}", addr.port()));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((parts.version, parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A TLS server on loopback answering with `handler`; ALPN h2 and http/1.1.
+async fn tls_server<F>(cert: &(String, String), handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_slice_iter(cert.0.as_bytes()).map(Result::unwrap).collect(),
+            PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(move |req| {
+                    let r = handler(req);
+                    async move { Ok::<_, Infallible>(r) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Gateway with TLS on its listener (files in `d`), the test routes, and a dev issuer.
+async fn tls_gateway(d: &Path, ca: &Ca, tls_extra: &str) -> AuthHarness {
+    let (cert, key) = ca.leaf();
+    let cert = write(d, "cert.pem", &cert);
+    let key = write(d, "key.pem", &key);
+    let server_tls = format!(
+        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nreload_interval = \"100ms\"\n{tls_extra}\n",
+        cert.display(),
+        key.display()
+    );
+    auth_harness(&format!("{server_tls}{ROUTES}"), "").await
+}
+
+#[tokio::test]
+async fn h2_and_http11_by_alpn_and_the_mfa_refusal_over_both() {
+    let ca = Ca::new("test ca");
+    let d = dir();
+    let h = tls_gateway(&d, &ca, "").await;
+    let mfa = h.issuer.mint(&entra_claims("mfa", 600));
+    let nomfa = h.issuer.mint(&entra_claims("nomfa", 600));
+
+    let (v, status, _, body) =
+        https_get(h.gw.addr, client_tls(&ca.pem, &[b"h2"], None), "/v1/offers", Some(&mfa)).await.unwrap();
+    assert_eq!((v, status), (Version::HTTP_2, StatusCode::OK));
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    let (v, status, _, _) =
+        https_get(h.gw.addr, client_tls(&ca.pem, &[b"http/1.1"], None), "/v1/offers", Some(&mfa)).await.unwrap();
+    assert_eq!((v, status), (Version::HTTP_11, StatusCode::OK));
+
+    // HTTP/2: no reason phrase exists; status 401 and the same header.
+    let (_, status, headers, _) =
+        https_get(h.gw.addr, client_tls(&ca.pem, &[b"h2"], None), "/v1/offers", Some(&nomfa)).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer error=\"invalid_token\"");
+    // HTTP/1.1 over TLS: the exact status line, as raw bytes.
+    let mut s = tls_connect(h.gw.addr, client_tls(&ca.pem, &[b"http/1.1"], None)).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /v1/offers HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {nomfa}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 401 Unauthorized - MFA required\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn plain_http_and_tls_1_1_are_refused_cleanly() {
+    let ca = Ca::new("test ca");
+    let d = dir();
+    let h = tls_gateway(&d, &ca, "").await;
+
+    let resp = raw(h.gw.addr, b"GET /v1/offers HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n") && text.contains("speaks HTTPS"), "{text}");
+
+    // A ClientHello offering only TLS 1.1 (record and hello version 3.2, two RSA suites).
+    let mut hello = vec![0x03, 0x02];
+    hello.extend([0u8; 32]); // random
+    hello.extend([0x00, 0x00, 0x04, 0x00, 0x2f, 0x00, 0x35, 0x01, 0x00]); // no session id, suites, null compression
+    let mut hs = vec![0x01, 0x00, 0x00, hello.len() as u8];
+    hs.extend(&hello);
+    let mut record = vec![0x16, 0x03, 0x02, 0x00, hs.len() as u8];
+    record.extend(&hs);
+    let t = std::time::Instant::now();
+    let resp = raw(h.gw.addr, &record, Duration::from_secs(5)).await;
+    assert!(t.elapsed() < Duration::from_secs(4), "the gateway hung on a TLS 1.1 hello");
+    assert_eq!(resp.first(), Some(&0x15), "an alert record, then close: {resp:?}");
+    // Still serving.
+    let mfa = h.issuer.mint(&entra_claims("mfa", 600));
+    let (_, status, _, _) =
+        https_get(h.gw.addr, client_tls(&ca.pem, &[b"h2"], None), "/v1/offers", Some(&mfa)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(metric(&h.gw, "mfa_gateway_tls_handshake_errors_total").await >= 2.0);
+}
+
+#[tokio::test]
+async fn certificate_reload_keeps_open_connections_and_refuses_a_broken_file() {
+    let (ca_a, ca_b) = (Ca::new("ca a"), Ca::new("ca b"));
+    let d = dir();
+    let h = tls_gateway(&d, &ca_a, "").await;
+    let mfa = h.issuer.mint(&entra_claims("mfa", 600));
+
+    // An HTTP/1.1 connection opened under certificate A.
+    let io = TokioIo::new(tls_connect(h.gw.addr, client_tls(&ca_a.pem, &[b"http/1.1"], None)).await.unwrap());
+    let (mut old_conn, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req = || {
+        Request::get("/v1/offers")
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {mfa}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(old_conn.send_request(req()).await.unwrap().status(), StatusCode::OK);
+
+    // Swap in certificate B: new handshakes see it, the open connection keeps working.
+    let (cert_b, key_b) = ca_b.leaf();
+    write(&d, "key.pem", &key_b);
+    write(&d, "cert.pem", &cert_b);
+    let mut seen_b = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if https_get(h.gw.addr, client_tls(&ca_b.pem, &[b"h2"], None), "/healthz", None).await.is_ok() {
+            seen_b = true;
+            break;
+        }
+    }
+    assert!(seen_b, "new connections never got certificate B");
+    assert!(https_get(h.gw.addr, client_tls(&ca_a.pem, &[b"h2"], None), "/healthz", None).await.is_err());
+    assert_eq!(old_conn.send_request(req()).await.unwrap().status(), StatusCode::OK, "old connection dropped");
+
+    // A broken file is refused; certificate B keeps serving.
+    write(&d, "cert.pem", "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(https_get(h.gw.addr, client_tls(&ca_b.pem, &[b"h2"], None), "/healthz", None).await.is_ok());
+}
+
+#[tokio::test]
+async fn mutual_tls_required_refuses_a_client_without_a_certificate() {
+    let (server_ca, client_ca) = (Ca::new("server ca"), Ca::new("client ca"));
+    let d = dir();
+    let client_ca_file = write(&d, "clients.pem", &client_ca.pem);
+    let h = tls_gateway(
+        &d,
+        &server_ca,
+        &format!("client_ca = \"{}\"\nclient_auth = \"required\"", client_ca_file.display()),
+    )
+    .await;
+    let mfa = h.issuer.mint(&entra_claims("mfa", 600));
+    let no_cert =
+        https_get(h.gw.addr, client_tls(&server_ca.pem, &[b"http/1.1"], None), "/v1/offers", Some(&mfa)).await;
+    assert!(no_cert.is_err(), "served without a client certificate: {no_cert:?}");
+    let stranger = Ca::new("other ca").leaf();
+    let wrong =
+        https_get(h.gw.addr, client_tls(&server_ca.pem, &[b"http/1.1"], Some(&stranger)), "/v1/offers", Some(&mfa))
+            .await;
+    assert!(wrong.is_err(), "served a certificate from an unknown CA");
+    let good = client_ca.leaf();
+    let (_, status, _, _) =
+        https_get(h.gw.addr, client_tls(&server_ca.pem, &[b"http/1.1"], Some(&good)), "/v1/offers", Some(&mfa))
+            .await
+            .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+fn https_config(upstream: &str, upstream_ca: &Path, issuer_block: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{upstream}\"\nca_file = \"{}\"\n[log]\naccess = false\n{issuer_block}\n{ROUTES}",
+        upstream_ca.display()
+    )
+}
+
+#[tokio::test]
+async fn https_upstream_and_https_key_server_with_private_cas() {
+    let (up_ca, key_ca) = (Ca::new("upstream ca"), Ca::new("key server ca"));
+    let d = dir();
+    let up = tls_server(&up_ca.leaf(), |req| {
+        let body = json!({"version": format!("{:?}", req.version()), "path": req.uri().path(),
+                          "kind": req.headers().get("x-mfa-gateway-token-kind").map(|v| v.to_str().unwrap())});
+        Response::new(Full::new(Bytes::from(body.to_string())))
+    })
+    .await;
+    let issuer = DevIssuer::generate("k1");
+    let jwks = json!({"keys": [issuer.jwk()]}).to_string();
+    let key_server = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+    let ks = key_server.clone();
+    let key_addr = tls_server(&key_ca.leaf(), move |req| {
+        let body = match req.uri().path() {
+            "/.well-known/openid-configuration" => json!({"issuer": TEMPLATE_ISSUER,
+                "jwks_uri": format!("https://localhost:{}/jwks.json", ks.get().unwrap().port())})
+            .to_string(),
+            _ => jwks.clone(),
+        };
+        Response::new(Full::new(Bytes::from(body)))
+    })
+    .await;
+    key_server.set(key_addr).unwrap();
+    let issuer_block = format!(
+        "[[issuer]]\nissuer = \"{TEMPLATE_ISSUER}\"\ndiscovery = \"https://localhost:{}/.well-known/openid-configuration\"\n\
+         ca_file = \"{}\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n",
+        key_addr.port(),
+        write(&d, "key-ca.pem", &key_ca.pem).display()
+    );
+    let gw = start(&https_config(
+        &format!("https://localhost:{}", up.port()),
+        &write(&d, "up-ca.pem", &up_ca.pem),
+        &issuer_block,
+    ))
+    .await;
+    wait_ready(&gw).await;
+    let (status, _, body) = get(gw.addr, "/v1/offers", Some(&issuer.mint(&entra_claims("mfa", 600)))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["version"], "HTTP/2.0", "HTTP/2 to the upstream when its ALPN offers it");
+    assert_eq!(seen["kind"], "app_user");
+}
+
+#[tokio::test]
+async fn an_untrusted_upstream_certificate_is_502_saying_why() {
+    let (up_ca, other_ca) = (Ca::new("upstream ca"), Ca::new("some other ca"));
+    let d = dir();
+    let up = tls_server(&up_ca.leaf(), |_req| Response::new(Full::new(Bytes::from("secret")))).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"https://localhost:{}\"\nca_file = \"{}\"\n[defaults]\nrequire = \"public\"\n",
+        up.port(),
+        write(&d, "other.pem", &other_ca.pem).display()
+    );
+    let gw = start(&text).await;
+    let (status, _, body) = get(gw.addr, "/x", None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.starts_with("upstream TLS handshake failed"), "{body}");
+    assert!(body.contains("UnknownIssuer"), "{body}");
+    assert!(!body.contains("secret"));
+    assert_eq!(metric(&gw, "mfa_gateway_upstream_errors_total{kind=\"tls\"}").await, 1.0);
+}

@@ -57,7 +57,7 @@ fn bench_tokens(c: &mut Criterion) {
     c.bench_function("token/parse_only", |b| b.iter(|| token::parse(black_box(&tok), 16 * 1024).unwrap()));
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let metrics = Arc::new(Metrics::new(std::iter::once("r"), &[config.auth.issuers[0].name.clone()]));
+    let metrics = Arc::new(Metrics::new(std::iter::once("r"), &[config.auth.issuers[0].name.clone()], &config.metrics));
     let auth = rt.block_on(async {
         let auth = Authenticator::new(&config.auth, metrics);
         tokio::spawn(auth.issuers[0].clone().maintain());

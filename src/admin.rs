@@ -1,4 +1,5 @@
-//! The admin port: `/healthz` (alive), `/readyz` (keys loaded), `/metrics` (Prometheus text).
+//! The admin port: `/healthz` (alive), `/readyz` (keys loaded), `/metrics` (Prometheus text),
+//! `/report` (this instance's MFA status report, JSON).
 //! Kept off the data port so probes and scrapes never meet the auth path.
 
 use std::convert::Infallible;
@@ -59,8 +60,23 @@ fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", stack.metrics.render().into()),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz, /readyz, /metrics\n".into()),
+        "/metrics" => {
+            // Ages are computed at scrape time, so a stuck refresher still shows as stale.
+            for i in &stack.auth.issuers {
+                match i.age_secs() {
+                    Some(age) => stack.metrics.key_set_age.with_label_values(&[&i.name]).set(age),
+                    // Never fetched: no sample (keys_held is 0 and /readyz says why).
+                    None => drop(stack.metrics.key_set_age.remove_label_values(&[&i.name])),
+                }
+            }
+            reply(StatusCode::OK, "text/plain; version=0.0.4", stack.metrics.render().into())
+        }
+        "/report" => {
+            let snapshot = stack.report.snapshot(crate::auth::unix_now());
+            let body = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body.into())
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz, /readyz, /metrics, /report\n".into()),
     }
 }
 

@@ -48,7 +48,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let routes =
         RouteTable::new(&config.routes, config.default_require).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
     let issuer_names: Vec<String> = config.auth.issuers.iter().map(|i| i.name.clone()).collect();
-    let metrics = Arc::new(Metrics::new(routes.names(), &issuer_names));
+    let metrics = Arc::new(Metrics::new(routes.names(), &issuer_names, &config.metrics));
     let auth = Authenticator::new(&config.auth, metrics.clone());
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
     let background = auth.issuers.iter().map(|i| tokio::spawn(i.clone().maintain())).collect();
@@ -60,7 +60,9 @@ pub async fn start(config: Config) -> Result<Running, String> {
         metrics,
         style: RefusalStyle { realm: config.auth.realm.clone(), request_context: config.auth.request_context.clone() },
         forward_authorization: config.auth.forward_authorization,
-        access_log: config.log.access,
+        report: crate::report::Report::new(config.report.clone()),
+        audit: config.audit.enabled,
+        user_ids: crate::audit::UserIds::new(&config.audit),
         request_ids: RequestIds::default(),
     });
 

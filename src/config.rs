@@ -42,6 +42,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
+    pub audit: AuditConfig,
+    pub metrics: crate::metrics::MetricsConfig,
+    pub report: crate::report::ReportConfig,
     pub auth: crate::auth::AuthConfig,
     pub routes: Vec<RouteConfig>,
     pub default_require: Requirement,
@@ -92,8 +95,24 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
     pub filter: String,
-    /// One `mfa_gateway::access` event per request.
-    pub access: bool,
+}
+
+/// How user identifiers (`upn`, `oid`) appear in audit events and `/report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserIdMode {
+    Plain,
+    /// A keyed hash: the same user maps to the same value, which does not reveal the id.
+    Hash,
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// One `mfa_gateway::audit` event per request.
+    pub enabled: bool,
+    pub user_ids: UserIdMode,
+    pub hash_key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +139,12 @@ struct RawConfig {
     upstream: Option<RawUpstream>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    report: RawReport,
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
@@ -256,18 +281,37 @@ struct RawLog {
     format: LogFormat,
     #[serde(default = "default_log_filter")]
     filter: String,
-    #[serde(default = "default_true")]
-    access: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    enabled: Option<bool>,
+    user_ids: Option<UserIdMode>,
+    hash_key: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default)]
+    apps: Vec<String>,
+    max_apps: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    window_days: Option<u32>,
+    max_recent: Option<usize>,
+    max_users: Option<usize>,
+    max_apps: Option<usize>,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self { format: default_log_format(), filter: default_log_filter(), access: true }
+        Self { format: default_log_format(), filter: default_log_filter() }
     }
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_log_format() -> LogFormat {
@@ -368,7 +412,19 @@ impl Validator<'_> {
             Some(u) => self.upstream(u)?,
             None => return Err(self.err("upstream", "missing table [upstream] (with url = \"http://...\")")),
         };
-        let log = LogConfig { format: raw.log.format, filter: raw.log.filter, access: raw.log.access };
+        let log = LogConfig { format: raw.log.format, filter: raw.log.filter };
+        let audit = AuditConfig {
+            enabled: raw.audit.enabled.unwrap_or(true),
+            user_ids: raw.audit.user_ids.unwrap_or(UserIdMode::Plain),
+            hash_key: raw.audit.hash_key.unwrap_or_default(),
+        };
+        if audit.user_ids == UserIdMode::Hash && audit.hash_key.len() < 16 {
+            return Err(
+                self.err("audit.hash_key", "user_ids = \"hash\" needs a secret hash_key of at least 16 characters")
+            );
+        }
+        let metrics = self.metrics(raw.metrics)?;
+        let report = self.report(raw.report)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.filter) {
             return Err(self.err("log.filter", format!("bad filter {:?}: {e}", log.filter)));
         }
@@ -390,7 +446,37 @@ impl Validator<'_> {
                 "routes require tokens but no [[issuer]] is configured; add one, or mark every route and [defaults].require as \"public\"",
             ));
         }
-        Ok(Config { server, admin, upstream, log, auth, routes, default_require })
+        Ok(Config { server, admin, upstream, log, audit, metrics, report, auth, routes, default_require })
+    }
+
+    fn metrics(&self, m: RawMetrics) -> Result<crate::metrics::MetricsConfig, ConfigError> {
+        for a in &m.apps {
+            if a.is_empty() || a.len() > 64 || a == crate::metrics::OTHER_APP || a == "none" {
+                return Err(self.err("metrics.apps", format!("{a:?} cannot be an app label")));
+            }
+        }
+        let max_apps = m.max_apps.unwrap_or(50);
+        if max_apps > 1000 {
+            return Err(self.err("metrics.max_apps", "must be at most 1000 (each app adds three series)"));
+        }
+        Ok(crate::metrics::MetricsConfig { apps: m.apps, max_apps })
+    }
+
+    fn report(&self, r: RawReport) -> Result<crate::report::ReportConfig, ConfigError> {
+        let d = crate::report::ReportConfig::default();
+        let c = crate::report::ReportConfig {
+            window_days: r.window_days.unwrap_or(d.window_days),
+            max_recent: r.max_recent.unwrap_or(d.max_recent),
+            max_users: r.max_users.unwrap_or(d.max_users),
+            max_apps: r.max_apps.unwrap_or(d.max_apps),
+        };
+        if !(1..=90).contains(&c.window_days) {
+            return Err(self.err("report.window_days", "must be between 1 and 90"));
+        }
+        if c.max_recent > 100_000 || c.max_users > 100_000 || c.max_apps > 100_000 {
+            return Err(self.err("report", "max_recent, max_users and max_apps must be at most 100000"));
+        }
+        Ok(c)
     }
 
     fn server(&self, s: RawServer) -> Result<ServerConfig, ConfigError> {

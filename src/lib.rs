@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;
@@ -11,6 +12,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod refusal;
+pub mod report;
 pub mod routes;
 pub mod stack;
 pub mod tls;

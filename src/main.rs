@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             Err(e) => config_error(e),
         },
         Command::Demo { listen, admin, tokens_dir, tls } => {
-            mfa_gateway::init_logging(&LogConfig { format: LogFormat::Pretty, filter: "info".into(), access: true });
+            mfa_gateway::init_logging(&LogConfig { format: LogFormat::Pretty, filter: "info".into() });
             let tokens_dir = tokens_dir.unwrap_or_else(|| std::env::temp_dir().join("mfa-gateway-demo"));
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
             match rt.block_on(mfa_gateway::demo::run(mfa_gateway::demo::DemoOptions { listen, admin, tokens_dir, tls }))

@@ -2,8 +2,12 @@
 //! names from the config, decision and token-kind enums), and the hot-path counters are resolved
 //! to plain handles at start-up so a request never hashes a label set.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::auth::policy::TokenKind;
@@ -74,6 +78,58 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub tls_handshake_errors: IntCounter,
+    pub auth_duration: Histogram,
+    app_user_requests: IntCounterVec,
+    app_only_requests: IntCounterVec,
+    apps: AppLabels,
+    pub key_set_age: GaugeVec,
+}
+
+/// The `app` label: app ids on the allowlist, then the first `max_dynamic` other ids seen, then
+/// `other`. Resolved once per verified token, never per request.
+struct AppLabels {
+    allow: Vec<String>,
+    max_dynamic: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl AppLabels {
+    fn label<'a>(&self, app: Option<&'a str>) -> &'a str {
+        let Some(app) = app else { return "none" };
+        if self.allow.iter().any(|a| a == app) {
+            return app;
+        }
+        // Only GUID-shaped ids become labels: a label is never free text from a token.
+        if !crate::auth::token::is_guid(app) {
+            return OTHER_APP;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(app) {
+            return app;
+        }
+        if seen.len() < self.max_dynamic {
+            seen.insert(app.to_string());
+            return app;
+        }
+        OTHER_APP
+    }
+}
+
+pub const OTHER_APP: &str = "other";
+
+/// Settings for the per-application MFA counters.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// App ids that always get their own `app` label.
+    pub apps: Vec<String>,
+    /// Other app ids labelled as first seen, up to this many; the rest are `other`.
+    pub max_apps: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { apps: Vec::new(), max_apps: 50 }
+    }
 }
 
 /// Buckets from 25 µs to 10 s: resolves the gateway's own microseconds and slow upstreams alike.
@@ -85,7 +141,7 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
-    pub fn new<'a>(route_names: impl Iterator<Item = &'a str>, issuer_names: &[String]) -> Self {
+    pub fn new<'a>(route_names: impl Iterator<Item = &'a str>, issuer_names: &[String], cfg: &MetricsConfig) -> Self {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("metric names are unique");
 
@@ -176,8 +232,60 @@ impl Metrics {
         .unwrap();
         reg(Box::new(tls_handshake_errors.clone()));
 
+        let auth_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "mfa_gateway_auth_duration_seconds",
+                "The gateway's own auth time per request: token verification and policy.",
+            )
+            .buckets(latency_buckets()),
+        )
+        .unwrap();
+        reg(Box::new(auth_duration.clone()));
+        let app_user_requests = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_app_user_requests_total",
+                "Requests with a verified App+User token, by application and whether the token carried MFA. \
+                 The status report's App+User MFA ratio is mfa=\"true\" over the sum (app-only excluded).",
+            ),
+            &["app", "mfa"],
+        )
+        .unwrap();
+        reg(Box::new(app_user_requests.clone()));
+        let app_only_requests = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_app_only_requests_total",
+                "Requests with a verified app-only token, by application.",
+            ),
+            &["app"],
+        )
+        .unwrap();
+        reg(Box::new(app_only_requests.clone()));
+        for app in cfg.apps.iter().map(String::as_str).chain([OTHER_APP]) {
+            app_user_requests.with_label_values(&[app, "true"]);
+            app_user_requests.with_label_values(&[app, "false"]);
+            app_only_requests.with_label_values(&[app]);
+        }
+        let key_set_age = GaugeVec::new(
+            Opts::new(
+                "mfa_gateway_key_set_age_seconds",
+                "Seconds since the issuer's key set was last fetched successfully (absent until the first success).",
+            ),
+            &["issuer"],
+        )
+        .unwrap();
+        reg(Box::new(key_set_age.clone()));
+        let build = IntGaugeVec::new(Opts::new("mfa_gateway_build_info", "Build information; always 1."), &["version"])
+            .unwrap();
+        reg(Box::new(build.clone()));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
         Metrics {
             registry,
+            auth_duration,
+            app_user_requests,
+            app_only_requests,
+            apps: AppLabels { allow: cfg.apps.clone(), max_dynamic: cfg.max_apps, seen: Mutex::new(HashSet::new()) },
+            key_set_age,
             tls_handshake_errors,
             requests,
             invalid,
@@ -192,6 +300,17 @@ impl Metrics {
             keys_held,
             cache_hits: cache.with_label_values(&["hit"]),
             cache_misses: cache.with_label_values(&["miss"]),
+        }
+    }
+
+    /// The MFA-ratio counter for one verified token (resolve once, increment per request).
+    pub fn ratio_counter(&self, app: Option<&str>, kind: TokenKind, mfa: bool) -> IntCounter {
+        let label = self.apps.label(app);
+        match kind {
+            TokenKind::AppUser => {
+                self.app_user_requests.with_label_values(&[label, if mfa { "true" } else { "false" }])
+            }
+            TokenKind::AppOnly => self.app_only_requests.with_label_values(&[label]),
         }
     }
 

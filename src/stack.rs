@@ -4,17 +4,20 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::audit::{self, UserIds};
+use crate::auth::challenge::AuthRefusal;
 use crate::auth::{Authenticator, Verified};
 use crate::metrics::{Decision, Metrics};
 use crate::proxy::{Origin, Proxy};
 use crate::refusal::{Body, Refusal, RefusalStyle};
+use crate::report::{Observation, Report};
 use crate::routes::{self, Requirement, Route, RouteTable};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,10 +34,27 @@ pub struct Stack {
     pub auth: Authenticator,
     pub proxy: Proxy,
     pub metrics: Arc<Metrics>,
+    pub report: Report,
     pub style: RefusalStyle,
     pub forward_authorization: bool,
-    pub access_log: bool,
+    pub audit: bool,
+    pub user_ids: UserIds,
     pub request_ids: RequestIds,
+}
+
+/// What one request learned on its way through, for metrics and the audit event.
+#[derive(Default)]
+struct Trace {
+    verified: Option<Arc<Verified>>,
+    auth: Duration,
+    upstream: Duration,
+}
+
+/// Per-token values derived once and kept on the cached token (`Verified::annotations`).
+struct Derived {
+    ratio: prometheus::IntCounter,
+    user: Option<String>,
+    object_id: Option<String>,
 }
 
 impl Stack {
@@ -48,19 +68,26 @@ impl Stack {
         let route = self.routes.resolve(req.method(), req.uri().path());
         let method = req.method().clone();
 
-        let mut verified = None;
-        let result = self.pass(req, route, conn, &mut verified).await;
+        let mut trace = Trace::default();
+        let result = self.pass(req, route, conn, &mut trace).await;
 
         let (mut resp, decision, reason) = match result {
             Ok(resp) => (resp.map(Either::Left), Decision::Allowed, None),
             Err(refusal) => {
                 let (d, r) = (refusal.decision(), refusal.reason());
-                if let Refusal::Auth(crate::auth::challenge::AuthRefusal::Invalid(i)) = &refusal {
-                    self.metrics.invalid_token(*i);
-                }
-                if let Refusal::Upstream(e) = &refusal {
-                    self.metrics.upstream_error(e.kind());
-                    tracing::warn!(request_id = ?request_id, route = %route.name, error = ?e, "upstream failed");
+                match &refusal {
+                    Refusal::Auth(AuthRefusal::Invalid(i)) => {
+                        self.metrics.invalid_token(*i);
+                        tracing::debug!(request_id = ?request_id, route = %route.name, reason = r, "token refused");
+                    }
+                    Refusal::Auth(AuthRefusal::KeysUnavailable) => {
+                        tracing::warn!(request_id = ?request_id, route = %route.name, "no signing keys for the token's issuer");
+                    }
+                    Refusal::Upstream(e) => {
+                        self.metrics.upstream_error(e.kind());
+                        tracing::warn!(request_id = ?request_id, route = %route.name, error = ?e, "upstream failed");
+                    }
+                    _ => {}
                 }
                 (refusal.into_response(&self.style), d, Some(r))
             }
@@ -68,24 +95,30 @@ impl Stack {
         resp.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
 
         let elapsed = start.elapsed();
-        let kind = verified.as_ref().map(|v| v.kind);
+        let v = trace.verified.as_deref();
+        let kind = v.map(|v| v.kind);
         self.metrics.request(route.index, decision, kind);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         self.metrics.requests_in_flight.dec();
-        if self.access_log {
-            tracing::info!(
-                target: "mfa_gateway::access",
-                request_id = request_id.to_str().unwrap_or("-"),
-                client = %conn.peer,
-                method = %method,
-                route = %route.name,
-                status = resp.status().as_u16(),
-                decision = decision.as_str(),
-                reason = reason.unwrap_or("-"),
-                token_kind = crate::metrics::kind_label(kind),
-                duration_us = elapsed.as_micros() as u64,
-                "request"
-            );
+        if self.audit {
+            let derived = v.map(|v| self.derived(v));
+            audit::emit(&audit::Event {
+                request_id: request_id.to_str().unwrap_or("-"),
+                client: conn.peer,
+                method: method.as_str(),
+                route: &route.name,
+                status: resp.status().as_u16(),
+                decision: decision.as_str(),
+                reason: reason.unwrap_or("-"),
+                token_kind: crate::metrics::kind_label(kind),
+                tenant: v.and_then(|v| v.tid.as_deref()),
+                app: v.and_then(|v| v.app_id.as_deref()),
+                user: derived.and_then(|d| d.user.as_deref()),
+                object_id: derived.and_then(|d| d.object_id.as_deref()),
+                duration_us: elapsed.as_micros() as u64,
+                auth_us: trace.auth.as_micros() as u64,
+                upstream_us: trace.upstream.as_micros() as u64,
+            });
         }
         resp
     }
@@ -95,7 +128,7 @@ impl Stack {
         mut req: Request<Incoming>,
         route: &Route,
         conn: Conn,
-        verified: &mut Option<Arc<Verified>>,
+        trace: &mut Trace,
     ) -> Result<Response<Incoming>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
         if !routes::is_normal_path(req.uri().path()) {
@@ -104,10 +137,25 @@ impl Stack {
         // Identity headers are ours to set; a client's copies are never passed on.
         strip_prefixed(req.headers_mut(), self.auth.header_prefix());
         if route.require != Requirement::Public {
-            // Verify the token (cached after the first time), then the route's requirement.
-            let v = self.auth.verify(req.headers()).await.map_err(Refusal::Auth)?;
-            *verified = Some(v.clone());
-            self.auth.authorize(route, &v).map_err(Refusal::Auth)?;
+            let auth_start = Instant::now();
+            // Verify the token (cached after the first time)...
+            let verified = self.auth.verify(req.headers()).await;
+            let v = match verified {
+                Ok(v) => v,
+                Err(e) => {
+                    trace.auth = auth_start.elapsed();
+                    self.metrics.auth_duration.observe(trace.auth.as_secs_f64());
+                    return Err(Refusal::Auth(e));
+                }
+            };
+            // ...count it for the MFA status report whatever the route decides...
+            self.observe(&v, route);
+            trace.verified = Some(v.clone());
+            // ...then apply the route's requirement.
+            let decided = self.auth.authorize(route, &v);
+            trace.auth = auth_start.elapsed();
+            self.metrics.auth_duration.observe(trace.auth.as_secs_f64());
+            decided.map_err(Refusal::Auth)?;
             // Tell the upstream who called, from verified claims only.
             let headers = req.headers_mut();
             for (name, value) in &v.headers {
@@ -119,9 +167,37 @@ impl Stack {
         }
         let origin = Origin { client_ip: conn.peer.ip(), scheme: if conn.tls { "https" } else { "http" } };
         let upstream_start = Instant::now();
-        let resp = self.proxy.forward(req, &origin).await.map_err(Refusal::Upstream)?;
-        self.metrics.upstream_duration.observe(upstream_start.elapsed().as_secs_f64());
+        let resp = self.proxy.forward(req, &origin).await;
+        trace.upstream = upstream_start.elapsed();
+        let resp = resp.map_err(Refusal::Upstream)?;
+        self.metrics.upstream_duration.observe(trace.upstream.as_secs_f64());
         Ok(resp)
+    }
+
+    /// The status report's inputs: one App+User (with or without MFA) or app-only request.
+    fn observe(&self, v: &Verified, route: &Route) {
+        let d = self.derived(v);
+        d.ratio.inc();
+        self.report.record(&Observation {
+            unix_secs: crate::auth::unix_now(),
+            route: &route.name,
+            kind: v.kind,
+            mfa: v.mfa,
+            app: v.app_id.as_deref().unwrap_or("none"),
+            user: d.user.as_deref(),
+            tenant: v.tid.as_deref(),
+        });
+    }
+
+    fn derived<'v>(&self, v: &'v Verified) -> &'v Derived {
+        let any = v.annotations.get_or_init(|| {
+            Box::new(Derived {
+                ratio: self.metrics.ratio_counter(v.app_id.as_deref(), v.kind, v.mfa),
+                user: self.user_ids.show(v.upn.as_deref().or(v.oid.as_deref())),
+                object_id: self.user_ids.show(v.oid.as_deref()),
+            })
+        });
+        any.downcast_ref::<Derived>().expect("only the stack sets annotations")
     }
 }
 

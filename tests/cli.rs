@@ -86,7 +86,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     let dir = std::env::temp_dir().join(format!("mfa-gw-drain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gw.toml");
-    std::fs::write(&file, public_config(up, "").replace("access = false", "access = true")).unwrap();
+    std::fs::write(&file, public_config(up, "").replace("enabled = false", "enabled = true")).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&file)

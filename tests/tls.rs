@@ -317,7 +317,7 @@ async fn mutual_tls_required_refuses_a_client_without_a_certificate() {
 fn https_config(upstream: &str, upstream_ca: &Path, issuer_block: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"{upstream}\"\nca_file = \"{}\"\n[log]\naccess = false\n{issuer_block}\n{ROUTES}",
+         [upstream]\nurl = \"{upstream}\"\nca_file = \"{}\"\n[audit]\nenabled = false\n{issuer_block}\n{ROUTES}",
         upstream_ca.display()
     )
 }

@@ -102,6 +102,11 @@ impl IssuerKeys {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// Seconds since the last successful fetch; `None` before the first.
+    pub fn age_secs(&self) -> Option<f64> {
+        self.health.lock().unwrap().last_success.map(|t| t.elapsed().as_secs_f64())
+    }
+
     pub fn has_keys(&self) -> bool {
         !self.keys.load().is_empty()
     }

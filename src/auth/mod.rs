@@ -245,6 +245,9 @@ pub struct Verified {
     pub upn: Option<String>,
     /// Identity headers for the upstream, built once per token.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Values other layers derive from this token once (metric handles, redacted ids), so a
+    /// cached token costs them nothing per request. Set and read by the stack.
+    pub annotations: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Verified {
@@ -382,6 +385,7 @@ impl Authenticator {
             app_id,
             upn: c.upn,
             headers: Vec::new(),
+            annotations: std::sync::OnceLock::new(),
         };
         v.headers = self.identity_headers(&v);
         Ok(v)

@@ -77,13 +77,15 @@ pub async fn closed_port() -> SocketAddr {
     a
 }
 
-/// Config text with loopback ports and the given upstream; `extra` appends tables.
+/// Config text with loopback ports and the given upstream; `extra` appends tables. Audit
+/// events are off unless `extra` has its own `[audit]`.
 pub fn config_text(upstream: SocketAddr, extra: &str) -> String {
+    let audit = if extra.contains("[audit]") { "" } else { "[audit]\nenabled = false\n" };
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nshutdown_grace = \"5s\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstream]\nurl = \"http://{upstream}\"\n\
-         [log]\naccess = false\n{extra}\n"
+         {audit}{extra}\n"
     )
 }
 

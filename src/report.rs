@@ -1,0 +1,287 @@
+//! The MFA status report, live, for this instance: over a sliding window of day buckets, the
+//! App+User MFA ratio (app-only requests excluded), a per-application summary, the most recent
+//! App+User requests without MFA, and the users seen without MFA. In memory and bounded;
+//! Prometheus (`rules.yml`) is the view across replicas.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::auth::policy::TokenKind;
+
+#[derive(Debug, Clone)]
+pub struct ReportConfig {
+    pub window_days: u32,
+    pub max_recent: usize,
+    pub max_users: usize,
+    /// Distinct applications tracked per day; the rest count as `other`.
+    pub max_apps: usize,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { window_days: 7, max_recent: 10_000, max_users: 10_000, max_apps: 1_000 }
+    }
+}
+
+/// One verified request, as the report sees it. User fields arrive already hashed or dropped
+/// when the deployment asks for that.
+pub struct Observation<'a> {
+    pub unix_secs: i64,
+    pub route: &'a str,
+    pub kind: TokenKind,
+    pub mfa: bool,
+    pub app: &'a str,
+    pub user: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub app_user_with_mfa: u64,
+    pub app_user_without_mfa: u64,
+    pub app_only: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.app_user_with_mfa += o.app_user_with_mfa;
+        self.app_user_without_mfa += o.app_user_without_mfa;
+        self.app_only += o.app_only;
+    }
+
+    /// with / (with + without); app-only excluded, as the status report defines it.
+    pub fn ratio(&self) -> Option<f64> {
+        let all = self.app_user_with_mfa + self.app_user_without_mfa;
+        (all > 0).then(|| self.app_user_with_mfa as f64 / all as f64)
+    }
+}
+
+struct Day {
+    day: i64,
+    apps: HashMap<String, Counts>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recent {
+    pub time: i64,
+    pub route: String,
+    pub app: String,
+    pub user: Option<String>,
+    pub tenant: Option<String>,
+}
+
+struct State {
+    days: VecDeque<Day>,
+    recent: VecDeque<Recent>,
+    /// user -> (last seen, requests without MFA)
+    users: HashMap<String, (i64, u64)>,
+}
+
+pub struct Report {
+    cfg: ReportConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AppSummary {
+    pub app: String,
+    pub requests: u64,
+    pub with_mfa: u64,
+    pub without_mfa: u64,
+    pub app_only: u64,
+    pub app_user_mfa_ratio: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserSeen {
+    pub user: String,
+    pub last_seen: i64,
+    pub requests_without_mfa: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub scope: &'static str,
+    pub window_days: u32,
+    pub generated_at: i64,
+    pub totals: Counts,
+    /// App+User requests with MFA / all App+User requests; null when there were none.
+    pub app_user_mfa_ratio: Option<f64>,
+    pub applications: Vec<AppSummary>,
+    pub recent_without_mfa: Vec<Recent>,
+    pub users_without_mfa: Vec<UserSeen>,
+}
+
+const OTHER: &str = "other";
+
+impl Report {
+    pub fn new(cfg: ReportConfig) -> Self {
+        Self { cfg, state: Mutex::new(State { days: VecDeque::new(), recent: VecDeque::new(), users: HashMap::new() }) }
+    }
+
+    pub fn record(&self, o: &Observation<'_>) {
+        let day = o.unix_secs.div_euclid(86_400);
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.days.back().is_none_or(|d| d.day < day) {
+            s.days.push_back(Day { day, apps: HashMap::new() });
+        }
+        let oldest = day - i64::from(self.cfg.window_days) + 1;
+        while s.days.front().is_some_and(|d| d.day < oldest) {
+            s.days.pop_front();
+        }
+        // A clock step backwards lands in the newest bucket rather than reopening an old one.
+        let bucket = s.days.back_mut().expect("pushed above");
+        let key = if bucket.apps.contains_key(o.app) || bucket.apps.len() < self.cfg.max_apps { o.app } else { OTHER };
+        let counts = bucket.apps.entry(key.to_string()).or_default();
+        match (o.kind, o.mfa) {
+            (TokenKind::AppOnly, _) => counts.app_only += 1,
+            (TokenKind::AppUser, true) => counts.app_user_with_mfa += 1,
+            (TokenKind::AppUser, false) => counts.app_user_without_mfa += 1,
+        }
+        if o.kind == TokenKind::AppUser && !o.mfa {
+            if self.cfg.max_recent > 0 {
+                if s.recent.len() == self.cfg.max_recent {
+                    s.recent.pop_back();
+                }
+                s.recent.push_front(Recent {
+                    time: o.unix_secs,
+                    route: o.route.to_string(),
+                    app: o.app.to_string(),
+                    user: o.user.map(str::to_string),
+                    tenant: o.tenant.map(str::to_string),
+                });
+            }
+            if let Some(user) = o.user {
+                if let Some(seen) = s.users.get_mut(user) {
+                    *seen = (o.unix_secs, seen.1 + 1);
+                } else if self.cfg.max_users > 0 {
+                    if s.users.len() >= self.cfg.max_users {
+                        // Full: forget the user seen longest ago.
+                        if let Some(stale) = s.users.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| k.clone()) {
+                            s.users.remove(&stale);
+                        }
+                    }
+                    s.users.insert(user.to_string(), (o.unix_secs, 1));
+                }
+            }
+        }
+    }
+
+    pub fn snapshot(&self, now: i64) -> Snapshot {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = now.div_euclid(86_400) - i64::from(self.cfg.window_days) + 1;
+        let mut per_app: HashMap<&str, Counts> = HashMap::new();
+        for d in s.days.iter().filter(|d| d.day >= oldest) {
+            for (app, c) in &d.apps {
+                per_app.entry(app).or_default().add(c);
+            }
+        }
+        let mut totals = Counts::default();
+        let mut applications: Vec<AppSummary> = per_app
+            .into_iter()
+            .map(|(app, c)| {
+                totals.add(&c);
+                AppSummary {
+                    app: app.to_string(),
+                    requests: c.app_user_with_mfa + c.app_user_without_mfa + c.app_only,
+                    with_mfa: c.app_user_with_mfa,
+                    without_mfa: c.app_user_without_mfa,
+                    app_only: c.app_only,
+                    app_user_mfa_ratio: c.ratio(),
+                }
+            })
+            .collect();
+        applications.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.app.cmp(&b.app)));
+        let window_start = oldest * 86_400;
+        let recent_without_mfa = s.recent.iter().take_while(|r| r.time >= window_start).cloned().collect();
+        let mut users_without_mfa: Vec<UserSeen> = s
+            .users
+            .iter()
+            .filter(|(_, v)| v.0 >= window_start)
+            .map(|(u, v)| UserSeen { user: u.clone(), last_seen: v.0, requests_without_mfa: v.1 })
+            .collect();
+        users_without_mfa.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.user.cmp(&b.user)));
+        Snapshot {
+            scope: "this instance; use the Prometheus recording rules for all replicas",
+            window_days: self.cfg.window_days,
+            generated_at: now,
+            totals,
+            app_user_mfa_ratio: totals.ratio(),
+            applications,
+            recent_without_mfa,
+            users_without_mfa,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(t: i64, kind: TokenKind, mfa: bool, app: &'static str, user: Option<&'static str>) -> Observation<'static> {
+        Observation { unix_secs: t, route: "offers", kind, mfa, app, user, tenant: Some("t") }
+    }
+
+    #[test]
+    fn the_status_report_worked_example_is_40_percent() {
+        let r = Report::new(ReportConfig::default());
+        let t = 1_700_000_000;
+        for i in 0..3 {
+            r.record(&obs(t + i, TokenKind::AppUser, false, "portal", Some("u1")));
+        }
+        for i in 0..5 {
+            r.record(&obs(t + i, TokenKind::AppOnly, false, "daemon", None));
+        }
+        for i in 0..2 {
+            r.record(&obs(t + i, TokenKind::AppUser, true, "portal", Some("u2")));
+        }
+        let s = r.snapshot(t + 10);
+        assert_eq!(s.app_user_mfa_ratio, Some(0.4));
+        assert_eq!(s.totals, Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5 });
+        assert_eq!(s.applications[0].app, "daemon");
+        assert_eq!(s.applications[1].app_user_mfa_ratio, Some(0.4));
+        assert_eq!(s.recent_without_mfa.len(), 3);
+        assert_eq!(s.users_without_mfa.len(), 1);
+        assert_eq!(s.users_without_mfa[0].requests_without_mfa, 3);
+    }
+
+    #[test]
+    fn old_days_leave_the_window() {
+        let r = Report::new(ReportConfig { window_days: 7, ..ReportConfig::default() });
+        let day = 86_400;
+        let t = 1_700_000_000 - 1_700_000_000 % day;
+        r.record(&obs(t, TokenKind::AppUser, false, "a", Some("old")));
+        assert_eq!(
+            r.snapshot(t + 6 * day).totals.app_user_without_mfa,
+            1,
+            "day 0 is inside the window ending on day 6"
+        );
+        r.record(&obs(t + 7 * day, TokenKind::AppUser, true, "a", Some("new")));
+        let s = r.snapshot(t + 7 * day);
+        assert_eq!(s.totals.app_user_without_mfa, 0, "day 0 is outside a 7-day window ending on day 7");
+        assert_eq!(s.app_user_mfa_ratio, Some(1.0));
+        assert!(s.recent_without_mfa.is_empty() && s.users_without_mfa.is_empty());
+    }
+
+    #[test]
+    fn caps_hold() {
+        let r = Report::new(ReportConfig { window_days: 7, max_recent: 5, max_users: 3, max_apps: 2 });
+        let t = 1_700_000_000;
+        let users = ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "u9"];
+        let apps = ["a0", "a1", "a2", "a3"];
+        for (i, u) in users.iter().enumerate() {
+            r.record(&obs(t + i as i64, TokenKind::AppUser, false, apps[i % 4], Some(u)));
+        }
+        let s = r.snapshot(t + 100);
+        assert_eq!(s.recent_without_mfa.len(), 5);
+        assert_eq!(s.recent_without_mfa[0].user.as_deref(), Some("u9"), "newest first");
+        let kept: Vec<&str> = s.users_without_mfa.iter().map(|u| u.user.as_str()).collect();
+        assert_eq!(kept, ["u9", "u8", "u7"], "the users seen last are kept");
+        let names: Vec<&str> = s.applications.iter().map(|a| a.app.as_str()).collect();
+        assert_eq!(names.len(), 3, "two apps and other: {names:?}");
+        assert!(names.contains(&"other"));
+        assert_eq!(s.totals.app_user_without_mfa, 10, "nothing lost to the caps");
+    }
+}

@@ -1,0 +1,319 @@
+//! Metrics, the status report and audit events, over the wire.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use mfa_gateway::demo::{entra_claims, DevIssuer, KeyServer};
+use serde_json::{json, Value};
+use support::*;
+
+/// Every log line any test in this binary produces, as JSON.
+fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct Sink;
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                logs().lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(|| Sink)
+            .init();
+        Mutex::new(Vec::new())
+    })
+}
+
+fn log_lines() -> Vec<Value> {
+    let buf = logs().lock().unwrap().clone();
+    String::from_utf8(buf).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Reads all samples of a metric family: (labels, value).
+async fn samples(gw: &mfa_gateway::app::Running, family: &str) -> Vec<(String, f64)> {
+    let (_, _, body) = get(gw.admin_addr, "/metrics", None).await;
+    body.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+        .map(|l| {
+            let (labels, v) = l.rsplit_once(' ').unwrap();
+            (labels[family.len()..].to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+fn sum(samples: &[(String, f64)], needle: &str) -> f64 {
+    samples.iter().filter(|(l, _)| l.contains(needle)).map(|(_, v)| v).sum()
+}
+
+#[tokio::test]
+async fn the_status_report_worked_example_gives_40_percent_in_metrics_and_report() {
+    logs();
+    let h = auth_harness(ROUTES, "").await;
+    // One day: 3 App+User requests without MFA, 5 app-only, 2 App+User with MFA.
+    let nomfa = h.issuer.mint(&entra_claims("nomfa", 600));
+    let app = h.issuer.mint(&entra_claims("app", 600));
+    let mfa = h.issuer.mint(&entra_claims("mfa", 600));
+    for _ in 0..3 {
+        assert_eq!(get(h.gw.addr, "/v1/offers", Some(&nomfa)).await.0, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..5 {
+        assert_eq!(get(h.gw.addr, "/v1/offers", Some(&app)).await.0, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(h.gw.addr, "/v1/offers", Some(&mfa)).await.0, StatusCode::OK);
+    }
+    let s = samples(&h.gw, "mfa_gateway_app_user_requests_total").await;
+    let (with, without) = (sum(&s, "mfa=\"true\""), sum(&s, "mfa=\"false\""));
+    assert_eq!((with, without), (2.0, 3.0));
+    assert_eq!(with / (with + without), 0.4);
+    assert_eq!(sum(&samples(&h.gw, "mfa_gateway_app_only_requests_total").await, "app="), 5.0);
+
+    let (status, _, body) = get(h.gw.admin_addr, "/report", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["app_user_mfa_ratio"], 0.4);
+    assert_eq!(r["totals"], json!({"app_user_with_mfa": 2, "app_user_without_mfa": 3, "app_only": 5}));
+    assert_eq!(r["window_days"], 7);
+    assert_eq!(r["recent_without_mfa"].as_array().unwrap().len(), 3);
+    assert_eq!(r["recent_without_mfa"][0]["route"], "offers");
+    assert_eq!(r["users_without_mfa"][0]["user"], "Adminagent.csp@testtestpartner.onmicrosoft.com");
+    assert_eq!(r["applications"][0]["app"], "00001111-aaaa-2222-bbbb-3333cccc4444");
+    assert_eq!(r["applications"][0]["app_user_mfa_ratio"], 0.4);
+}
+
+#[tokio::test]
+async fn each_decision_increments_its_counter() {
+    logs();
+    // A second issuer whose key server is down gives keys_unavailable; a slow route gives 504.
+    let slow = upstream(|req: Request<Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Response::new(full("{}"))
+    })
+    .await;
+    let dead = closed_port().await;
+    let issuer = DevIssuer::generate("k1");
+    let keys = KeyServer::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        json!({"keys": [issuer.jwk()]}),
+        TEMPLATE_ISSUER,
+    );
+    let text = config_text(
+        slow,
+        &format!(
+            "[[issuer]]\nissuer = \"{TEMPLATE_ISSUER}\"\ndiscovery = \"{}\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n\
+             [[issuer]]\nissuer = \"https://down.example/\"\njwks_uri = \"http://{dead}/keys\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n\
+             [[route]]\nname = \"slow\"\npath = \"/slow\"\nrequire = \"public\"\n{ROUTES}",
+            keys.discovery_url()
+        ),
+    )
+    .replace("[upstream]\n", "[upstream]\ntimeout = \"300ms\"\n");
+    let gw = start(&text).await;
+    for _ in 0..200 {
+        if gw.stack.auth.issuers[0].has_keys() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut down = entra_claims("mfa", 600);
+    down["iss"] = json!("https://down.example/");
+    let cases = [
+        ("/v1/offers", Some(issuer.mint(&entra_claims("mfa", 600))), "allowed", "offers", "app_user"),
+        ("/v1/offers", Some(issuer.mint(&entra_claims("nomfa", 600))), "mfa_required", "offers", "app_user"),
+        ("/v1/offers", None, "missing_token", "offers", "none"),
+        ("/v1/offers", Some("x.y.z".to_string()), "invalid_token", "offers", "none"),
+        ("/v1/customers/c", Some(issuer.mint(&entra_claims("app", 600))), "forbidden", "customers", "app_only"),
+        ("/v1/offers", Some(issuer.mint(&down)), "keys_unavailable", "offers", "none"),
+        ("/slow", None, "upstream_error", "slow", "none"),
+        ("/v1//offers", None, "bad_request", "unmatched", "none"),
+    ];
+    for (path, token, decision, route, kind) in cases {
+        let series =
+            format!("mfa_gateway_requests_total{{decision=\"{decision}\",route=\"{route}\",token_kind=\"{kind}\"}}");
+        let before = metric(&gw, &series).await;
+        get(gw.addr, path, token.as_deref()).await;
+        assert_eq!(metric(&gw, &series).await, before + 1.0, "{series}");
+    }
+    assert_eq!(metric(&gw, "mfa_gateway_invalid_tokens_total{reason=\"bad_base64\"}").await, 1.0);
+    assert_eq!(metric(&gw, "mfa_gateway_upstream_errors_total{kind=\"timeout\"}").await, 1.0);
+    let (_, _, body) = get(gw.admin_addr, "/metrics", None).await;
+    for family in [
+        "mfa_gateway_auth_duration_seconds_bucket",
+        "mfa_gateway_request_duration_seconds_bucket",
+        "mfa_gateway_upstream_duration_seconds_bucket",
+        "mfa_gateway_key_fetches_total",
+        "mfa_gateway_keys_held",
+        "mfa_gateway_key_set_age_seconds",
+        "mfa_gateway_token_cache_total",
+        "mfa_gateway_connections_open",
+        "mfa_gateway_requests_in_flight",
+        "mfa_gateway_build_info",
+    ] {
+        assert!(body.contains(family), "{family} missing");
+    }
+    assert!(
+        !body.contains("mfa_gateway_key_set_age_seconds{issuer=\"https://down.example/\"}"),
+        "never fetched: no age"
+    );
+    assert!(body.contains("mfa_gateway_keys_held{issuer=\"https://down.example/\"} 0"));
+}
+
+#[tokio::test]
+async fn label_values_stay_within_their_sets_under_random_paths() {
+    logs();
+    let h = auth_harness(&format!("[metrics]\napps = [\"allowed-app\"]\nmax_apps = 2\n{ROUTES}"), "").await;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let methods = ["GET", "POST", "DELETE", "PATCH"];
+    for i in 0..150 {
+        let n = next();
+        let path = format!("/v{}/{:x}/{}", n % 3, n, ["offers", "customers", "x", "healthz"][(n % 4) as usize]);
+        let mut c = entra_claims(["mfa", "nomfa", "app"][i % 3], 600);
+        c["appid"] = json!(format!("{:08x}-0000-0000-0000-{:012x}", n as u32, i));
+        if i % 10 == 0 {
+            c["appid"] = json!("allowed-app");
+        }
+        if i % 7 == 0 {
+            c["appid"] = json!("free text with spaces\nand newline");
+        }
+        let req = Request::builder()
+            .method(methods[(n % 4) as usize])
+            .uri(format!("http://{}{path}", h.gw.addr))
+            .header("authorization", format!("Bearer {}", h.issuer.mint(&c)))
+            .body(full(""))
+            .unwrap();
+        send(&client(), req).await;
+    }
+    let routes: HashSet<&str> = ["health", "offers", "customers", "reports", "unmatched"].into();
+    let decisions: HashSet<&str> = mfa_gateway::metrics::Decision::ALL.iter().map(|d| d.as_str()).collect();
+    let kinds: HashSet<&str> = ["app_user", "app_only", "none"].into();
+    let label = |labels: &str, name: &str| -> String {
+        let start = labels.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        labels[start..].split('"').next().unwrap().to_string()
+    };
+    for (labels, _) in samples(&h.gw, "mfa_gateway_requests_total").await {
+        assert!(routes.contains(label(&labels, "route").as_str()), "{labels}");
+        assert!(decisions.contains(label(&labels, "decision").as_str()), "{labels}");
+        assert!(kinds.contains(label(&labels, "token_kind").as_str()), "{labels}");
+    }
+    let apps: HashSet<String> = samples(&h.gw, "mfa_gateway_app_user_requests_total")
+        .await
+        .into_iter()
+        .chain(samples(&h.gw, "mfa_gateway_app_only_requests_total").await)
+        .map(|(l, _)| label(&l, "app"))
+        .collect();
+    assert!(apps.len() <= 4, "allow-listed + 2 first seen + other: {apps:?}");
+    assert!(apps.contains("allowed-app") && apps.contains("other"));
+    assert!(
+        apps.iter().all(|a| a == "allowed-app" || a == "other" || mfa_gateway::auth::token::is_guid(a)),
+        "{apps:?}"
+    );
+}
+
+#[tokio::test]
+async fn report_caps_hold() {
+    logs();
+    let h = auth_harness(&format!("[report]\nmax_recent = 3\nmax_users = 2\n{ROUTES}"), "").await;
+    for i in 0..6 {
+        let mut c = entra_claims("nomfa", 600);
+        c["upn"] = json!(format!("user{i}@contoso.example"));
+        get(h.gw.addr, "/v1/offers", Some(&h.issuer.mint(&c))).await;
+    }
+    let (_, _, body) = get(h.gw.admin_addr, "/report", None).await;
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["recent_without_mfa"].as_array().unwrap().len(), 3);
+    assert_eq!(r["recent_without_mfa"][0]["user"], "user5@contoso.example", "newest first");
+    assert_eq!(r["users_without_mfa"].as_array().unwrap().len(), 2);
+    assert_eq!(r["totals"]["app_user_without_mfa"], 6, "counts are not capped");
+}
+
+#[tokio::test]
+async fn audit_events_carry_decisions_and_identity_but_never_token_bytes() {
+    logs();
+    let h = auth_harness(&format!("[audit]\nenabled = true\n{ROUTES}"), "").await;
+    let tokens = [
+        h.issuer.mint(&entra_claims("mfa", 600)),
+        h.issuer.mint(&entra_claims("nomfa", 600)),
+        h.issuer.mint(&entra_claims("app", 600)),
+        h.issuer.mint(&entra_claims("mfa", -600)),
+        format!("{}.{}", h.issuer.mint(&entra_claims("mfa", 600)), "extra"),
+    ];
+    let mut ids = Vec::new();
+    for t in &tokens {
+        for path in ["/v1/offers", "/v1/customers/c"] {
+            let (_, headers, _) = get(h.gw.addr, path, Some(t)).await;
+            ids.push(headers["x-request-id"].to_str().unwrap().to_string());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lines = log_lines();
+    let audit: Vec<&Value> = lines.iter().filter(|l| l["target"] == "mfa_gateway::audit").collect();
+    for id in &ids {
+        let e =
+            audit.iter().find(|l| l["request_id"] == id.as_str()).unwrap_or_else(|| panic!("no audit event for {id}"));
+        for field in [
+            "client",
+            "method",
+            "route",
+            "status",
+            "decision",
+            "reason",
+            "token_kind",
+            "duration_us",
+            "auth_us",
+            "upstream_us",
+        ] {
+            assert!(!e[field].is_null(), "{field} missing in {e}");
+        }
+    }
+    let mfa_refusal = audit.iter().find(|l| l["request_id"] == ids[2].as_str()).unwrap();
+    assert_eq!(mfa_refusal["decision"], "mfa_required");
+    assert_eq!(mfa_refusal["tid"], mfa_gateway::demo::DEMO_TENANT);
+    assert_eq!(mfa_refusal["user"], "Adminagent.csp@testtestpartner.onmicrosoft.com");
+    let all = String::from_utf8(logs().lock().unwrap().clone()).unwrap();
+    for t in &tokens {
+        for part in t.split('.') {
+            if part.len() >= 12 {
+                assert!(
+                    !all.contains(&part[..12]) && !all.contains(&part[part.len() - 12..]),
+                    "token bytes in the logs"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn hashed_user_ids_in_audit_and_report() {
+    logs();
+    let h =
+        auth_harness(&format!("[audit]\nuser_ids = \"hash\"\nhash_key = \"0123456789abcdef0123\"\n{ROUTES}"), "").await;
+    let (_, headers, _) = get(h.gw.addr, "/v1/offers", Some(&h.issuer.mint(&entra_claims("nomfa", 600)))).await;
+    let id = headers["x-request-id"].to_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let lines = log_lines();
+    let e = lines.iter().find(|l| l["request_id"] == id.as_str()).unwrap();
+    assert!(e["user"].as_str().unwrap().starts_with("h:"), "{e}");
+    assert!(e["oid"].as_str().unwrap().starts_with("h:"), "{e}");
+    let (_, _, body) = get(h.gw.admin_addr, "/report", None).await;
+    assert!(!body.contains("Adminagent") && body.contains("\"h:"), "{body}");
+}

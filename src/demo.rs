@@ -275,6 +275,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let tls_files = if opts.tls { Some(write_self_signed(&opts.tokens_dir)?) } else { None };
     let tls = tls_files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let config = profile_config(&keys.discovery_url(), &upstream_url, &opts.listen, &opts.admin, tls)?;
+    // Tokens first: once /readyz answers 200 they are there to use.
+    let paths = write_tokens(&issuer, &opts.tokens_dir)?;
     let running = crate::app::start(config).await?;
     for _ in 0..100 {
         if running.stack.auth.not_ready().is_empty() {
@@ -282,7 +284,6 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let paths = write_tokens(&issuer, &opts.tokens_dir)?;
     let ca = tls_files.as_ref().map(|(c, _)| c.as_path());
     print_banner(running.addr, running.admin_addr, &paths, ca);
     crate::wait_for_signal().await;
@@ -291,7 +292,6 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
 }
 
 fn write_tokens(issuer: &DevIssuer, dir: &Path) -> Result<[PathBuf; 3], String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut out = Vec::new();
     for kind in ["mfa", "nomfa", "app"] {
         let path = dir.join(format!("{kind}.jwt"));

@@ -35,10 +35,17 @@ pub fn init_logging(log: &LogConfig) {
 
 /// Builds the runtime, serves until SIGTERM or SIGINT, drains, and returns the exit code.
 pub fn run(config: Config) -> i32 {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
-        rt.worker_threads(config.server.workers);
-    }
+    // One worker: a current-thread runtime does the same work without cross-thread wake-ups.
+    let mut rt = match config.server.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

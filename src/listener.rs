@@ -4,10 +4,10 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -108,8 +108,8 @@ pub async fn serve(
             let _permit = permit;
             let _guard = guard;
             stack.metrics.connections_open.inc();
-            let activity = Arc::new(AtomicU64::new(now_ms()));
-            let io = Tracked { inner: stream, last: activity.clone() };
+            let activity = Arc::new(AtomicBool::new(false));
+            let io = Tracked { inner: stream, active: activity.clone() };
             match tls {
                 None => {
                     let conn_info = Conn { peer, tls: false };
@@ -171,7 +171,7 @@ async fn handshake(
 
 async fn serve_connection<I>(
     io: I,
-    activity: Arc<AtomicU64>,
+    activity: Arc<AtomicBool>,
     builder: &auto::Builder<TokioExecutor>,
     stack: Arc<Stack>,
     conn_info: Conn,
@@ -188,10 +188,12 @@ async fn serve_connection<I>(
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut closing = false;
+    // Idle check without a clock read per I/O: every half timeout, see whether any byte moved.
+    // A connection is closed after between one and one and a half `idle_timeout`s of silence.
+    let tick = idle_timeout / 2;
+    let mut next = tokio::time::Instant::now() + tick;
+    let mut quiet = Duration::ZERO;
     loop {
-        let idle_deadline = tokio::time::Instant::now()
-            + idle_timeout
-                .saturating_sub(Duration::from_millis(now_ms().saturating_sub(activity.load(Ordering::Relaxed))));
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -203,27 +205,26 @@ async fn serve_connection<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep_until(idle_deadline), if !closing => {
-                let idle_for = now_ms().saturating_sub(activity.load(Ordering::Relaxed));
-                if idle_for >= idle_timeout.as_millis() as u64 {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+            _ = tokio::time::sleep_until(next), if !closing => {
+                next += tick;
+                if activity.swap(false, Ordering::Relaxed) {
+                    quiet = Duration::ZERO;
+                } else {
+                    quiet += tick;
+                    if quiet >= idle_timeout {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
     }
 }
 
-/// Milliseconds on a process-wide monotonic clock.
-fn now_ms() -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// An I/O stream that notes when it last moved a byte, for the idle timeout.
+/// An I/O stream that notes that it moved a byte, for the idle timeout.
 struct Tracked<I> {
     inner: I,
-    last: Arc<AtomicU64>,
+    active: Arc<AtomicBool>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -231,7 +232,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.last.store(now_ms(), Ordering::Relaxed);
+            self.active.store(true, Ordering::Relaxed);
         }
         r
     }
@@ -241,7 +242,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.last.store(now_ms(), Ordering::Relaxed);
+            self.active.store(true, Ordering::Relaxed);
         }
         r
     }
@@ -253,7 +254,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.last.store(now_ms(), Ordering::Relaxed);
+            self.active.store(true, Ordering::Relaxed);
         }
         r
     }

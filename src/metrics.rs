@@ -235,7 +235,7 @@ impl Metrics {
         let auth_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "mfa_gateway_auth_duration_seconds",
-                "The gateway's own auth time per request: token verification and policy.",
+                "The gateway's own time per request before the upstream: routing, token verification, policy.",
             )
             .buckets(latency_buckets()),
         )

@@ -133,8 +133,12 @@ impl Report {
         }
         // A clock step backwards lands in the newest bucket rather than reopening an old one.
         let bucket = s.days.back_mut().expect("pushed above");
-        let key = if bucket.apps.contains_key(o.app) || bucket.apps.len() < self.cfg.max_apps { o.app } else { OTHER };
-        let counts = bucket.apps.entry(key.to_string()).or_default();
+        let counts = if let Some(c) = bucket.apps.get_mut(o.app) {
+            c
+        } else {
+            let key = if bucket.apps.len() < self.cfg.max_apps { o.app } else { OTHER };
+            bucket.apps.entry(key.to_string()).or_default()
+        };
         match (o.kind, o.mfa) {
             (TokenKind::AppOnly, _) => counts.app_only += 1,
             (TokenKind::AppUser, true) => counts.app_user_with_mfa += 1,

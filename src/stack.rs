@@ -42,12 +42,13 @@ pub struct Stack {
     pub request_ids: RequestIds,
 }
 
-/// What one request learned on its way through, for metrics and the audit event.
-#[derive(Default)]
+/// What one request learned on its way through, for metrics and the audit event. Three clock
+/// reads at most: arrival, end of the gateway's own work, upstream response headers.
 struct Trace {
     verified: Option<Arc<Verified>>,
-    auth: Duration,
-    upstream: Duration,
+    start: Instant,
+    auth_done: Option<Instant>,
+    upstream_done: Option<Instant>,
 }
 
 /// Per-token values derived once and kept on the cached token (`Verified::annotations`).
@@ -59,7 +60,7 @@ struct Derived {
 
 impl Stack {
     pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
-        let start = Instant::now();
+        let mut trace = Trace { verified: None, start: Instant::now(), auth_done: None, upstream_done: None };
         self.metrics.requests_in_flight.inc();
         // Keep the caller's request id (or mint one) so both sides of the hop log the same id.
         let request_id = self.request_ids.take_or_mint(req.headers());
@@ -68,7 +69,6 @@ impl Stack {
         let route = self.routes.resolve(req.method(), req.uri().path());
         let method = req.method().clone();
 
-        let mut trace = Trace::default();
         let result = self.pass(req, route, conn, &mut trace).await;
 
         let (mut resp, decision, reason) = match result {
@@ -94,7 +94,13 @@ impl Stack {
         };
         resp.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
 
-        let elapsed = start.elapsed();
+        let end = trace.upstream_done.or(trace.auth_done).unwrap_or_else(Instant::now);
+        let elapsed = end - trace.start;
+        let auth = trace.auth_done.map_or(Duration::ZERO, |t| t - trace.start);
+        let upstream = match (trace.auth_done, trace.upstream_done) {
+            (Some(a), Some(u)) => u - a,
+            _ => Duration::ZERO,
+        };
         let v = trace.verified.as_deref();
         let kind = v.map(|v| v.kind);
         self.metrics.request(route.index, decision, kind);
@@ -116,8 +122,8 @@ impl Stack {
                 user: derived.and_then(|d| d.user.as_deref()),
                 object_id: derived.and_then(|d| d.object_id.as_deref()),
                 duration_us: elapsed.as_micros() as u64,
-                auth_us: trace.auth.as_micros() as u64,
-                upstream_us: trace.upstream.as_micros() as u64,
+                auth_us: auth.as_micros() as u64,
+                upstream_us: upstream.as_micros() as u64,
             });
         }
         resp
@@ -137,14 +143,12 @@ impl Stack {
         // Identity headers are ours to set; a client's copies are never passed on.
         strip_prefixed(req.headers_mut(), self.auth.header_prefix());
         if route.require != Requirement::Public {
-            let auth_start = Instant::now();
             // Verify the token (cached after the first time)...
             let verified = self.auth.verify(req.headers()).await;
             let v = match verified {
                 Ok(v) => v,
                 Err(e) => {
-                    trace.auth = auth_start.elapsed();
-                    self.metrics.auth_duration.observe(trace.auth.as_secs_f64());
+                    self.auth_done(trace);
                     return Err(Refusal::Auth(e));
                 }
             };
@@ -153,8 +157,9 @@ impl Stack {
             trace.verified = Some(v.clone());
             // ...then apply the route's requirement.
             let decided = self.auth.authorize(route, &v);
-            trace.auth = auth_start.elapsed();
-            self.metrics.auth_duration.observe(trace.auth.as_secs_f64());
+            if decided.is_err() {
+                self.auth_done(trace);
+            }
             decided.map_err(Refusal::Auth)?;
             // Tell the upstream who called, from verified claims only.
             let headers = req.headers_mut();
@@ -166,12 +171,21 @@ impl Stack {
             }
         }
         let origin = Origin { client_ip: conn.peer.ip(), scheme: if conn.tls { "https" } else { "http" } };
-        let upstream_start = Instant::now();
+        let upstream_start = self.auth_done(trace);
         let resp = self.proxy.forward(req, &origin).await;
-        trace.upstream = upstream_start.elapsed();
+        let done = Instant::now();
+        trace.upstream_done = Some(done);
         let resp = resp.map_err(Refusal::Upstream)?;
-        self.metrics.upstream_duration.observe(trace.upstream.as_secs_f64());
+        self.metrics.upstream_duration.observe((done - upstream_start).as_secs_f64());
         Ok(resp)
+    }
+
+    /// Marks the end of the gateway's own work (routing, token, policy): the auth histogram.
+    fn auth_done(&self, trace: &mut Trace) -> Instant {
+        let now = Instant::now();
+        trace.auth_done = Some(now);
+        self.metrics.auth_duration.observe((now - trace.start).as_secs_f64());
+        now
     }
 
     /// The status report's inputs: one App+User (with or without MFA) or app-only request.

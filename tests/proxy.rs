@@ -177,6 +177,24 @@ async fn a_client_trickling_headers_is_cut_off() {
 }
 
 #[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let up = echo_upstream().await;
+    let text = public_config(up, "").replace("shutdown_grace", "idle_timeout = \"300ms\"\nshutdown_grace");
+    let gw = start(&text).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let t = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "still open: {closed:?}");
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(1000), "{waited:?}");
+}
+
+#[tokio::test]
 async fn oversized_headers_get_431() {
     let up = echo_upstream().await;
     let text = public_config(up, "").replace("shutdown_grace", "max_header_bytes = 8192\nshutdown_grace");

@@ -273,7 +273,7 @@ pub struct Authenticator {
     mfa: MfaRules,
     header_prefix: String,
     max_token_bytes: usize,
-    cache: moka::sync::Cache<Arc<str>, Arc<Verified>>,
+    cache: moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::RandomState>,
     metrics: Arc<Metrics>,
 }
 
@@ -298,7 +298,12 @@ impl Authenticator {
             mfa: cfg.mfa.clone(),
             header_prefix: cfg.header_prefix.clone(),
             max_token_bytes: cfg.issuers.iter().map(|i| i.rules.max_token_bytes).max().unwrap_or(0),
-            cache: moka::sync::Cache::builder().max_capacity(cfg.cache_max_entries).expire_after(UntilExp).build(),
+            // Keys are whole tokens (~1 KB): a fast seeded hash instead of SipHash. Only verified
+            // tokens are ever inserted, so an attacker cannot fill a bucket.
+            cache: moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_max_entries)
+                .expire_after(UntilExp)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             metrics,
         }
     }

@@ -1,0 +1,219 @@
+//! End-to-end load bench: a real upstream, a real key server and the gateway in one process on
+//! loopback, driven by a closed-loop HTTP/1.1 load generator. Reports req/s, p50 and p99 for the
+//! upstream alone (the baseline) and through the gateway: public route, a repeated MFA token
+//! (verified-token cache), and a different token on every request.
+//!
+//! `cargo bench --bench e2e_load [-- --seconds 5 --connections 32 --workers 1 --tokens 10000]`
+//!
+//! Everything shares this machine's cores: the gateway's workers, the upstream's thread and the
+//! generator's thread. Compare rows of one run, never figures from different machines.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use mfa_gateway::demo::{entra_claims, DevIssuer, KeyServer};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+
+struct Args {
+    seconds: u64,
+    connections: usize,
+    workers: usize,
+    tokens: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args { seconds: 5, connections: 32, workers: 1, tokens: 10_000 };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let value = argv.get(i + 1).and_then(|v| v.parse().ok());
+        match (argv[i].as_str(), value) {
+            ("--seconds", Some(v)) => a.seconds = v as u64,
+            ("--connections", Some(v)) => a.connections = v,
+            ("--workers", Some(v)) => a.workers = v,
+            ("--tokens", Some(v)) => a.tokens = v,
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+/// The upstream: `{"ok":true}` to everything, on its own single-threaded runtime.
+fn start_upstream() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+struct Outcome {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+/// Closed loop: `connections` keep-alive connections, each sending the next request as soon as
+/// the last response is read, for `seconds`. Tokens are taken in turn from `tokens`.
+async fn load(addr: SocketAddr, path: &str, tokens: Arc<Vec<String>>, connections: usize, seconds: u64) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let (tokens, path) = (tokens.clone(), path.to_string());
+            tokio::spawn(async move {
+                let s = TcpStream::connect(addr).await.unwrap();
+                s.set_nodelay(true).unwrap();
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+                tokio::spawn(conn);
+                let (mut n, mut errors, mut lat) = (0usize, 0usize, Vec::with_capacity(200_000));
+                let mut i = c * 7919;
+                while Instant::now() < deadline {
+                    let mut req = Request::get(path.as_str()).header("host", "bench");
+                    if !tokens.is_empty() {
+                        i = (i + 1) % tokens.len();
+                        req = req.header("authorization", format!("Bearer {}", tokens[i]));
+                    }
+                    let t = Instant::now();
+                    match send.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await {
+                        Ok(resp) => {
+                            let ok = resp.status().is_success();
+                            let _ = resp.into_body().collect().await;
+                            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            if !ok {
+                                errors += 1;
+                            }
+                            n += 1;
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    }
+                }
+                (n, errors, lat)
+            })
+        })
+        .collect();
+    let mut out = Outcome { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+    for t in tasks {
+        let (n, e, lat) = t.await.unwrap();
+        out.requests += n;
+        out.errors += e;
+        out.latencies_us.extend(lat);
+    }
+    out.elapsed = start.elapsed();
+    out.latencies_us.sort_unstable();
+    out
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn main() {
+    let a = args();
+    let upstream = start_upstream();
+
+    // Key server, tokens, and the gateway on its own runtime with `workers` threads.
+    let issuer = DevIssuer::generate("k1");
+    let gateway_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(a.workers).enable_all().build().unwrap();
+    let (gw_addr, _running) = gateway_rt.block_on(async {
+        let keys = KeyServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), json!({"keys": [issuer.jwk()]}), "https://sts.windows.net/{tenantid}/");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{upstream}\"\n\
+             [log]\nfilter = \"warn\"\n[audit]\nenabled = false\n\
+             [[issuer]]\nissuer = \"https://sts.windows.net/{{tenantid}}/\"\ndiscovery = \"{}\"\n\
+             audiences = [\"https://api.partnercenter.microsoft.com\"]\n\
+             [[route]]\nname = \"public\"\npath = \"/public\"\nrequire = \"public\"\n\
+             [[route]]\nname = \"customers\"\npath = \"/v1/customers/{{*rest}}\"\nrequire = \"app_user_mfa\"\n",
+            keys.discovery_url()
+        );
+        let config = mfa_gateway::config::Config::parse(&text, "e2e_load", None).unwrap();
+        let running = mfa_gateway::app::start(config).await.unwrap();
+        while !running.stack.auth.not_ready().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (running.addr, running)
+    });
+
+    eprintln!("minting {} distinct tokens...", a.tokens);
+    let issuer = Arc::new(issuer);
+    let per = a.tokens.div_ceil(2);
+    let halves: Vec<_> = (0..2)
+        .map(|h| {
+            let issuer = issuer.clone();
+            std::thread::spawn(move || {
+                (h * per..((h + 1) * per).min(a.tokens))
+                    .map(|i| {
+                        let mut c = entra_claims("mfa", 3600);
+                        c["jti"] = json!(format!("e2e-{i}"));
+                        issuer.mint(&c)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let distinct: Vec<String> = halves.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let one = vec![issuer.mint(&entra_claims("mfa", 3600))];
+
+    let load_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let scenarios: [(&str, SocketAddr, &str, Vec<String>); 4] = [
+        ("upstream direct (baseline)", upstream, "/v1/customers/x", vec![]),
+        ("gateway, public route", gw_addr, "/public", vec![]),
+        ("gateway, repeated MFA token", gw_addr, "/v1/customers/x", one),
+        ("gateway, distinct tokens", gw_addr, "/v1/customers/x", distinct),
+    ];
+    println!(
+        "\ne2e_load: {} s per row, {} connections, gateway workers = {}, cores = {}",
+        a.seconds,
+        a.connections,
+        a.workers,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{:<30} {:>10} {:>9} {:>9} {:>8}", "scenario", "req/s", "p50 ms", "p99 ms", "errors");
+    let mut baseline = None;
+    for (name, addr, path, tokens) in scenarios {
+        let o = load_rt.block_on(load(addr, path, Arc::new(tokens), a.connections, a.seconds));
+        let rps = o.requests as f64 / o.elapsed.as_secs_f64();
+        let base = *baseline.get_or_insert(rps);
+        println!(
+            "{name:<30} {rps:>10.0} {:>9.3} {:>9.3} {:>8}   ({:.2}x baseline)",
+            pct(&o.latencies_us, 0.50),
+            pct(&o.latencies_us, 0.99),
+            o.errors,
+            rps / base
+        );
+    }
+}

@@ -18,6 +18,10 @@ impl UserIds {
         Self { mode: cfg.user_ids, key }
     }
 
+    pub fn is_plain(&self) -> bool {
+        self.mode == UserIdMode::Plain
+    }
+
     pub fn show(&self, id: Option<&str>) -> Option<String> {
         let id = id?;
         match self.mode {

@@ -51,11 +51,24 @@ struct Trace {
     upstream_done: Option<Instant>,
 }
 
+/// Redacted (user, oid), as audit events and the report may show them.
+type RedactedIds = (Option<Box<str>>, Option<Box<str>>);
+
 /// Per-token values derived once and kept on the cached token (`Verified::annotations`).
 struct Derived {
     ratio: prometheus::IntCounter,
-    user: Option<String>,
-    object_id: Option<String>,
+    /// `None` in plain mode, where the claims are used as they are.
+    redacted: Option<RedactedIds>,
+}
+
+impl Derived {
+    /// (user, oid) as logs and the report may show them.
+    fn ids<'v>(&'v self, v: &'v Verified) -> (Option<&'v str>, Option<&'v str>) {
+        match &self.redacted {
+            None => (v.upn().or(v.oid()), v.oid()),
+            Some((user, oid)) => (user.as_deref(), oid.as_deref()),
+        }
+    }
 }
 
 impl Stack {
@@ -117,10 +130,10 @@ impl Stack {
                 decision: decision.as_str(),
                 reason: reason.unwrap_or("-"),
                 token_kind: crate::metrics::kind_label(kind),
-                tenant: v.and_then(|v| v.tid.as_deref()),
-                app: v.and_then(|v| v.app_id.as_deref()),
-                user: derived.and_then(|d| d.user.as_deref()),
-                object_id: derived.and_then(|d| d.object_id.as_deref()),
+                tenant: v.and_then(|v| v.tid()),
+                app: v.and_then(|v| v.app_id()),
+                user: v.zip(derived).and_then(|(v, d)| d.ids(v).0),
+                object_id: v.zip(derived).and_then(|(v, d)| d.ids(v).1),
                 duration_us: elapsed.as_micros() as u64,
                 auth_us: auth.as_micros() as u64,
                 upstream_us: upstream.as_micros() as u64,
@@ -163,8 +176,8 @@ impl Stack {
             decided.map_err(Refusal::Auth)?;
             // Tell the upstream who called, from verified claims only.
             let headers = req.headers_mut();
-            for (name, value) in &v.headers {
-                headers.insert(name.clone(), value.clone());
+            for (name, value) in self.auth.identity_headers(&v) {
+                headers.insert(name.clone(), value);
             }
             if !self.forward_authorization {
                 headers.remove(AUTHORIZATION);
@@ -197,18 +210,20 @@ impl Stack {
             route: &route.name,
             kind: v.kind,
             mfa: v.mfa,
-            app: v.app_id.as_deref().unwrap_or("none"),
-            user: d.user.as_deref(),
-            tenant: v.tid.as_deref(),
+            app: v.app_id().unwrap_or("none"),
+            user: d.ids(v).0,
+            tenant: v.tid(),
         });
     }
 
     fn derived<'v>(&self, v: &'v Verified) -> &'v Derived {
         let any = v.annotations.get_or_init(|| {
             Box::new(Derived {
-                ratio: self.metrics.ratio_counter(v.app_id.as_deref(), v.kind, v.mfa),
-                user: self.user_ids.show(v.upn.as_deref().or(v.oid.as_deref())),
-                object_id: self.user_ids.show(v.oid.as_deref()),
+                ratio: self.metrics.ratio_counter(v.app_id(), v.kind, v.mfa),
+                redacted: (!self.user_ids.is_plain()).then(|| {
+                    let show = |id: Option<&str>| self.user_ids.show(id).map(String::into_boxed_str);
+                    (show(v.upn().or(v.oid())), show(v.oid()))
+                }),
             })
         });
         any.downcast_ref::<Derived>().expect("only the stack sets annotations")

@@ -237,22 +237,45 @@ pub struct Verified {
     leeway: i64,
     pub kind: TokenKind,
     pub mfa: bool,
-    pub roles: Vec<String>,
-    pub scopes: String,
-    pub tid: Option<String>,
-    pub oid: Option<String>,
-    pub app_id: Option<String>,
-    pub upn: Option<String>,
-    /// Identity headers for the upstream, built once per token.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub roles: Box<[String]>,
+    pub scopes: Box<str>,
+    /// `tid`, `oid`, app id (`appid`/`azp`), `upn`: each kept once, as the header value the
+    /// upstream receives (a claim that cannot be a header value is left out, not mangled).
+    ids: [Option<HeaderValue>; 4],
     /// Values other layers derive from this token once (metric handles, redacted ids), so a
     /// cached token costs them nothing per request. Set and read by the stack.
     pub annotations: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
+const TID: usize = 0;
+const OID: usize = 1;
+const APP: usize = 2;
+const UPN: usize = 3;
+
 impl Verified {
     pub fn caller(&self) -> Caller<'_> {
         Caller { kind: self.kind, mfa: self.mfa, roles: &self.roles, scopes: &self.scopes }
+    }
+
+    fn id(&self, i: usize) -> Option<&str> {
+        // Built from a `&str`, so the bytes are UTF-8.
+        self.ids[i].as_ref().and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+    }
+
+    pub fn tid(&self) -> Option<&str> {
+        self.id(TID)
+    }
+
+    pub fn oid(&self) -> Option<&str> {
+        self.id(OID)
+    }
+
+    pub fn app_id(&self) -> Option<&str> {
+        self.id(APP)
+    }
+
+    pub fn upn(&self) -> Option<&str> {
+        self.id(UPN)
     }
 }
 
@@ -272,6 +295,8 @@ pub struct Authenticator {
     pub issuers: Vec<Arc<IssuerKeys>>,
     mfa: MfaRules,
     header_prefix: String,
+    /// token-kind, mfa, tenant-id, object-id, app-id, upn, each under `header_prefix`.
+    header_names: [HeaderName; 6],
     max_token_bytes: usize,
     cache: moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::RandomState>,
     metrics: Arc<Metrics>,
@@ -297,6 +322,10 @@ impl Authenticator {
             issuers,
             mfa: cfg.mfa.clone(),
             header_prefix: cfg.header_prefix.clone(),
+            header_names: ["token-kind", "mfa", "tenant-id", "object-id", "app-id", "upn"].map(|s| {
+                HeaderName::from_bytes(format!("{}{s}", cfg.header_prefix).as_bytes())
+                    .expect("validated: the prefix makes header names")
+            }),
             max_token_bytes: cfg.issuers.iter().map(|i| i.rules.max_token_bytes).max().unwrap_or(0),
             // Keys are whole tokens (~1 KB): a fast seeded hash instead of SipHash. Only verified
             // tokens are ever inserted, so an attacker cannot fill a bucket.
@@ -375,43 +404,27 @@ impl Authenticator {
         let c = parsed.claims;
         let kind = policy::classify(&c);
         let mfa = policy::has_mfa(&c, &self.mfa);
-        let app_id = c.appid.or(c.azp);
-        let mut v = Verified {
+        let value = |s: Option<String>| s.and_then(|s| HeaderValue::from_str(&s).ok());
+        Ok(Verified {
             issuer: index,
             epoch,
             exp: c.exp.unwrap_or(0),
             leeway: rules.leeway_secs,
             kind,
             mfa,
-            roles: c.roles,
-            scopes: c.scp.unwrap_or_default(),
-            tid: c.tid,
-            oid: c.oid,
-            app_id,
-            upn: c.upn,
-            headers: Vec::new(),
+            roles: c.roles.into_boxed_slice(),
+            scopes: c.scp.unwrap_or_default().into_boxed_str(),
+            ids: [value(c.tid), value(c.oid), value(c.appid.or(c.azp)), value(c.upn)],
             annotations: std::sync::OnceLock::new(),
-        };
-        v.headers = self.identity_headers(&v);
-        Ok(v)
+        })
     }
 
-    fn identity_headers(&self, v: &Verified) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::with_capacity(6);
-        let mut add = |suffix: &str, value: Option<&str>| {
-            let name = HeaderName::from_bytes(format!("{}{suffix}", self.header_prefix).as_bytes());
-            // A claim that is not a valid header value (control bytes) is left out, not mangled.
-            if let (Ok(name), Some(Ok(value))) = (name, value.map(HeaderValue::from_str)) {
-                out.push((name, value));
-            }
-        };
-        add("token-kind", Some(v.kind.as_str()));
-        add("mfa", Some(if v.mfa { "true" } else { "false" }));
-        add("tenant-id", v.tid.as_deref());
-        add("object-id", v.oid.as_deref());
-        add("app-id", v.app_id.as_deref());
-        add("upn", v.upn.as_deref());
-        out
+    /// The identity headers for the upstream, from a verified token's claims only.
+    pub fn identity_headers<'a>(&'a self, v: &'a Verified) -> impl Iterator<Item = (&'a HeaderName, HeaderValue)> + 'a {
+        let kind = HeaderValue::from_static(v.kind.as_str());
+        let mfa = HeaderValue::from_static(if v.mfa { "true" } else { "false" });
+        let values = [Some(kind), Some(mfa)].into_iter().chain(v.ids.iter().cloned());
+        self.header_names.iter().zip(values).filter_map(|(n, v)| Some((n, v?)))
     }
 
     /// Applies the route's requirement to a verified token.

@@ -1,6 +1,7 @@
 //! Pure: a JWKS document -> verification keys. No I/O; `jwks.rs` fetches and caches.
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::token::IssuerPattern;
@@ -16,6 +17,17 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// The algorithms this key type verifies, in the order they are prepared.
+    fn algorithms(self) -> &'static [Algorithm] {
+        use Algorithm::*;
+        match self {
+            KeyType::Rsa => &[RS256, RS384, RS512, PS256, PS384, PS512],
+            KeyType::EcP256 => &[ES256],
+            KeyType::EcP384 => &[ES384],
+            KeyType::Ed25519 => &[EdDSA],
+        }
+    }
+
     pub fn accepts(self, alg: Algorithm) -> bool {
         use Algorithm::*;
         match self {
@@ -34,9 +46,34 @@ pub struct Key {
     pub alg: Option<Algorithm>,
     /// v2-style keys name the issuer they sign for; they verify only that issuer's tokens.
     pub issuer: Option<IssuerPattern>,
-    pub decoding: DecodingKey,
+    /// The key parsed once per algorithm it may verify: parsing an RSA key costs about as
+    /// much as a verification, so it is not done per token.
+    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
     /// The public material, to tell a re-published key from a replaced one.
     pub material: Vec<u8>,
+}
+
+impl Key {
+    /// Verifies `signature` over `message` for `alg`; `None` when the key does not do `alg`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Option<bool> {
+        let (_, key) = self.verifiers.iter().find(|(a, _)| *a == alg)?;
+        Some(key.verify_sig(message, signature).is_ok())
+    }
+}
+
+fn aws_lc_algorithm(alg: Algorithm) -> &'static dyn VerificationAlgorithm {
+    match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        // HMAC never reaches here: no key type accepts it.
+        _ => &sig::ED25519,
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -107,7 +144,8 @@ fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
             .decode(s.trim_end_matches('='))
             .map_err(|_| "bad base64url in key".to_string())
     };
-    let (kind, decoding, material) = match jwk.kty.as_str() {
+    // (type, public key bytes as aws-lc-rs parses them, material to compare sets by)
+    let (kind, public, material) = match jwk.kty.as_str() {
         "RSA" => {
             let (n, e) = (need(&jwk.n, "n")?, need(&jwk.e, "e")?);
             let n_bytes = b64(&n)?;
@@ -115,10 +153,16 @@ fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
             if bits < 2048 {
                 return Err(format!("RSA modulus of {bits} bits is under 2048"));
             }
-            let mut material = n_bytes;
-            material.extend(b64(&e)?);
-            let key = DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?;
-            (KeyType::Rsa, key, material)
+            let e_bytes = b64(&e)?;
+            let strip = |b: &[u8]| b.iter().position(|x| *x != 0).map_or_else(Vec::new, |i| b[i..].to_vec());
+            let (n_min, e_min) = (strip(&n_bytes), strip(&e_bytes));
+            let spki = {
+                use aws_lc_rs::encoding::AsDer;
+                aws_lc_rs::rsa::PublicKeyComponents { n: &n_min[..], e: &e_min[..] }
+                    .as_der()
+                    .map_err(|_| "RSA key components do not form a key".to_string())?
+            };
+            (KeyType::Rsa, spki.as_ref().to_vec(), [n_min, e_min].concat())
         }
         "EC" => {
             let (x, y) = (need(&jwk.x, "x")?, need(&jwk.y, "y")?);
@@ -131,8 +175,8 @@ fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
             if xb.len() != len || yb.len() != len {
                 return Err("EC coordinates have the wrong length for the curve".into());
             }
-            let key = DecodingKey::from_ec_components(&x, &y).map_err(|e| e.to_string())?;
-            (kind, key, [xb, yb].concat())
+            let point = [&[0x04][..], &xb, &yb].concat();
+            (kind, point.clone(), point)
         }
         "OKP" => {
             if jwk.crv.as_deref() != Some("Ed25519") {
@@ -143,8 +187,7 @@ fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
             if xb.len() != 32 {
                 return Err("Ed25519 key is not 32 bytes".into());
             }
-            let key = DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?;
-            (KeyType::Ed25519, key, xb)
+            (KeyType::Ed25519, xb.clone(), xb)
         }
         other => return Err(format!("kty {other:?} is not an asymmetric signing key")),
     };
@@ -153,8 +196,13 @@ fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
             return Err(format!("alg {a:?} does not fit a {kind:?} key"));
         }
     }
+    let mut verifiers = Vec::new();
+    for &a in kind.algorithms().iter().filter(|a| alg.is_none_or(|pinned| pinned == **a)) {
+        let parsed = ParsedPublicKey::new(aws_lc_algorithm(a), &public).map_err(|e| format!("key rejected: {e}"))?;
+        verifiers.push((a, parsed));
+    }
     let issuer = jwk.issuer.as_deref().map(IssuerPattern::new);
-    Ok(Key { kid: jwk.kid, kind, alg, issuer, decoding, material })
+    Ok(Key { kid: jwk.kid, kind, alg, issuer, verifiers, material })
 }
 
 #[cfg(test)]
@@ -163,7 +211,8 @@ mod tests {
 
     #[test]
     fn skips_unusable_keys_and_keeps_good_ones() {
-        let n = "AQAB".repeat(0) + &"q".repeat(342) + "w";
+        let real = crate::demo::DevIssuer::generate("k").jwk();
+        let n = real["n"].as_str().unwrap().to_string();
         let doc = serde_json::json!({"keys": [
             {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
             {"kty": "RSA", "kid": "enc", "use": "enc", "n": n, "e": "AQAB"},
@@ -178,6 +227,16 @@ mod tests {
         assert_eq!(parsed.keys[0].kid.as_deref(), Some("good"));
         assert!(parsed.keys[0].issuer.is_some());
         assert_eq!(parsed.skipped.len(), 5);
+    }
+
+    #[test]
+    fn a_modulus_that_is_not_a_key_is_skipped() {
+        use base64::Engine;
+        // 2048 bits, but even: no RSA modulus.
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xc2u8; 256]);
+        let doc = serde_json::json!({"keys": [{"kty": "RSA", "kid": "junk", "n": n, "e": "AQAB"}]});
+        let err = parse_jwks(doc.to_string().as_bytes()).err().unwrap();
+        assert!(err.contains("key rejected"), "{err}");
     }
 
     #[test]

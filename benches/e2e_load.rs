@@ -1,7 +1,8 @@
 //! End-to-end load bench: a real upstream, a real key server and the gateway in one process on
 //! loopback, driven by a closed-loop HTTP/1.1 load generator. Reports req/s, p50 and p99 for the
 //! upstream alone (the baseline) and through the gateway: public route, a repeated MFA token
-//! (verified-token cache), and a different token on every request.
+//! (verified-token cache), and a different token on every request with the cache off (every
+//! request pays for a signature verification).
 //!
 //! `cargo bench --bench e2e_load [-- --seconds 5 --connections 32 --workers 1 --tokens 10000]`
 //!
@@ -149,7 +150,9 @@ fn main() {
     let issuer = DevIssuer::generate("k1");
     let gateway_rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(a.workers).enable_all().build().unwrap();
-    let (gw_addr, _running) = gateway_rt.block_on(async {
+    // Two gateways on the same runtime: one as configured by default, one with the
+    // verified-token cache off, so the distinct-token row measures verification every time.
+    let (gw_addr, nocache_addr, _running) = gateway_rt.block_on(async {
         let keys = KeyServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), json!({"keys": [issuer.jwk()]}), "https://sts.windows.net/{tenantid}/");
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{upstream}\"\n\
@@ -160,12 +163,16 @@ fn main() {
              [[route]]\nname = \"customers\"\npath = \"/v1/customers/{{*rest}}\"\nrequire = \"app_user_mfa\"\n",
             keys.discovery_url()
         );
-        let config = mfa_gateway::config::Config::parse(&text, "e2e_load", None).unwrap();
-        let running = mfa_gateway::app::start(config).await.unwrap();
-        while !running.stack.auth.not_ready().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut running = Vec::new();
+        for extra in ["", "[cache]\nmax_entries = 0\n"] {
+            let config = mfa_gateway::config::Config::parse(&format!("{text}{extra}"), "e2e_load", None).unwrap();
+            let r = mfa_gateway::app::start(config).await.unwrap();
+            while !r.stack.auth.not_ready().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            running.push(r);
         }
-        (running.addr, running)
+        (running[0].addr, running[1].addr, running)
     });
 
     eprintln!("minting {} distinct tokens...", a.tokens);
@@ -193,7 +200,7 @@ fn main() {
         ("upstream direct (baseline)", upstream, "/v1/customers/x", vec![]),
         ("gateway, public route", gw_addr, "/public", vec![]),
         ("gateway, repeated MFA token", gw_addr, "/v1/customers/x", one),
-        ("gateway, distinct tokens", gw_addr, "/v1/customers/x", distinct),
+        ("gateway, distinct, cache off", nocache_addr, "/v1/customers/x", distinct),
     ];
     println!(
         "\ne2e_load: {} s per row, {} connections, gateway workers = {}, cores = {}",

@@ -383,3 +383,16 @@ async fn paths_with_a_second_spelling_are_refused() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
     }
 }
+
+#[tokio::test]
+async fn the_mfa_refusal_carries_the_configured_request_context_and_realm_stays_off_it() {
+    let routes = format!("[challenge]\nrealm = \"partner-center\"\nrequest_context = \"appId=cid-v1:11112222-bbbb-3333-cccc-4444dddd5555\"\n{ROUTES}");
+    let h = auth_harness(&routes, "").await;
+    let (status, headers, _) = get(h.gw.addr, "/v1/offers", Some(&h.issuer.mint(&entra_claims("nomfa", 600)))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["request-context"], "appId=cid-v1:11112222-bbbb-3333-cccc-4444dddd5555");
+    assert_eq!(www(&headers), "Bearer error=\"invalid_token\"", "exact, without the realm");
+    let (_, headers, _) = get(h.gw.addr, "/v1/offers", None).await;
+    assert!(headers.get("request-context").is_none(), "only on the MFA refusal");
+    assert_eq!(www(&headers), "Bearer realm=\"partner-center\"");
+}

@@ -164,9 +164,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
-        for name in proxy {
+    remove_prefixed(headers, "proxy-");
+}
+
+/// Removes every header whose (lowercase) name starts with `prefix`; allocates only when one does.
+pub fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    if headers.keys().any(|k| k.as_str().starts_with(prefix)) {
+        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with(prefix)).cloned().collect();
+        for name in names {
             headers.remove(name);
         }
     }

@@ -154,7 +154,7 @@ impl Stack {
             return Err(Refusal::BadPath);
         }
         // Identity headers are ours to set; a client's copies are never passed on.
-        strip_prefixed(req.headers_mut(), self.auth.header_prefix());
+        crate::proxy::remove_prefixed(req.headers_mut(), self.auth.header_prefix());
         if route.require != Requirement::Public {
             // Verify the token (cached after the first time)...
             let verified = self.auth.verify(req.headers()).await;
@@ -227,15 +227,6 @@ impl Stack {
             })
         });
         any.downcast_ref::<Derived>().expect("only the stack sets annotations")
-    }
-}
-
-fn strip_prefixed(headers: &mut http::HeaderMap, prefix: &str) {
-    if headers.keys().any(|k| k.as_str().starts_with(prefix)) {
-        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with(prefix)).cloned().collect();
-        for n in names {
-            headers.remove(n);
-        }
     }
 }
 

@@ -181,6 +181,7 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
+    let metrics = stack.metrics.clone();
     let svc = service_fn(move |req| {
         let stack = stack.clone();
         async move { Ok::<_, Infallible>(stack.handle(req, conn_info).await) }
@@ -197,7 +198,11 @@ async fn serve_connection<I>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(client = %conn_info.peer, error = %e, "connection ended with an error");
+                    // Client faults (oversized head, header timeout, bad framing) are answered
+                    // by hyper itself; count them here so they show up.
+                    let kind = connection_error_kind(&*e);
+                    metrics.connection_error(kind);
+                    tracing::debug!(client = %conn_info.peer, kind, error = %e, "connection ended with an error");
                 }
                 return;
             }
@@ -218,6 +223,17 @@ async fn serve_connection<I>(
                 }
             }
         }
+    }
+}
+
+/// A bounded label for why a connection failed.
+fn connection_error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse_too_large() => "header_too_large",
+        Some(h) if h.is_timeout() => "header_timeout",
+        Some(h) if h.is_parse() => "bad_request",
+        Some(h) if h.is_incomplete_message() => "incomplete",
+        _ => "io",
     }
 }
 

@@ -59,6 +59,9 @@ pub fn kind_label(kind: Option<TokenKind>) -> &'static str {
 
 const KINDS: [Option<TokenKind>; 3] = [Some(TokenKind::AppUser), Some(TokenKind::AppOnly), None];
 
+/// Connection failure kinds; the `kind` label of `connection_errors_total`.
+pub const CONNECTION_ERROR_KINDS: [&str; 5] = ["header_too_large", "header_timeout", "bad_request", "incomplete", "io"];
+
 /// Upstream failure kinds; the `kind` label of `upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "tls", "protocol"];
 
@@ -78,6 +81,7 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub tls_handshake_errors: IntCounter,
+    connection_errors: Vec<IntCounter>,
     pub auth_duration: Histogram,
     app_user_requests: IntCounterVec,
     app_only_requests: IntCounterVec,
@@ -279,8 +283,20 @@ impl Metrics {
         reg(Box::new(build.clone()));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
+        let connection_vec = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_connection_errors_total",
+                "Client connections that ended in an error, by kind (oversized request head: 431).",
+            ),
+            &["kind"],
+        )
+        .unwrap();
+        reg(Box::new(connection_vec.clone()));
+        let connection_errors = CONNECTION_ERROR_KINDS.iter().map(|k| connection_vec.with_label_values(&[k])).collect();
+
         Metrics {
             registry,
+            connection_errors,
             auth_duration,
             app_user_requests,
             app_only_requests,
@@ -324,6 +340,12 @@ impl Metrics {
     pub fn invalid_token(&self, why: Invalid) {
         if let Some(i) = Invalid::ALL.iter().position(|x| *x == why) {
             self.invalid[i].inc();
+        }
+    }
+
+    pub fn connection_error(&self, kind: &str) {
+        if let Some(i) = CONNECTION_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.connection_errors[i].inc();
         }
     }
 

@@ -186,10 +186,20 @@ struct RawServer {
 struct RawServerTls {
     cert: String,
     key: String,
+    #[serde(default)]
+    sni: Vec<RawSniCert>,
     client_ca: Option<String>,
     client_auth: Option<crate::tls::ClientAuth>,
     handshake_timeout: Option<String>,
     reload_interval: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSniCert {
+    names: Vec<String>,
+    cert: String,
+    key: String,
 }
 
 impl Default for RawServer {
@@ -512,9 +522,36 @@ impl Validator<'_> {
                 "needs server.tls.client_ca (the CA bundle client certificates must chain to)",
             ));
         }
+        let mut sni = Vec::with_capacity(t.sni.len());
+        let mut seen: Vec<String> = Vec::new();
+        for (i, s) in t.sni.into_iter().enumerate() {
+            let key = format!("server.tls.sni[{i}].names");
+            if s.names.is_empty() {
+                return Err(self.err(key, "at least one name is required"));
+            }
+            let mut names = Vec::with_capacity(s.names.len());
+            for n in s.names {
+                let n = n.to_ascii_lowercase();
+                let bare = n.strip_prefix("*.").unwrap_or(&n);
+                let ok = !bare.is_empty()
+                    && bare
+                        .split('.')
+                        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+                if !ok {
+                    return Err(self.err(key, format!("{n:?} is not a DNS name (a leading \"*.\" is allowed)")));
+                }
+                if seen.contains(&n) {
+                    return Err(self.err(key, format!("{n:?} is named twice")));
+                }
+                seen.push(n.clone());
+                names.push(n);
+            }
+            sni.push(crate::tls::SniCert { names, cert: self.path(&s.cert), key: self.path(&s.key) });
+        }
         let c = crate::tls::ServerTlsConfig {
             cert: self.path(&t.cert),
             key: self.path(&t.key),
+            sni,
             client_ca: t.client_ca.as_deref().map(|p| self.path(p)),
             client_auth: t.client_auth.unwrap_or(crate::tls::ClientAuth::Required),
             handshake_timeout: self

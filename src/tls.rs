@@ -20,10 +20,21 @@ pub enum ClientAuth {
     Optional,
 }
 
+/// An extra certificate served to clients that ask for one of `names` by SNI.
 #[derive(Debug, Clone)]
-pub struct ServerTlsConfig {
+pub struct SniCert {
+    /// Lowercase DNS names; `*.example.com` matches one label.
+    pub names: Vec<String>,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTlsConfig {
+    /// The default certificate: for clients without SNI or with a name no `sni` entry has.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub sni: Vec<SniCert>,
     pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
     pub handshake_timeout: Duration,
@@ -69,10 +80,42 @@ fn roots_from(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+fn certified(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let k = rustls::sign::CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider())
+        .map_err(|e| format!("{} and {} do not make a certificate and its key: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(k))
+}
+
+/// Picks the certificate by SNI: exact name, then a one-label wildcard, then the default.
+#[derive(Debug)]
+struct BySni {
+    default: Arc<rustls::sign::CertifiedKey>,
+    named: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl BySni {
+    fn pick(&self, sni: Option<&str>) -> Arc<rustls::sign::CertifiedKey> {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else { return self.default.clone() };
+        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        let find = |n: &str| self.named.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        find(&name).or_else(|| wildcard.as_deref().and_then(find)).unwrap_or_else(|| self.default.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
 /// Builds the listener's config; every failure names the file.
 pub fn server_config(c: &ServerTlsConfig) -> Result<ServerConfig, String> {
-    let certs = load_certs(&c.cert)?;
-    let key = load_key(&c.key)?;
+    let mut named = Vec::new();
+    for s in &c.sni {
+        let k = certified(&s.cert, &s.key)?;
+        named.extend(s.names.iter().map(|n| (n.clone(), k.clone())));
+    }
+    let resolver = Arc::new(BySni { default: certified(&c.cert, &c.key)?, named });
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
@@ -87,9 +130,7 @@ pub fn server_config(c: &ServerTlsConfig) -> Result<ServerConfig, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        format!("{} and {} do not make a certificate and its key: {e}", c.cert.display(), c.key.display())
-    })?;
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -188,6 +229,7 @@ fn stamps(s: &ServerTlsConfig) -> Vec<Option<SystemTime>> {
     [Some(&s.cert), Some(&s.key), s.client_ca.as_ref()]
         .into_iter()
         .flatten()
+        .chain(s.sni.iter().flat_map(|x| [&x.cert, &x.key]))
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
 }

@@ -42,8 +42,12 @@ impl Ca {
 
     /// A leaf for localhost and 127.0.0.1: (cert PEM, key PEM).
     fn leaf(&self) -> (String, String) {
+        self.leaf_for(&["localhost", "127.0.0.1"])
+    }
+
+    fn leaf_for(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
     }
 }
@@ -385,4 +389,27 @@ async fn an_untrusted_upstream_certificate_is_502_saying_why() {
     assert!(body.contains("UnknownIssuer"), "{body}");
     assert!(!body.contains("secret"));
     assert_eq!(metric(&gw, "mfa_gateway_upstream_errors_total{kind=\"tls\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn certificates_are_chosen_by_sni() {
+    let ca = Ca::new("test ca");
+    let d = dir();
+    let (b_cert, b_key) = ca.leaf_for(&["b.test", "*.wild.test"]);
+    let extra = format!(
+        "[[server.tls.sni]]\nnames = [\"b.test\", \"*.wild.test\"]\ncert = \"{}\"\nkey = \"{}\"",
+        write(&d, "b.pem", &b_cert).display(),
+        write(&d, "b-key.pem", &b_key).display()
+    );
+    let h = tls_gateway(&d, &ca, &extra).await;
+    // The client verifies the certificate against the name it asked for, so a handshake that
+    // completes proves which certificate was served.
+    for (name, ok) in
+        [("b.test", true), ("x.wild.test", true), ("localhost", true), ("a.b.wild.test", false), ("other.test", false)]
+    {
+        let tcp = TcpStream::connect(h.gw.addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(&ca.pem, &[b"http/1.1"], None)));
+        let r = connector.connect(ServerName::try_from(name.to_string()).unwrap(), tcp).await;
+        assert_eq!(r.is_ok(), ok, "{name}: {:?}", r.err());
+    }
 }

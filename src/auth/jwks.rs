@@ -313,3 +313,64 @@ async fn wait_done(mut rx: watch::Receiver<Option<bool>>) -> bool {
 pub fn fetch_client(tls: rustls::ClientConfig) -> FetchClient {
     Client::builder(hyper_util::rt::TokioExecutor::new()).build(crate::tls::https_connector(tls, false, None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::token::IssuerPattern;
+
+    const TID: &str = "aaaabbbb-0000-cccc-1111-dddd2222eeee";
+
+    fn issuer_keys() -> IssuerKeys {
+        let metrics = Arc::new(Metrics::new(std::iter::once("r"), &["i".to_string()], &Default::default()));
+        let rules = IssuerRules {
+            issuer: IssuerPattern::new("https://login.microsoftonline.com/{tenantid}/v2.0"),
+            audiences: vec!["api".into()],
+            tenants: vec![],
+            algorithms: vec![jsonwebtoken::Algorithm::RS256],
+            leeway_secs: 60,
+            max_token_bytes: 16 * 1024,
+        };
+        let timing = KeyTiming {
+            refresh_interval: Duration::from_secs(3600),
+            refetch_min_interval: Duration::from_secs(300),
+            max_stale: Duration::from_secs(86400),
+            fetch_timeout: Duration::from_secs(5),
+        };
+        let tls = crate::tls::client_config(None, None).unwrap();
+        IssuerKeys::new("i".into(), rules, KeySource::File("unused".into()), timing, fetch_client(tls), metrics)
+    }
+
+    #[test]
+    fn keys_that_name_an_issuer_verify_only_that_issuers_tokens() {
+        let keys = issuer_keys();
+        let mut scoped = crate::demo::DevIssuer::generate("v2").jwk();
+        scoped["issuer"] = "https://login.microsoftonline.com/{tenantid}/v2.0".into();
+        let doc = serde_json::json!({"keys": [scoped, crate::demo::DevIssuer::generate("any").jwk()]});
+        keys.store(parse_jwks(doc.to_string().as_bytes()).unwrap().keys);
+        let v2 = format!("https://login.microsoftonline.com/{TID}/v2.0");
+        assert!(matches!(keys.lookup(Some("v2"), &v2, Some(TID)), Lookup::Found(_)));
+        let other = "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0";
+        assert!(matches!(keys.lookup(Some("v2"), other, Some(TID)), Lookup::Invalid(Invalid::UnknownIssuer)));
+        assert!(matches!(keys.lookup(Some("any"), other, Some(TID)), Lookup::Found(_)), "unscoped keys serve any");
+        assert!(matches!(keys.lookup(None, &v2, Some(TID)), Lookup::Invalid(Invalid::KidRequired)));
+        assert!(matches!(keys.lookup(Some("gone"), &v2, Some(TID)), Lookup::Invalid(Invalid::UnknownKid)));
+    }
+
+    #[test]
+    fn a_key_leaving_the_set_bumps_the_epoch_and_a_republished_one_does_not() {
+        let keys = issuer_keys();
+        let (a, b) = (crate::demo::DevIssuer::generate("a"), crate::demo::DevIssuer::generate("b"));
+        let set = |jwks: Vec<serde_json::Value>| {
+            parse_jwks(serde_json::json!({ "keys": jwks }).to_string().as_bytes()).unwrap().keys
+        };
+        keys.store(set(vec![a.jwk()]));
+        let e0 = keys.epoch();
+        keys.store(set(vec![a.jwk(), b.jwk()]));
+        assert_eq!(keys.epoch(), e0, "adding a key voids nothing");
+        keys.store(set(vec![a.jwk(), b.jwk()]));
+        assert_eq!(keys.epoch(), e0, "the same set again voids nothing");
+        keys.store(set(vec![b.jwk()]));
+        assert_eq!(keys.epoch(), e0 + 1, "a removed key voids cached verifications");
+    }
+}

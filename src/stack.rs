@@ -153,38 +153,13 @@ impl Stack {
         if !routes::is_normal_path(req.uri().path()) {
             return Err(Refusal::BadPath);
         }
-        // Identity headers are ours to set; a client's copies are never passed on.
-        crate::proxy::remove_prefixed(req.headers_mut(), self.auth.header_prefix());
-        if route.require != Requirement::Public {
-            // Verify the token (cached after the first time)...
-            let verified = self.auth.verify(req.headers()).await;
-            let v = match verified {
-                Ok(v) => v,
-                Err(e) => {
-                    self.auth_done(trace);
-                    return Err(Refusal::Auth(e));
-                }
-            };
-            // ...count it for the MFA status report whatever the route decides...
-            self.observe(&v, route);
-            trace.verified = Some(v.clone());
-            // ...then apply the route's requirement.
-            let decided = self.auth.authorize(route, &v);
-            if decided.is_err() {
-                self.auth_done(trace);
-            }
-            decided.map_err(Refusal::Auth)?;
-            // Tell the upstream who called, from verified claims only.
-            let headers = req.headers_mut();
-            for (name, value) in self.auth.identity_headers(&v) {
-                headers.insert(name.clone(), value);
-            }
-            if !self.forward_authorization {
-                headers.remove(AUTHORIZATION);
-            }
-        }
+        let admitted = self.admit(&mut req, route, trace).await;
+        // The gateway's own work ends here, admitted or not: the auth histogram.
+        let upstream_start = Instant::now();
+        trace.auth_done = Some(upstream_start);
+        self.metrics.auth_duration.observe((upstream_start - trace.start).as_secs_f64());
+        admitted?;
         let origin = Origin { client_ip: conn.peer.ip(), scheme: if conn.tls { "https" } else { "http" } };
-        let upstream_start = self.auth_done(trace);
         let resp = self.proxy.forward(req, &origin).await;
         let done = Instant::now();
         trace.upstream_done = Some(done);
@@ -193,12 +168,29 @@ impl Stack {
         Ok(resp)
     }
 
-    /// Marks the end of the gateway's own work (routing, token, policy): the auth histogram.
-    fn auth_done(&self, trace: &mut Trace) -> Instant {
-        let now = Instant::now();
-        trace.auth_done = Some(now);
-        self.metrics.auth_duration.observe((now - trace.start).as_secs_f64());
-        now
+    /// Identity headers, token and route requirement: what must hold before the upstream.
+    async fn admit(&self, req: &mut Request<Incoming>, route: &Route, trace: &mut Trace) -> Result<(), Refusal> {
+        // Identity headers are ours to set; a client's copies are never passed on.
+        crate::proxy::remove_prefixed(req.headers_mut(), self.auth.header_prefix());
+        if route.require == Requirement::Public {
+            return Ok(());
+        }
+        // Verify the token (cached after the first time)...
+        let v = self.auth.verify(req.headers()).await.map_err(Refusal::Auth)?;
+        // ...count it for the MFA status report whatever the route decides...
+        self.observe(&v, route);
+        trace.verified = Some(v.clone());
+        // ...then apply the route's requirement.
+        self.auth.authorize(route, &v).map_err(Refusal::Auth)?;
+        // Tell the upstream who called, from verified claims only.
+        let headers = req.headers_mut();
+        for (name, value) in self.auth.identity_headers(&v) {
+            headers.insert(name.clone(), value);
+        }
+        if !self.forward_authorization {
+            headers.remove(AUTHORIZATION);
+        }
+        Ok(())
     }
 
     /// The status report's inputs: one App+User (with or without MFA) or app-only request.

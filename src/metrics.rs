@@ -65,6 +65,26 @@ pub const CONNECTION_ERROR_KINDS: [&str; 5] = ["header_too_large", "header_timeo
 /// Upstream failure kinds; the `kind` label of `upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "tls", "protocol"];
 
+/// Counters for a fixed set of `kind` values, resolved once; unknown kinds are ignored.
+struct KindCounters {
+    kinds: &'static [&'static str],
+    handles: Vec<IntCounter>,
+}
+
+impl KindCounters {
+    fn new(reg: &Registry, name: &str, help: &str, kinds: &'static [&'static str]) -> Self {
+        let vec = IntCounterVec::new(Opts::new(name, help), &["kind"]).unwrap();
+        reg.register(Box::new(vec.clone())).expect("metric names are unique");
+        Self { kinds, handles: kinds.iter().map(|k| vec.with_label_values(&[k])).collect() }
+    }
+
+    fn inc(&self, kind: &str) {
+        if let Some(i) = self.kinds.iter().position(|k| *k == kind) {
+            self.handles[i].inc();
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     requests: Vec<IntCounter>,
@@ -72,7 +92,7 @@ pub struct Metrics {
     route_count: usize,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
-    upstream_errors: Vec<IntCounter>,
+    upstream_errors: KindCounters,
     pub connections_open: IntGauge,
     pub requests_in_flight: IntGauge,
     pub key_fetches: IntCounterVec,
@@ -81,7 +101,7 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub tls_handshake_errors: IntCounter,
-    connection_errors: Vec<IntCounter>,
+    connection_errors: KindCounters,
     pub auth_duration: Histogram,
     app_user_requests: IntCounterVec,
     app_only_requests: IntCounterVec,
@@ -186,13 +206,12 @@ impl Metrics {
         .unwrap();
         reg(Box::new(upstream_duration.clone()));
 
-        let upstream_vec = IntCounterVec::new(
-            Opts::new("mfa_gateway_upstream_errors_total", "Requests the upstream failed, by kind."),
-            &["kind"],
-        )
-        .unwrap();
-        reg(Box::new(upstream_vec.clone()));
-        let upstream_errors = UPSTREAM_ERROR_KINDS.iter().map(|k| upstream_vec.with_label_values(&[k])).collect();
+        let upstream_errors = KindCounters::new(
+            &registry,
+            "mfa_gateway_upstream_errors_total",
+            "Requests the upstream failed, by kind.",
+            &UPSTREAM_ERROR_KINDS,
+        );
 
         let connections_open = IntGauge::new("mfa_gateway_connections_open", "Client connections open.").unwrap();
         reg(Box::new(connections_open.clone()));
@@ -283,16 +302,12 @@ impl Metrics {
         reg(Box::new(build.clone()));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-        let connection_vec = IntCounterVec::new(
-            Opts::new(
-                "mfa_gateway_connection_errors_total",
-                "Client connections that ended in an error, by kind (oversized request head: 431).",
-            ),
-            &["kind"],
-        )
-        .unwrap();
-        reg(Box::new(connection_vec.clone()));
-        let connection_errors = CONNECTION_ERROR_KINDS.iter().map(|k| connection_vec.with_label_values(&[k])).collect();
+        let connection_errors = KindCounters::new(
+            &registry,
+            "mfa_gateway_connection_errors_total",
+            "Client connections that ended in an error, by kind (oversized request head: 431).",
+            &CONNECTION_ERROR_KINDS,
+        );
 
         Metrics {
             registry,
@@ -344,15 +359,11 @@ impl Metrics {
     }
 
     pub fn connection_error(&self, kind: &str) {
-        if let Some(i) = CONNECTION_ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.connection_errors[i].inc();
-        }
+        self.connection_errors.inc(kind);
     }
 
     pub fn upstream_error(&self, kind: &str) {
-        if let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.upstream_errors[i].inc();
-        }
+        self.upstream_errors.inc(kind);
     }
 
     /// The Prometheus text exposition.

@@ -377,6 +377,8 @@ impl Authenticator {
         if token.len() > rules.max_token_bytes {
             return Err(invalid(Invalid::TooLarge));
         }
+        // Checked again in verify_signature; here it keeps a disallowed alg from triggering a
+        // key refetch.
         if !rules.algorithms.contains(&parsed.alg) {
             return Err(invalid(Invalid::AlgNotAllowed));
         }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use mfa_gateway::auth::policy::{self, Caller, MfaRules, TokenKind};
+use mfa_gateway::auth::policy::{self, Caller, TokenKind};
+use mfa_gateway::auth::profile::{self, Base, MfaRules, Profile};
 use mfa_gateway::auth::{keys, token, Authenticator};
 use mfa_gateway::config::Config;
 use mfa_gateway::demo::{entra_claims, DevIssuer};
@@ -44,14 +45,15 @@ fn bench_tokens(c: &mut Criterion) {
     let jwks = serde_json::json!({"keys": [issuer.jwk()]}).to_string();
     let key = keys::parse_jwks(jwks.as_bytes()).unwrap().keys.remove(0);
     let tok = issuer.mint(&entra_claims("mfa", 3600));
-    let mfa = MfaRules { amr: vec!["mfa".into()], acrs: vec![] };
+    let mfa = MfaRules { amr: vec!["mfa".into()], acrs: vec![], acr: vec![] };
+    let entra = Profile::new(Base::Entra);
 
     c.bench_function("token/verify_new (parse + RS256 + claims + classify)", |b| {
         b.iter(|| {
             let p = token::parse(black_box(&tok), 16 * 1024).unwrap();
             token::verify_signature(&p, &rules, &key).unwrap();
             token::check_claims(&p.claims, &rules, mfa_gateway::auth::unix_now()).unwrap();
-            black_box((policy::classify(&p.claims), policy::has_mfa(&p.claims, &mfa)))
+            black_box(profile::read(&p.claims, &entra, &mfa).kind)
         })
     });
     c.bench_function("token/parse_only", |b| b.iter(|| token::parse(black_box(&tok), 16 * 1024).unwrap()));

@@ -225,8 +225,11 @@ impl Metrics {
         .unwrap();
         reg(Box::new(key_fetches.clone()));
         let key_refetches = IntCounterVec::new(
-            Opts::new("mfa_gateway_key_refetches_total", "Key set fetches triggered by an unknown kid."),
-            &["issuer"],
+            Opts::new(
+                "mfa_gateway_key_refetches_total",
+                "Key set refetches for an unknown kid: ok, error, or limited (held back by refetch_min_interval).",
+            ),
+            &["issuer", "result"],
         )
         .unwrap();
         reg(Box::new(key_refetches.clone()));
@@ -237,7 +240,9 @@ impl Metrics {
             for result in ["ok", "error"] {
                 key_fetches.with_label_values(&[i, result]);
             }
-            key_refetches.with_label_values(&[i]);
+            for result in ["ok", "error", "limited"] {
+                key_refetches.with_label_values(&[i, result]);
+            }
             keys_held.with_label_values(&[i]);
         }
 

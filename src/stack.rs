@@ -65,7 +65,7 @@ impl Derived {
     /// (user, oid) as logs and the report may show them.
     fn ids<'v>(&'v self, v: &'v Verified) -> (Option<&'v str>, Option<&'v str>) {
         match &self.redacted {
-            None => (v.upn().or(v.oid()), v.oid()),
+            None => (v.user(), v.oid()),
             Some((user, oid)) => (user.as_deref(), oid.as_deref()),
         }
     }
@@ -214,7 +214,7 @@ impl Stack {
                 ratio: self.metrics.ratio_counter(v.app_id(), v.kind, v.mfa),
                 redacted: (!self.user_ids.is_plain()).then(|| {
                     let show = |id: Option<&str>| self.user_ids.show(id).map(String::into_boxed_str);
-                    (show(v.upn().or(v.oid())), show(v.oid()))
+                    (show(v.user()), show(v.oid()))
                 }),
             })
         });

@@ -31,7 +31,8 @@ async fn a_new_kid_is_accepted_after_a_refetch() {
     assert_eq!(get(h.gw.addr, "/v1/offers", Some(&token)).await.0, StatusCode::OK);
     assert_eq!(h.keys.fetches.load(Ordering::SeqCst), before + 1);
     assert_eq!(
-        metric(&h.gw, "mfa_gateway_key_refetches_total{issuer=\"https://sts.windows.net/{tenantid}/\"}").await,
+        metric(&h.gw, "mfa_gateway_key_refetches_total{issuer=\"https://sts.windows.net/{tenantid}/\",result=\"ok\"}")
+            .await,
         1.0
     );
 }
@@ -54,16 +55,32 @@ async fn a_removed_key_is_refused_after_the_next_refresh_even_if_cached() {
 }
 
 #[tokio::test]
-async fn unknown_kid_refetches_are_rate_limited() {
+async fn a_key_first_used_right_after_start_up_is_accepted_and_a_second_unknown_kid_is_limited() {
     let h = auth_harness(ROUTES, "refetch_min_interval = \"1h\"").await;
     let before = h.keys.fetches.load(Ordering::SeqCst);
+    // The start-up fetch does not start the refetch clock: a key published just after it is
+    // fetched on its first request.
+    let next = DevIssuer::generate("k2");
+    h.keys.set_jwks(json!({"keys": [h.issuer.jwk(), next.jwk()]}));
+    assert_eq!(get(h.gw.addr, "/v1/offers", Some(&next.mint(&entra_claims("mfa", 600)))).await.0, StatusCode::OK);
+    assert_eq!(h.keys.fetches.load(Ordering::SeqCst), before + 1);
+    // A second unknown kid inside the interval is refused without a fetch, and counted.
     let stranger = DevIssuer::generate("k9");
-    h.keys.set_jwks(json!({"keys": [h.issuer.jwk(), stranger.jwk()]}));
-    for _ in 0..5 {
+    h.keys.set_jwks(json!({"keys": [h.issuer.jwk(), next.jwk(), stranger.jwk()]}));
+    let limited = || {
+        metric(
+            &h.gw,
+            "mfa_gateway_key_refetches_total{issuer=\"https://sts.windows.net/{tenantid}/\",result=\"limited\"}",
+        )
+    };
+    for i in 0..5 {
         let token = stranger.mint(&entra_claims("mfa", 600));
-        assert_eq!(get(h.gw.addr, "/v1/offers", Some(&token)).await.0, StatusCode::UNAUTHORIZED);
+        let (status, headers, _) = get(h.gw.addr, "/v1/offers", Some(&token)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers["www-authenticate"].to_str().unwrap().contains("signing key not found"));
+        assert_eq!(limited().await, (i + 1) as f64);
     }
-    assert_eq!(h.keys.fetches.load(Ordering::SeqCst), before, "the start-up fetch was within the last hour");
+    assert_eq!(h.keys.fetches.load(Ordering::SeqCst), before + 1, "no fetch inside the interval");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,7 +116,7 @@ async fn each_decision_increments_its_counter() {
         slow,
         &format!(
             "[[issuer]]\nissuer = \"{TEMPLATE_ISSUER}\"\ndiscovery = \"{}\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n\
-             [[issuer]]\nissuer = \"https://down.example/\"\njwks_uri = \"http://{dead}/keys\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n\
+             [[issuer]]\nissuer = \"https://down.example/\"\nprofile = \"entra\"\njwks_uri = \"http://{dead}/keys\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n\
              [[route]]\nname = \"slow\"\npath = \"/slow\"\nrequire = \"public\"\n{ROUTES}",
             keys.discovery_url()
         ),

@@ -48,7 +48,10 @@ pub enum Lookup {
 }
 
 struct Gate {
-    last_start: Option<Instant>,
+    /// When the last refetch for an unknown `kid` started. Only those start the rate limit:
+    /// start-up and scheduled refreshes do not, so a key first used right after either is
+    /// fetched at once.
+    last_unknown_kid: Option<Instant>,
     inflight: Option<watch::Receiver<Option<bool>>>,
 }
 
@@ -91,7 +94,7 @@ impl IssuerKeys {
             timing,
             keys: ArcSwap::from_pointee(Vec::new()),
             epoch: AtomicU64::new(0),
-            gate: Mutex::new(Gate { last_start: None, inflight: None }),
+            gate: Mutex::new(Gate { last_unknown_kid: None, inflight: None }),
             health: Mutex::new(Health::default()),
             client,
             metrics,
@@ -144,40 +147,60 @@ impl IssuerKeys {
         }
     }
 
-    /// Called on an unknown `kid`: fetches the set again unless one was started within
-    /// `refetch_min_interval`; callers that arrive while a fetch runs share it. Returns whether
-    /// a fetch completed, so the caller knows a second lookup may succeed.
+    /// Called on an unknown `kid`: fetches the set again, unless the last refetch for an unknown
+    /// `kid` started within `refetch_min_interval`; callers that arrive while any fetch runs
+    /// share it. Returns whether a fetch completed, so the caller knows a second lookup may
+    /// succeed.
     pub async fn refetch_for_unknown_kid(self: &Arc<Self>) -> bool {
-        match self.start_fetch(false) {
-            Some(rx) => {
-                self.metrics.key_refetches.with_label_values(&[&self.name]).inc();
-                wait_done(rx).await
+        let rx = {
+            let mut gate = self.gate.lock().unwrap();
+            match &gate.inflight {
+                Some(rx) => rx.clone(),
+                None if gate.last_unknown_kid.is_some_and(|t| t.elapsed() < self.timing.refetch_min_interval) => {
+                    drop(gate);
+                    tracing::debug!(issuer = %self.name, interval = ?self.timing.refetch_min_interval, "unknown kid: refetch held back by refetch_min_interval");
+                    self.metrics.key_refetches.with_label_values(&[&self.name, "limited"]).inc();
+                    return false;
+                }
+                None => {
+                    gate.last_unknown_kid = Some(Instant::now());
+                    self.start_fetch(gate, true)
+                }
             }
-            None => false,
-        }
+        };
+        wait_done(rx).await
     }
 
-    /// Starts a fetch (or joins the one running). `force` ignores the rate limit (the
-    /// background refresh). `None`: rate-limited, nothing started.
-    fn start_fetch(self: &Arc<Self>, force: bool) -> Option<watch::Receiver<Option<bool>>> {
-        let mut gate = self.gate.lock().unwrap();
-        if let Some(rx) = &gate.inflight {
-            return Some(rx.clone());
-        }
-        if !force && gate.last_start.is_some_and(|t| t.elapsed() < self.timing.refetch_min_interval) {
-            return None;
-        }
+    /// Starts a fetch in its own task (the caller holds the gate and saw none running), so it
+    /// outlives any request that asked for it. A refetch is counted before its waiters wake.
+    fn start_fetch(
+        self: &Arc<Self>,
+        mut gate: std::sync::MutexGuard<'_, Gate>,
+        refetch: bool,
+    ) -> watch::Receiver<Option<bool>> {
         let (tx, rx) = watch::channel(None);
-        gate.last_start = Some(Instant::now());
         gate.inflight = Some(rx.clone());
         drop(gate);
         let this = self.clone();
         tokio::spawn(async move {
             let ok = this.fetch_and_store().await;
+            if refetch {
+                let result = if ok { "ok" } else { "error" };
+                this.metrics.key_refetches.with_label_values(&[&this.name, result]).inc();
+            }
             this.gate.lock().unwrap().inflight = None;
             let _ = tx.send(Some(ok));
         });
-        Some(rx)
+        rx
+    }
+
+    /// The background refresh: joins a fetch that is running, or starts one. Never rate-limited.
+    fn refresh(self: &Arc<Self>) -> watch::Receiver<Option<bool>> {
+        let gate = self.gate.lock().unwrap();
+        match &gate.inflight {
+            Some(rx) => rx.clone(),
+            None => self.start_fetch(gate, false),
+        }
     }
 
     async fn fetch_and_store(&self) -> bool {
@@ -287,10 +310,7 @@ impl IssuerKeys {
         let cap = Duration::from_secs(30).min(self.timing.refresh_interval);
         let mut backoff = first;
         loop {
-            let ok = match self.start_fetch(true) {
-                Some(rx) => wait_done(rx).await,
-                None => false,
-            };
+            let ok = wait_done(self.refresh()).await;
             if ok {
                 backoff = first;
                 tokio::time::sleep(self.timing.refresh_interval).await;
@@ -330,6 +350,7 @@ mod tests {
             algorithms: vec![jsonwebtoken::Algorithm::RS256],
             leeway_secs: 60,
             max_token_bytes: 16 * 1024,
+            typ: vec![],
         };
         let timing = KeyTiming {
             refresh_interval: Duration::from_secs(3600),

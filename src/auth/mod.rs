@@ -6,6 +6,7 @@ pub mod challenge;
 pub mod jwks;
 pub mod keys;
 pub mod policy;
+pub mod profile;
 pub mod token;
 
 use std::sync::Arc;
@@ -20,7 +21,8 @@ use crate::metrics::Metrics;
 use crate::routes::Route;
 use challenge::AuthRefusal;
 use jwks::{IssuerKeys, KeySource, KeyTiming, Lookup};
-use policy::{Caller, MfaRules, TokenKind};
+use policy::{Caller, TokenKind};
+use profile::{Base, Condition, MfaRules, Profile, Test};
 use token::{Invalid, IssuerPattern, IssuerRules};
 
 // ---------------------------------------------------------------------------------------------
@@ -45,6 +47,36 @@ pub(crate) struct RawIssuer {
     max_stale: Option<String>,
     fetch_timeout: Option<String>,
     ca_file: Option<String>,
+    profile: Option<RawBase>,
+    app_only: Option<Vec<RawCondition>>,
+    #[serde(default)]
+    claims: RawClaimNames,
+    require_typ: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawBase {
+    Entra,
+    Rfc9068,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    claim: String,
+    equals: Option<String>,
+    equals_claim: Option<String>,
+    starts_with: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClaimNames {
+    app_id: Option<String>,
+    user: Option<String>,
+    scopes: Option<String>,
+    amr: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -53,6 +85,8 @@ pub(crate) struct RawMfa {
     amr: Option<Vec<String>>,
     #[serde(default)]
     acrs: Vec<String>,
+    #[serde(default)]
+    acr: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -78,6 +112,7 @@ pub(crate) struct RawCache {
 #[derive(Debug, Clone)]
 pub struct IssuerConfig {
     pub rules: IssuerRules,
+    pub profile: Profile,
     pub source: KeySource,
     pub timing: KeyTiming,
     pub name: String,
@@ -146,7 +181,7 @@ impl AuthConfig {
                 }
                 tenants.push(t.to_ascii_lowercase());
             }
-            let names = r.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
+            let names = r.algorithms.clone().unwrap_or_else(|| vec!["RS256".into()]);
             if names.is_empty() {
                 return Err(v.err(key("algorithms"), "at least one algorithm is required"));
             }
@@ -170,6 +205,14 @@ impl AuthConfig {
             if !(256..=64 * 1024).contains(&max_token_bytes) {
                 return Err(v.err(key("max_token_bytes"), "must be between 256 and 65536"));
             }
+            let profile = issuer_profile(v, &key, &r)?;
+            let typ = match &r.require_typ {
+                Some(list) if list.iter().any(|t| t.trim().is_empty()) => {
+                    return Err(v.err(key("require_typ"), "values must not be empty; use [] to leave typ unchecked"))
+                }
+                Some(list) => list.iter().map(|t| t.to_ascii_lowercase()).collect(),
+                None => profile.base.default_typ().iter().map(|t| t.to_string()).collect(),
+            };
             let timing = KeyTiming {
                 refresh_interval: v.nonzero(&key("refresh_interval"), r.refresh_interval.as_deref().unwrap_or("1h"))?,
                 refetch_min_interval: v
@@ -185,7 +228,9 @@ impl AuthConfig {
                     algorithms,
                     leeway_secs: leeway.as_secs() as i64,
                     max_token_bytes,
+                    typ,
                 },
+                profile,
                 source,
                 timing,
                 name: r.issuer,
@@ -193,7 +238,7 @@ impl AuthConfig {
             });
         }
         let amr = mfa.amr.unwrap_or_else(|| vec!["mfa".into()]);
-        if amr.is_empty() && mfa.acrs.is_empty() {
+        if amr.is_empty() && mfa.acrs.is_empty() && mfa.acr.is_empty() {
             return Err(v.err("mfa.amr", "no claim value would ever count as MFA; keep \"mfa\""));
         }
         let header_prefix = identity.header_prefix.unwrap_or_else(|| "x-mfa-gateway-".into()).to_ascii_lowercase();
@@ -215,7 +260,7 @@ impl AuthConfig {
         let cache_max_entries = cache.max_entries.unwrap_or(10_000);
         Ok(AuthConfig {
             issuers,
-            mfa: MfaRules { amr, acrs: mfa.acrs },
+            mfa: MfaRules { amr, acrs: mfa.acrs, acr: mfa.acr },
             header_prefix,
             forward_authorization: identity.forward_authorization.unwrap_or(true),
             realm: ch.realm,
@@ -223,6 +268,64 @@ impl AuthConfig {
             cache_max_entries,
         })
     }
+}
+
+/// Entra's issuers, for which the `entra` profile is the default.
+fn is_entra_issuer(issuer: &str) -> bool {
+    ["https://login.microsoftonline.com/", "https://sts.windows.net/"].iter().any(|p| issuer.starts_with(p))
+}
+
+/// The issuer's profile: its base and overrides. Any issuer but Entra's must name its base:
+/// guessing how a provider marks app-only tokens is how a user without MFA gets through.
+fn issuer_profile(v: &Validator<'_>, key: &dyn Fn(&str) -> String, r: &RawIssuer) -> Result<Profile, ConfigError> {
+    let base = match r.profile {
+        Some(RawBase::Entra) => Base::Entra,
+        Some(RawBase::Rfc9068) => Base::Rfc9068,
+        None if is_entra_issuer(&r.issuer) => Base::Entra,
+        None => {
+            return Err(v.err(
+                key("profile"),
+                format!(
+                    "required for {:?}, which is not an Entra issuer: set profile = \"rfc9068\" (RFC 9068 access \
+                     tokens) or \"entra\"; the README's provider table shows the settings for Keycloak, Okta and Auth0",
+                    r.issuer
+                ),
+            ))
+        }
+    };
+    let name = |k: &str, n: &Option<String>| match n {
+        Some(n) if n.is_empty() => Err(v.err(key(&format!("claims.{k}")), "must name a claim")),
+        _ => Ok(n.clone()),
+    };
+    let c = &r.claims;
+    let mut p = Profile::new(base);
+    (p.app_id, p.user, p.scopes, p.amr) =
+        (name("app_id", &c.app_id)?, name("user", &c.user)?, name("scopes", &c.scopes)?, name("amr", &c.amr)?);
+    if let Some(conds) = &r.app_only {
+        if conds.is_empty() {
+            return Err(v.err(key("app_only"), "give at least one condition, or leave app_only out"));
+        }
+        let mut all = Vec::with_capacity(conds.len());
+        for (j, c) in conds.iter().enumerate() {
+            let test = match (&c.equals, &c.equals_claim, &c.starts_with) {
+                (Some(x), None, None) => Test::Equals(x.clone()),
+                (None, Some(x), None) if !x.is_empty() => Test::EqualsClaim(x.clone()),
+                (None, None, Some(x)) if !x.is_empty() => Test::StartsWith(x.clone()),
+                _ => {
+                    return Err(v.err(
+                        key(&format!("app_only[{j}]")),
+                        "give exactly one of equals, equals_claim or starts_with (not empty)",
+                    ))
+                }
+            };
+            if c.claim.is_empty() {
+                return Err(v.err(key(&format!("app_only[{j}].claim")), "must name a claim"));
+            }
+            all.push(Condition { claim: c.claim.clone(), test });
+        }
+        p.app_only = Some(all);
+    }
+    Ok(p)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,9 +342,10 @@ pub struct Verified {
     pub mfa: bool,
     pub roles: Box<[String]>,
     pub scopes: Box<str>,
-    /// `tid`, `oid`, app id (`appid`/`azp`), `upn`: each kept once, as the header value the
-    /// upstream receives (a claim that cannot be a header value is left out, not mangled).
-    ids: [Option<HeaderValue>; 4],
+    /// `tid`, `oid`, app id, `upn`, user (the last two as the issuer's profile reads them): each
+    /// kept once, as the header value the upstream receives (a claim that cannot be a header
+    /// value is left out, not mangled).
+    ids: [Option<HeaderValue>; 5],
     /// Values other layers derive from this token once (metric handles, redacted ids), so a
     /// cached token costs them nothing per request. Set and read by the stack.
     pub annotations: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
@@ -251,6 +355,7 @@ const TID: usize = 0;
 const OID: usize = 1;
 const APP: usize = 2;
 const UPN: usize = 3;
+const USER: usize = 4;
 
 impl Verified {
     pub fn caller(&self) -> Caller<'_> {
@@ -277,6 +382,11 @@ impl Verified {
     pub fn upn(&self) -> Option<&str> {
         self.id(UPN)
     }
+
+    /// The user as the issuer's profile names it (Entra: `upn`, else `oid`; RFC 9068: `sub`).
+    pub fn user(&self) -> Option<&str> {
+        self.id(USER)
+    }
 }
 
 struct UntilExp;
@@ -293,10 +403,12 @@ pub fn unix_now() -> i64 {
 
 pub struct Authenticator {
     pub issuers: Vec<Arc<IssuerKeys>>,
+    /// How each issuer's tokens are read, by the same index as `issuers`.
+    profiles: Vec<Profile>,
     mfa: MfaRules,
     header_prefix: String,
-    /// token-kind, mfa, tenant-id, object-id, app-id, upn, each under `header_prefix`.
-    header_names: [HeaderName; 6],
+    /// token-kind, mfa, tenant-id, object-id, app-id, upn, user, each under `header_prefix`.
+    header_names: [HeaderName; 7],
     max_token_bytes: usize,
     cache: moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::RandomState>,
     metrics: Arc<Metrics>,
@@ -320,9 +432,10 @@ impl Authenticator {
             .collect();
         Self {
             issuers,
+            profiles: cfg.issuers.iter().map(|i| i.profile.clone()).collect(),
             mfa: cfg.mfa.clone(),
             header_prefix: cfg.header_prefix.clone(),
-            header_names: ["token-kind", "mfa", "tenant-id", "object-id", "app-id", "upn"].map(|s| {
+            header_names: ["token-kind", "mfa", "tenant-id", "object-id", "app-id", "upn", "user"].map(|s| {
                 HeaderName::from_bytes(format!("{}{s}", cfg.header_prefix).as_bytes())
                     .expect("validated: the prefix makes header names")
             }),
@@ -366,7 +479,7 @@ impl Authenticator {
     async fn verify_uncached(&self, token: &str) -> Result<Verified, AuthRefusal> {
         let invalid = AuthRefusal::Invalid;
         let parsed = token::parse(token, self.max_token_bytes).map_err(invalid)?;
-        let iss = parsed.claims.iss.as_deref().ok_or(invalid(Invalid::UnknownIssuer))?;
+        let iss = parsed.claims.iss().ok_or(invalid(Invalid::UnknownIssuer))?;
         let (index, issuer) = self
             .issuers
             .iter()
@@ -382,7 +495,7 @@ impl Authenticator {
         if !rules.algorithms.contains(&parsed.alg) {
             return Err(invalid(Invalid::AlgNotAllowed));
         }
-        let tid = parsed.claims.tid.as_deref();
+        let tid = parsed.claims.tid();
         // Read the epoch before the key: a key removed after this point voids the entry.
         let epoch = issuer.epoch();
         let key = match issuer.lookup(parsed.kid.as_deref(), iss, tid) {
@@ -402,21 +515,20 @@ impl Authenticator {
             Lookup::Invalid(why) => return Err(invalid(why)),
         };
         token::verify_signature(&parsed, rules, &key).map_err(invalid)?;
+        token::check_typ(parsed.typ.as_deref(), rules).map_err(invalid)?;
         token::check_claims(&parsed.claims, rules, unix_now()).map_err(invalid)?;
-        let c = parsed.claims;
-        let kind = policy::classify(&c);
-        let mfa = policy::has_mfa(&c, &self.mfa);
-        let value = |s: Option<String>| s.and_then(|s| HeaderValue::from_str(&s).ok());
+        let id = profile::read(&parsed.claims, &self.profiles[index], &self.mfa);
+        let value = |s: Option<&str>| s.and_then(|s| HeaderValue::from_str(s).ok());
         Ok(Verified {
             issuer: index,
             epoch,
-            exp: c.exp.unwrap_or(0),
+            exp: parsed.claims.exp.unwrap_or(0),
             leeway: rules.leeway_secs,
-            kind,
-            mfa,
-            roles: c.roles.into_boxed_slice(),
-            scopes: c.scp.unwrap_or_default().into_boxed_str(),
-            ids: [value(c.tid), value(c.oid), value(c.appid.or(c.azp)), value(c.upn)],
+            kind: id.kind,
+            mfa: id.mfa,
+            roles: id.roles.into_iter().map(String::from).collect(),
+            scopes: id.scopes.into_boxed_str(),
+            ids: [value(id.tid), value(id.oid), value(id.app_id), value(id.upn), value(id.user)],
             annotations: std::sync::OnceLock::new(),
         })
     }

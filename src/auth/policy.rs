@@ -1,9 +1,7 @@
-//! Pure policy: who is calling (App+User or app-only), whether they did MFA, and whether the
-//! route lets them through.
+//! Pure policy: whether the route lets a verified caller through. Who the caller is (App+User or
+//! app-only, MFA or not) is the issuer's profile's to read (`profile.rs`).
 
 use crate::routes::{Requirement, Route};
-
-use super::token::Claims;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenKind {
@@ -17,40 +15,6 @@ impl TokenKind {
             TokenKind::AppUser => "app_user",
             TokenKind::AppOnly => "app_only",
         }
-    }
-}
-
-/// The classification table (README, "App+User or app-only"):
-/// `idtyp` = `app` -> app-only; `idtyp` = `user` -> App+User; otherwise no `scp` and
-/// (`oid` == `sub` or `roles` present) -> app-only; otherwise App+User.
-pub fn classify(c: &Claims) -> TokenKind {
-    match c.idtyp.as_deref() {
-        Some("app") => TokenKind::AppOnly,
-        Some("user") => TokenKind::AppUser,
-        _ => {
-            let oid_is_sub = matches!((&c.oid, &c.sub), (Some(o), Some(s)) if o == s);
-            if c.scp.is_none() && (oid_is_sub || !c.roles.is_empty()) {
-                TokenKind::AppOnly
-            } else {
-                TokenKind::AppUser
-            }
-        }
-    }
-}
-
-/// Which claim values count as MFA.
-#[derive(Debug, Clone)]
-pub struct MfaRules {
-    /// `amr` values that mean MFA was done (default `["mfa"]`).
-    pub amr: Vec<String>,
-    /// `acrs` auth-context ids tied to MFA, used only when the token has no `amr` (Entra v2).
-    pub acrs: Vec<String>,
-}
-
-pub fn has_mfa(c: &Claims, rules: &MfaRules) -> bool {
-    match &c.amr {
-        Some(amr) => amr.iter().any(|v| rules.amr.contains(v)),
-        None => c.acrs.iter().any(|v| rules.acrs.contains(v)),
     }
 }
 
@@ -91,7 +55,7 @@ pub struct Caller<'a> {
     pub kind: TokenKind,
     pub mfa: bool,
     pub roles: &'a [String],
-    /// `scp`, space-separated.
+    /// Space-separated (`scp` or the profile's scopes claim).
     pub scopes: &'a str,
 }
 
@@ -117,87 +81,6 @@ pub fn decide(route: &Route, caller: &Caller<'_>) -> Result<(), Deny> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn c(f: impl FnOnce(&mut Claims)) -> Claims {
-        let mut c = Claims::default();
-        f(&mut c);
-        c
-    }
-
-    #[test]
-    fn classification_table() {
-        let s = |v: &str| Some(v.to_string());
-        // idtyp decides when present, whatever else the token says.
-        assert_eq!(
-            classify(&c(|c| {
-                c.idtyp = s("app");
-                c.scp = s("x")
-            })),
-            TokenKind::AppOnly
-        );
-        assert_eq!(
-            classify(&c(|c| {
-                c.idtyp = s("user");
-                c.roles = vec!["r".into()]
-            })),
-            TokenKind::AppUser
-        );
-        // Without idtyp: no scp and (oid == sub or roles) -> app-only.
-        assert_eq!(
-            classify(&c(|c| {
-                c.oid = s("o");
-                c.sub = s("o")
-            })),
-            TokenKind::AppOnly
-        );
-        assert_eq!(classify(&c(|c| c.roles = vec!["r".into()])), TokenKind::AppOnly);
-        // scp present -> App+User even with roles or oid == sub.
-        assert_eq!(
-            classify(&c(|c| {
-                c.scp = s("a");
-                c.roles = vec!["r".into()]
-            })),
-            TokenKind::AppUser
-        );
-        assert_eq!(
-            classify(&c(|c| {
-                c.scp = s("a");
-                c.oid = s("o");
-                c.sub = s("o")
-            })),
-            TokenKind::AppUser
-        );
-        // Nothing that marks an app: App+User, which is then held to MFA (fail closed).
-        assert_eq!(
-            classify(&c(|c| {
-                c.oid = s("o");
-                c.sub = s("p")
-            })),
-            TokenKind::AppUser
-        );
-        assert_eq!(classify(&Claims::default()), TokenKind::AppUser);
-        assert_eq!(classify(&c(|c| c.idtyp = s("device"))), TokenKind::AppUser);
-    }
-
-    #[test]
-    fn mfa_signal_from_amr_or_acrs() {
-        let rules = MfaRules { amr: vec!["mfa".into()], acrs: vec!["c1".into()] };
-        assert!(has_mfa(&c(|c| c.amr = Some(vec!["pwd".into(), "mfa".into()])), &rules));
-        assert!(!has_mfa(&c(|c| c.amr = Some(vec!["pwd".into()])), &rules));
-        assert!(!has_mfa(&c(|c| c.amr = Some(vec!["ngcmfa".into()])), &rules), "only configured values count");
-        assert!(has_mfa(&c(|c| c.acrs = vec!["c1".into()]), &rules), "v2 token without amr");
-        assert!(
-            !has_mfa(
-                &c(|c| {
-                    c.amr = Some(vec!["pwd".into()]);
-                    c.acrs = vec!["c1".into()]
-                }),
-                &rules
-            ),
-            "amr wins when present"
-        );
-        assert!(!has_mfa(&Claims::default(), &rules));
-    }
 
     fn route(require: Requirement) -> Route {
         Route { index: 0, name: "r".into(), require, methods: vec![], roles_any: vec![], scopes_any: vec![] }

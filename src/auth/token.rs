@@ -6,6 +6,7 @@ use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use super::keys::Key;
 
@@ -32,10 +33,11 @@ pub enum Invalid {
     IssuedInFuture,
     WrongAudience,
     TenantNotAllowed,
+    WrongType,
 }
 
 impl Invalid {
-    pub const ALL: [Invalid; 19] = [
+    pub const ALL: [Invalid; 20] = [
         Invalid::MultipleAuthorization,
         Invalid::TooLarge,
         Invalid::Malformed,
@@ -55,6 +57,7 @@ impl Invalid {
         Invalid::IssuedInFuture,
         Invalid::WrongAudience,
         Invalid::TenantNotAllowed,
+        Invalid::WrongType,
     ];
 
     /// Metric label.
@@ -79,6 +82,7 @@ impl Invalid {
             Invalid::IssuedInFuture => "issued_in_future",
             Invalid::WrongAudience => "wrong_audience",
             Invalid::TenantNotAllowed => "tenant_not_allowed",
+            Invalid::WrongType => "wrong_typ",
         }
     }
 
@@ -104,6 +108,7 @@ impl Invalid {
             Invalid::IssuedInFuture => "token issued in the future",
             Invalid::WrongAudience => "audience not accepted",
             Invalid::TenantNotAllowed => "tenant not allowed",
+            Invalid::WrongType => "token typ is not an access token's",
         }
     }
 }
@@ -197,55 +202,99 @@ pub struct IssuerRules {
     pub algorithms: Vec<Algorithm>,
     pub leeway_secs: i64,
     pub max_token_bytes: usize,
+    /// Accepted header `typ` values, lowercase; empty means `typ` is not checked.
+    pub typ: Vec<String>,
 }
 
-/// The claims the gateway reads. Everything else in the payload is ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A token's payload. The registered time claims are typed once; every claim stays readable by
+/// name, because how an issuer marks app-only tokens, users and scopes is its profile's to say.
+#[derive(Debug, Clone, Default)]
 pub struct Claims {
-    pub iss: Option<String>,
-    #[serde(default, deserialize_with = "one_or_many")]
-    pub aud: Vec<String>,
-    #[serde(default, deserialize_with = "numeric_date")]
     pub exp: Option<i64>,
-    #[serde(default, deserialize_with = "numeric_date")]
     pub nbf: Option<i64>,
-    #[serde(default, deserialize_with = "numeric_date")]
     pub iat: Option<i64>,
-    pub tid: Option<String>,
-    pub oid: Option<String>,
-    pub sub: Option<String>,
-    pub idtyp: Option<String>,
-    pub scp: Option<String>,
-    #[serde(default)]
-    pub roles: Vec<String>,
-    pub amr: Option<Vec<String>>,
-    #[serde(default)]
-    pub acrs: Vec<String>,
-    pub appid: Option<String>,
-    pub azp: Option<String>,
-    pub upn: Option<String>,
+    all: serde_json::Map<String, Value>,
 }
 
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+impl Claims {
+    /// Decodes a payload: a JSON object whose names are unique (a repeated claim could be read
+    /// one way here and another way upstream), with `exp`/`nbf`/`iat` numeric dates and
+    /// `iss`/`tid`/`aud` strings (`aud` may be a list) when present.
+    pub fn from_json(payload: &[u8]) -> Result<Claims, Invalid> {
+        let UniqueMap(all) = serde_json::from_slice(payload).map_err(|_| Invalid::BadJson)?;
+        let date = |name: &str| match all.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64() {
+                // RFC 7519 NumericDate: seconds, possibly fractional; truncated to whole seconds.
+                Some(f) if f.is_finite() && f.abs() < 1e15 => Ok(Some(f as i64)),
+                _ => Err(Invalid::BadJson),
+            },
+            Some(_) => Err(Invalid::BadJson),
+        };
+        let c = Claims { exp: date("exp")?, nbf: date("nbf")?, iat: date("iat")?, all };
+        let string = |name: &str| matches!(c.all.get(name), None | Some(Value::Null | Value::String(_)));
+        let aud_ok = match c.all.get("aud") {
+            Some(Value::Array(a)) => a.iter().all(Value::is_string),
+            _ => string("aud"),
+        };
+        if !(string("iss") && string("tid") && aud_ok) {
+            return Err(Invalid::BadJson);
+        }
+        Ok(c)
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
+
+    /// A string claim; `None` when absent or not a string.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.all.get(name).and_then(Value::as_str)
+    }
+
+    /// A claim read as a list of strings: a string is one value, an array gives its strings.
+    pub fn values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let (one, many) = match self.all.get(name) {
+            Some(Value::String(s)) => (Some(s.as_str()), None),
+            Some(Value::Array(a)) => (None, Some(a.iter().filter_map(Value::as_str))),
+            _ => (None, None),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// Whether the claim is present (and not `null`).
+    pub fn has(&self, name: &str) -> bool {
+        !matches!(self.all.get(name), None | Some(Value::Null))
+    }
+
+    pub fn iss(&self) -> Option<&str> {
+        self.str("iss")
+    }
+
+    pub fn tid(&self) -> Option<&str> {
+        self.str("tid")
+    }
 }
 
-/// RFC 7519 NumericDate: seconds, possibly fractional; truncated to whole seconds.
-fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let v = Option::<f64>::deserialize(d)?;
-    match v {
-        Some(f) if f.is_finite() && f.abs() < 1e15 => Ok(Some(f as i64)),
-        Some(_) => Err(serde::de::Error::custom("NumericDate out of range")),
-        None => Ok(None),
+/// A JSON object that refuses a repeated name.
+struct UniqueMap(serde_json::Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<UniqueMap, A::Error> {
+                let mut all = serde_json::Map::new();
+                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                    if all.contains_key(&k) {
+                        return Err(serde::de::Error::custom("duplicate claim"));
+                    }
+                    all.insert(k, v);
+                }
+                Ok(UniqueMap(all))
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -253,6 +302,7 @@ fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error
 struct RawHeader {
     alg: Option<String>,
     kid: Option<String>,
+    typ: Option<String>,
     // Present at all means the token asks us to understand extensions we do not: refuse.
     crit: Option<serde::de::IgnoredAny>,
 }
@@ -262,6 +312,7 @@ struct RawHeader {
 pub struct Parsed<'t> {
     pub alg: Algorithm,
     pub kid: Option<String>,
+    pub typ: Option<String>,
     pub claims: Claims,
     pub signing_input: &'t str,
     pub signature: Vec<u8>,
@@ -290,13 +341,20 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Invalid> {
     }
     // `none` and unknown names fail to parse; HS* parse but no key type accepts them.
     let alg = header.alg.as_deref().and_then(|a| a.parse::<Algorithm>().ok()).ok_or(Invalid::AlgNotAllowed)?;
-    let claims: Claims = serde_json::from_slice(&b64(p)?).map_err(|_| Invalid::BadJson)?;
+    let claims = Claims::from_json(&b64(p)?)?;
     // The longest signature here is RSA-8192's: 1 KiB, 1366 base64url characters.
     if s.len() > 1400 {
         return Err(Invalid::BadBase64);
     }
     let signature = b64(s)?;
-    Ok(Parsed { alg, kid: header.kid, claims, signing_input: &token[..h.len() + 1 + p.len()], signature })
+    Ok(Parsed {
+        alg,
+        kid: header.kid,
+        typ: header.typ,
+        claims,
+        signing_input: &token[..h.len() + 1 + p.len()],
+        signature,
+    })
 }
 
 /// Checks the algorithm against the issuer's allowlist and the key, then the signature.
@@ -314,6 +372,16 @@ pub fn verify_signature(parsed: &Parsed<'_>, rules: &IssuerRules, key: &Key) -> 
     }
 }
 
+/// The header's `typ`, where the issuer names the types its access tokens carry (RFC 9068 §4:
+/// `at+jwt`), so an ID token with the API's audience is not taken for an access token.
+pub fn check_typ(typ: Option<&str>, rules: &IssuerRules) -> Result<(), Invalid> {
+    if rules.typ.is_empty() || typ.is_some_and(|t| rules.typ.iter().any(|r| r.eq_ignore_ascii_case(t))) {
+        Ok(())
+    } else {
+        Err(Invalid::WrongType)
+    }
+}
+
 /// Registered claims, after the signature: time window, issuer, audience, tenant.
 pub fn check_claims(claims: &Claims, rules: &IssuerRules, now: i64) -> Result<(), Invalid> {
     let exp = claims.exp.ok_or(Invalid::MissingExp)?;
@@ -326,13 +394,13 @@ pub fn check_claims(claims: &Claims, rules: &IssuerRules, now: i64) -> Result<()
     if claims.iat.is_some_and(|iat| iat > now.saturating_add(rules.leeway_secs)) {
         return Err(Invalid::IssuedInFuture);
     }
-    let iss = claims.iss.as_deref().ok_or(Invalid::UnknownIssuer)?;
-    rules.issuer.matches(iss, claims.tid.as_deref())?;
-    if !claims.aud.iter().any(|a| rules.audiences.iter().any(|r| r == a)) {
+    let iss = claims.iss().ok_or(Invalid::UnknownIssuer)?;
+    rules.issuer.matches(iss, claims.tid())?;
+    if !claims.values("aud").any(|a| rules.audiences.iter().any(|r| r == a)) {
         return Err(Invalid::WrongAudience);
     }
     if !rules.tenants.is_empty() {
-        let tid = claims.tid.as_deref().filter(|t| is_guid(t)).ok_or(Invalid::BadTenantId)?;
+        let tid = claims.tid().filter(|t| is_guid(t)).ok_or(Invalid::BadTenantId)?;
         if !rules.tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)) {
             return Err(Invalid::TenantNotAllowed);
         }
@@ -355,19 +423,20 @@ mod tests {
             algorithms: vec![Algorithm::RS256],
             leeway_secs: 60,
             max_token_bytes: 16 * 1024,
+            typ: vec![],
         }
     }
 
-    fn claims(now: i64) -> Claims {
-        Claims {
-            iss: Some(format!("https://sts.windows.net/{TID}/")),
-            aud: vec!["https://api.partnercenter.microsoft.com".into()],
-            exp: Some(now + 3600),
-            nbf: Some(now - 10),
-            iat: Some(now - 10),
-            tid: Some(TID.into()),
-            ..Claims::default()
-        }
+    fn claims(now: i64) -> serde_json::Value {
+        serde_json::json!({
+            "iss": format!("https://sts.windows.net/{TID}/"),
+            "aud": "https://api.partnercenter.microsoft.com",
+            "exp": now + 3600, "nbf": now - 10, "iat": now - 10, "tid": TID,
+        })
+    }
+
+    fn decode(v: &serde_json::Value) -> Claims {
+        Claims::from_json(v.to_string().as_bytes()).unwrap()
     }
 
     fn enc(v: &serde_json::Value) -> String {
@@ -429,32 +498,62 @@ mod tests {
     fn claim_checks() {
         let now = 1_700_000_000;
         let r = rules();
-        assert_eq!(check_claims(&claims(now), &r, now), Ok(()));
-        let with = |f: &dyn Fn(&mut Claims)| {
+        assert_eq!(check_claims(&decode(&claims(now)), &r, now), Ok(()));
+        let with = |f: &dyn Fn(&mut serde_json::Value)| {
             let mut c = claims(now);
             f(&mut c);
-            check_claims(&c, &r, now)
+            check_claims(&decode(&c), &r, now)
         };
-        assert_eq!(with(&|c| c.exp = None), Err(Invalid::MissingExp));
-        assert_eq!(with(&|c| c.exp = Some(now - 61)), Err(Invalid::Expired));
-        assert_eq!(with(&|c| c.exp = Some(now - 59)), Ok(()), "inside leeway");
-        assert_eq!(with(&|c| c.nbf = Some(now + 61)), Err(Invalid::NotYetValid));
-        assert_eq!(with(&|c| c.iat = Some(now + 61)), Err(Invalid::IssuedInFuture));
-        assert_eq!(with(&|c| c.aud = vec!["other".into()]), Err(Invalid::WrongAudience));
-        assert_eq!(with(&|c| c.iss = Some("https://sts.windows.net/x/".into())), Err(Invalid::UnknownIssuer));
-        assert_eq!(with(&|c| c.tid = Some("11111111-2222-3333-4444-555555555555".into())), Err(Invalid::UnknownIssuer));
+        assert_eq!(with(&|c| c["exp"] = serde_json::Value::Null), Err(Invalid::MissingExp));
+        assert_eq!(with(&|c| c["exp"] = (now - 61).into()), Err(Invalid::Expired));
+        assert_eq!(with(&|c| c["exp"] = (now - 59).into()), Ok(()), "inside leeway");
+        assert_eq!(with(&|c| c["nbf"] = (now + 61).into()), Err(Invalid::NotYetValid));
+        assert_eq!(with(&|c| c["iat"] = (now + 61).into()), Err(Invalid::IssuedInFuture));
+        assert_eq!(with(&|c| c["aud"] = "other".into()), Err(Invalid::WrongAudience));
+        assert_eq!(
+            with(&|c| c["aud"] = serde_json::json!(["other", "https://api.partnercenter.microsoft.com"])),
+            Ok(())
+        );
+        assert_eq!(with(&|c| c["iss"] = "https://sts.windows.net/x/".into()), Err(Invalid::UnknownIssuer));
+        assert_eq!(with(&|c| c["tid"] = "11111111-2222-3333-4444-555555555555".into()), Err(Invalid::UnknownIssuer));
         let mut only = rules();
         only.tenants = vec!["11111111-2222-3333-4444-555555555555".into()];
-        assert_eq!(check_claims(&claims(now), &only, now), Err(Invalid::TenantNotAllowed));
+        assert_eq!(check_claims(&decode(&claims(now)), &only, now), Err(Invalid::TenantNotAllowed));
+    }
+
+    #[test]
+    fn typ_is_checked_only_where_the_issuer_names_its_types() {
+        let mut r = rules();
+        assert_eq!(check_typ(None, &r), Ok(()), "not checked by default");
+        r.typ = vec!["at+jwt".into(), "application/at+jwt".into()];
+        assert_eq!(check_typ(Some("at+jwt"), &r), Ok(()));
+        assert_eq!(check_typ(Some("Application/AT+JWT"), &r), Ok(()), "media types compare without case");
+        assert_eq!(check_typ(Some("JWT"), &r), Err(Invalid::WrongType));
+        assert_eq!(check_typ(None, &r), Err(Invalid::WrongType), "an ID token has no typ");
     }
 
     #[test]
     fn numeric_dates_accept_floats_and_aud_accepts_one_or_many() {
-        let c: Claims = serde_json::from_str(r#"{"exp": 1.5e9, "aud": "a"}"#).unwrap();
-        assert_eq!((c.exp, c.aud), (Some(1_500_000_000), vec!["a".to_string()]));
-        let c: Claims = serde_json::from_str(r#"{"aud": ["a", "b"]}"#).unwrap();
-        assert_eq!(c.aud.len(), 2);
-        assert!(serde_json::from_str::<Claims>(r#"{"exp": "soon"}"#).is_err());
-        assert!(serde_json::from_str::<Claims>(r#"{"exp": 1, "exp": 2}"#).is_err(), "duplicate claims refused");
+        let c = Claims::from_json(br#"{"exp": 1.5e9, "aud": "a"}"#).unwrap();
+        assert_eq!((c.exp, c.values("aud").collect::<Vec<_>>()), (Some(1_500_000_000), vec!["a"]));
+        let c = Claims::from_json(br#"{"aud": ["a", "b"], "scp": ["x", 1]}"#).unwrap();
+        assert_eq!(c.values("aud").count(), 2);
+        assert_eq!(c.values("scp").collect::<Vec<_>>(), vec!["x"], "non-strings in a list are skipped");
+        assert_eq!(Claims::from_json(br#"{"exp": "soon"}"#).unwrap_err(), Invalid::BadJson);
+        assert_eq!(Claims::from_json(br#"{"iss": 7}"#).unwrap_err(), Invalid::BadJson);
+        assert_eq!(Claims::from_json(br#"{"aud": ["a", 1]}"#).unwrap_err(), Invalid::BadJson);
+        assert_eq!(
+            Claims::from_json(br#"{"exp": 1, "exp": 2}"#).unwrap_err(),
+            Invalid::BadJson,
+            "duplicate claims refused"
+        );
+        assert_eq!(
+            Claims::from_json(br#"{"gty": "a", "gty": "b"}"#).unwrap_err(),
+            Invalid::BadJson,
+            "any claim, not only registered ones"
+        );
+        assert_eq!(Claims::from_json(b"[1]").unwrap_err(), Invalid::BadJson);
+        let c = Claims::from_json(br#"{"sub": "s", "n": null}"#).unwrap();
+        assert!(c.has("sub") && !c.has("n") && !c.has("x"));
     }
 }

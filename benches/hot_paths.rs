@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use mfa_gateway::auth::policy::{self, Caller, TokenKind};
-use mfa_gateway::auth::profile::{self, Base, MfaRules, Profile};
+use mfa_gateway::auth::profile;
 use mfa_gateway::auth::{keys, token, Authenticator};
 use mfa_gateway::config::Config;
 use mfa_gateway::demo::{entra_claims, DevIssuer};
@@ -45,15 +45,14 @@ fn bench_tokens(c: &mut Criterion) {
     let jwks = serde_json::json!({"keys": [issuer.jwk()]}).to_string();
     let key = keys::parse_jwks(jwks.as_bytes()).unwrap().keys.remove(0);
     let tok = issuer.mint(&entra_claims("mfa", 3600));
-    let mfa = MfaRules { amr: vec!["mfa".into()], acrs: vec![], acr: vec![] };
-    let entra = Profile::new(Base::Entra);
+    let entra = config.auth.issuers[0].profile.clone();
 
     c.bench_function("token/verify_new (parse + RS256 + claims + classify)", |b| {
         b.iter(|| {
             let p = token::parse(black_box(&tok), 16 * 1024).unwrap();
             token::verify_signature(&p, &rules, &key).unwrap();
             token::check_claims(&p.claims, &rules, mfa_gateway::auth::unix_now()).unwrap();
-            black_box(profile::read(&p.claims, &entra, &mfa).kind)
+            black_box(profile::read(&p.claims, &entra).kind)
         })
     });
     c.bench_function("token/parse_only", |b| b.iter(|| token::parse(black_box(&tok), 16 * 1024).unwrap()));

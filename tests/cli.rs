@@ -64,6 +64,51 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
 }
 
 #[test]
+fn issuers_other_than_entra_must_name_a_profile() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[[issuer]]\njwks_uri = \"http://127.0.0.1:1/k\"\n\
+                audiences = [\"api\"]\n";
+    let cases = [
+        (
+            format!("{base}issuer = \"https://kc.example/realms/a\"\n"),
+            vec!["issuer[0].profile", "required for \"https://kc.example/realms/a\"", "rfc9068"],
+        ),
+        (
+            format!("{base}issuer = \"https://op.example/\"\nprofile = \"okta\"\n"),
+            vec!["unknown variant `okta`", "rfc9068"],
+        ),
+        (
+            format!(
+                "{base}issuer = \"https://op.example/\"\nprofile = \"rfc9068\"\napp_only = [{{ claim = \"gty\" }}]\n"
+            ),
+            vec!["issuer[0].app_only[0]", "exactly one of equals, equals_claim or starts_with"],
+        ),
+        (
+            format!("{base}issuer = \"https://op.example/\"\nprofile = \"rfc9068\"\napp_only = []\n"),
+            vec!["issuer[0].app_only", "at least one condition"],
+        ),
+        (
+            format!("{base}issuer = \"https://sts.windows.net/{{tenantid}}/\"\n[mfa]\nacr = [\"1\"]\n"),
+            vec!["issuer[0].mfa.acr", "\"1\" is Entra's plain sign-in level"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let (code, msg) = check(&text);
+        assert_eq!(code, 64, "{text}\n{msg}");
+        for n in needles {
+            assert!(msg.contains(n), "{msg:?} lacks {n:?}");
+        }
+    }
+    for ok in [
+        format!("{base}issuer = \"https://sts.windows.net/{{tenantid}}/\"\n"),
+        format!("{base}issuer = \"https://login.microsoftonline.com/{{tenantid}}/v2.0\"\n"),
+        format!("{base}issuer = \"https://op.example/\"\nprofile = \"rfc9068\"\n"),
+        format!("{base}issuer = \"https://op.example/\"\nprofile = \"entra\"\n"),
+    ] {
+        assert_eq!(check(&ok).0, 0, "{ok}");
+    }
+}
+
+#[test]
 fn missing_file_exits_64() {
     let out = Command::new(BIN).args(["check", "--config", "/nonexistent/gw.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(64));

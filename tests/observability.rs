@@ -3,8 +3,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -12,35 +10,6 @@ use hyper::body::Incoming;
 use mfa_gateway::demo::{entra_claims, DevIssuer, KeyServer};
 use serde_json::{json, Value};
 use support::*;
-
-/// Every log line any test in this binary produces, as JSON.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        struct Sink;
-        impl Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                logs().lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(|| Sink)
-            .init();
-        Mutex::new(Vec::new())
-    })
-}
-
-fn log_lines() -> Vec<Value> {
-    let buf = logs().lock().unwrap().clone();
-    String::from_utf8(buf).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
 
 /// Reads all samples of a metric family: (labels, value).
 async fn samples(gw: &mfa_gateway::app::Running, family: &str) -> Vec<(String, f64)> {

@@ -52,6 +52,7 @@ pub(crate) struct RawIssuer {
     #[serde(default)]
     claims: RawClaimNames,
     require_typ: Option<Vec<String>>,
+    mfa: Option<RawMfa>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -123,7 +124,6 @@ pub struct IssuerConfig {
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub issuers: Vec<IssuerConfig>,
-    pub mfa: MfaRules,
     /// Lowercase prefix of the identity headers sent upstream; client copies are stripped.
     pub header_prefix: String,
     pub forward_authorization: bool,
@@ -153,8 +153,9 @@ impl AuthConfig {
         ch: RawChallenge,
         cache: RawCache,
     ) -> Result<AuthConfig, ConfigError> {
+        let mfa = mfa_rules(v, "mfa", mfa)?;
         let mut issuers = Vec::with_capacity(raw.len());
-        for (i, r) in raw.into_iter().enumerate() {
+        for (i, mut r) in raw.into_iter().enumerate() {
             let key = |k: &str| format!("issuer[{i}].{k}");
             if r.issuer.is_empty() {
                 return Err(v.err(key("issuer"), "must not be empty"));
@@ -205,7 +206,11 @@ impl AuthConfig {
             if !(256..=64 * 1024).contains(&max_token_bytes) {
                 return Err(v.err(key("max_token_bytes"), "must be between 256 and 65536"));
             }
-            let profile = issuer_profile(v, &key, &r)?;
+            let own = match r.mfa.take() {
+                Some(m) => mfa_rules(v, &key("mfa"), m)?,
+                None => mfa.clone(),
+            };
+            let profile = issuer_profile(v, &key, &r, own)?;
             let typ = match &r.require_typ {
                 Some(list) if list.iter().any(|t| t.trim().is_empty()) => {
                     return Err(v.err(key("require_typ"), "values must not be empty; use [] to leave typ unchecked"))
@@ -237,10 +242,6 @@ impl AuthConfig {
                 tls: v.client_tls(&key("ca_file"), r.ca_file.as_deref(), None, None)?,
             });
         }
-        let amr = mfa.amr.unwrap_or_else(|| vec!["mfa".into()]);
-        if amr.is_empty() && mfa.acrs.is_empty() && mfa.acr.is_empty() {
-            return Err(v.err("mfa.amr", "no claim value would ever count as MFA; keep \"mfa\""));
-        }
         let header_prefix = identity.header_prefix.unwrap_or_else(|| "x-mfa-gateway-".into()).to_ascii_lowercase();
         if header_prefix.len() < 3 || HeaderName::from_bytes(format!("{header_prefix}x").as_bytes()).is_err() {
             return Err(v.err("identity.header_prefix", format!("{header_prefix:?} is not a header name prefix")));
@@ -260,7 +261,6 @@ impl AuthConfig {
         let cache_max_entries = cache.max_entries.unwrap_or(10_000);
         Ok(AuthConfig {
             issuers,
-            mfa: MfaRules { amr, acrs: mfa.acrs, acr: mfa.acr },
             header_prefix,
             forward_authorization: identity.forward_authorization.unwrap_or(true),
             realm: ch.realm,
@@ -270,6 +270,15 @@ impl AuthConfig {
     }
 }
 
+/// `[mfa]`, or an issuer's own `mfa` table, checked.
+fn mfa_rules(v: &Validator<'_>, key: &str, m: RawMfa) -> Result<MfaRules, ConfigError> {
+    let amr = m.amr.unwrap_or_else(|| vec!["mfa".into()]);
+    if amr.is_empty() && m.acrs.is_empty() && m.acr.is_empty() {
+        return Err(v.err(format!("{key}.amr"), "no claim value would ever count as MFA; keep \"mfa\""));
+    }
+    Ok(MfaRules { amr, acrs: m.acrs, acr: m.acr })
+}
+
 /// Entra's issuers, for which the `entra` profile is the default.
 fn is_entra_issuer(issuer: &str) -> bool {
     ["https://login.microsoftonline.com/", "https://sts.windows.net/"].iter().any(|p| issuer.starts_with(p))
@@ -277,7 +286,12 @@ fn is_entra_issuer(issuer: &str) -> bool {
 
 /// The issuer's profile: its base and overrides. Any issuer but Entra's must name its base:
 /// guessing how a provider marks app-only tokens is how a user without MFA gets through.
-fn issuer_profile(v: &Validator<'_>, key: &dyn Fn(&str) -> String, r: &RawIssuer) -> Result<Profile, ConfigError> {
+fn issuer_profile(
+    v: &Validator<'_>,
+    key: &dyn Fn(&str) -> String,
+    r: &RawIssuer,
+    mfa: MfaRules,
+) -> Result<Profile, ConfigError> {
     let base = match r.profile {
         Some(RawBase::Entra) => Base::Entra,
         Some(RawBase::Rfc9068) => Base::Rfc9068,
@@ -297,8 +311,18 @@ fn issuer_profile(v: &Validator<'_>, key: &dyn Fn(&str) -> String, r: &RawIssuer
         Some(n) if n.is_empty() => Err(v.err(key(&format!("claims.{k}")), "must name a claim")),
         _ => Ok(n.clone()),
     };
+    if base == Base::Entra {
+        if let Some(a) = mfa.acr.iter().find(|a| matches!(a.as_str(), "0" | "1")) {
+            return Err(v.err(
+                key("mfa.acr"),
+                format!(
+                    "{a:?} is Entra's plain sign-in level, not MFA; give this issuer its own [issuer.mfa] without it"
+                ),
+            ));
+        }
+    }
     let c = &r.claims;
-    let mut p = Profile::new(base);
+    let mut p = Profile::new(base, mfa);
     (p.app_id, p.user, p.scopes, p.amr) =
         (name("app_id", &c.app_id)?, name("user", &c.user)?, name("scopes", &c.scopes)?, name("amr", &c.amr)?);
     if let Some(conds) = &r.app_only {
@@ -405,7 +429,6 @@ pub struct Authenticator {
     pub issuers: Vec<Arc<IssuerKeys>>,
     /// How each issuer's tokens are read, by the same index as `issuers`.
     profiles: Vec<Profile>,
-    mfa: MfaRules,
     header_prefix: String,
     /// token-kind, mfa, tenant-id, object-id, app-id, upn, user, each under `header_prefix`.
     header_names: [HeaderName; 7],
@@ -433,7 +456,6 @@ impl Authenticator {
         Self {
             issuers,
             profiles: cfg.issuers.iter().map(|i| i.profile.clone()).collect(),
-            mfa: cfg.mfa.clone(),
             header_prefix: cfg.header_prefix.clone(),
             header_names: ["token-kind", "mfa", "tenant-id", "object-id", "app-id", "upn", "user"].map(|s| {
                 HeaderName::from_bytes(format!("{}{s}", cfg.header_prefix).as_bytes())
@@ -517,7 +539,7 @@ impl Authenticator {
         token::verify_signature(&parsed, rules, &key).map_err(invalid)?;
         token::check_typ(parsed.typ.as_deref(), rules).map_err(invalid)?;
         token::check_claims(&parsed.claims, rules, unix_now()).map_err(invalid)?;
-        let id = profile::read(&parsed.claims, &self.profiles[index], &self.mfa);
+        let id = profile::read(&parsed.claims, &self.profiles[index]);
         let value = |s: Option<&str>| s.and_then(|s| HeaderValue::from_str(s).ok());
         Ok(Verified {
             issuer: index,

@@ -61,16 +61,18 @@ pub struct Profile {
     pub user: Option<String>,
     pub scopes: Option<String>,
     pub amr: Option<String>,
+    /// The issuer's own `mfa` table, or the global `[mfa]`.
+    pub mfa: MfaRules,
 }
 
 impl Profile {
-    pub fn new(base: Base) -> Self {
-        Profile { base, app_only: None, app_id: None, user: None, scopes: None, amr: None }
+    pub fn new(base: Base, mfa: MfaRules) -> Self {
+        Profile { base, app_only: None, app_id: None, user: None, scopes: None, amr: None, mfa }
     }
 }
 
 /// Which claim values count as MFA.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MfaRules {
     /// `amr` values that mean MFA was done (default `["mfa"]`).
     pub amr: Vec<String>,
@@ -96,7 +98,7 @@ pub struct Identity<'c> {
 }
 
 /// Reads a verified token's claims by the issuer's profile.
-pub fn read<'c>(c: &'c Claims, p: &Profile, mfa: &MfaRules) -> Identity<'c> {
+pub fn read<'c>(c: &'c Claims, p: &Profile) -> Identity<'c> {
     let first = |names: &[&str]| names.iter().find_map(|n| c.str(n));
     let named = |over: &Option<String>, base: &[&str]| match over {
         Some(name) => c.str(name),
@@ -109,7 +111,7 @@ pub fn read<'c>(c: &'c Claims, p: &Profile, mfa: &MfaRules) -> Identity<'c> {
     let scopes = c.values(p.scopes.as_deref().unwrap_or(scopes)).collect::<Vec<_>>().join(" ");
     Identity {
         kind: kind(c, p),
-        mfa: has_mfa(c, p.amr.as_deref().unwrap_or("amr"), mfa),
+        mfa: has_mfa(c, p.amr.as_deref().unwrap_or("amr"), &p.mfa),
         app_id,
         user,
         tid: c.tid(),
@@ -170,7 +172,7 @@ mod tests {
     }
 
     fn entra(v: Value) -> TokenKind {
-        kind(&claims(v), &Profile::new(Base::Entra))
+        kind(&claims(v), &Profile::new(Base::Entra, RULES()))
     }
 
     const RULES: fn() -> MfaRules = || MfaRules { amr: vec!["mfa".into()], acrs: vec!["c1".into()], acr: vec![] };
@@ -195,7 +197,7 @@ mod tests {
 
     #[test]
     fn rfc9068_app_only_exactly_when_sub_is_client_id() {
-        let p = Profile::new(Base::Rfc9068);
+        let p = Profile::new(Base::Rfc9068, RULES());
         let k = |v| kind(&claims(v), &p);
         assert_eq!(k(json!({"sub": "svc", "client_id": "svc"})), TokenKind::AppOnly);
         assert_eq!(
@@ -209,7 +211,7 @@ mod tests {
 
     #[test]
     fn app_only_overrides_need_every_condition() {
-        let mut p = Profile::new(Base::Rfc9068);
+        let mut p = Profile::new(Base::Rfc9068, RULES());
         p.app_only = Some(vec![
             Condition { claim: "client_id".into(), test: Test::EqualsClaim("azp".into()) },
             Condition { claim: "preferred_username".into(), test: Test::StartsWith("service-account-".into()) },
@@ -248,26 +250,25 @@ mod tests {
 
     #[test]
     fn identity_by_profile() {
-        let r = RULES();
         let v1 = claims(json!({"appid": "app", "azp": "other", "upn": "u@x", "oid": "o", "tid": "t",
                                "scp": "a b", "roles": ["R"], "amr": ["mfa"]}));
-        let id = read(&v1, &Profile::new(Base::Entra), &r);
+        let id = read(&v1, &Profile::new(Base::Entra, RULES()));
         assert_eq!(
             (id.app_id, id.user, id.oid, id.upn, id.tid),
             (Some("app"), Some("u@x"), Some("o"), Some("u@x"), Some("t"))
         );
         assert_eq!((id.scopes.as_str(), id.roles, id.mfa, id.kind), ("a b", vec!["R"], true, TokenKind::AppUser));
         let v2 = claims(json!({"azp": "app2", "oid": "o2", "scp": "a"}));
-        let id = read(&v2, &Profile::new(Base::Entra), &r);
+        let id = read(&v2, &Profile::new(Base::Entra, RULES()));
         assert_eq!((id.app_id, id.user), (Some("app2"), Some("o2")), "v2: azp, and oid where upn is absent");
 
         let at = claims(json!({"client_id": "cli", "sub": "alice", "scope": "api:read api:write", "upn": "x"}));
-        let id = read(&at, &Profile::new(Base::Rfc9068), &r);
+        let id = read(&at, &Profile::new(Base::Rfc9068, RULES()));
         assert_eq!((id.app_id, id.user, id.scopes.as_str()), (Some("cli"), Some("alice"), "api:read api:write"));
         let okta = claims(json!({"cid": "cli", "uid": "00u1", "sub": "alice@x", "scp": ["api:read", "openid"]}));
-        let mut p = Profile::new(Base::Rfc9068);
+        let mut p = Profile::new(Base::Rfc9068, RULES());
         (p.app_id, p.user, p.scopes) = (Some("cid".into()), Some("uid".into()), Some("scp".into()));
-        let id = read(&okta, &p, &r);
+        let id = read(&okta, &p);
         assert_eq!((id.app_id, id.user, id.scopes.as_str()), (Some("cli"), Some("00u1"), "api:read openid"));
     }
 }

@@ -147,17 +147,18 @@ pub const TEMPLATE_ISSUER: &str = "https://sts.windows.net/{tenantid}/";
 /// Key server with one key (`kid` "k1"), echo upstream, and a gateway with `routes` (TOML) and
 /// `issuer_extra` (keys added to the [[issuer]] block).
 pub async fn auth_harness(routes: &str, issuer_extra: &str) -> AuthHarness {
+    auth_harness_for(TEMPLATE_ISSUER, routes, issuer_extra).await
+}
+
+/// The same for any issuer (`iss`, or a `{tenantid}` template).
+pub async fn auth_harness_for(iss: &str, routes: &str, issuer_extra: &str) -> AuthHarness {
     let issuer = DevIssuer::generate("k1");
-    let keys = KeyServer::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        json!({"keys": [issuer.jwk()]}),
-        TEMPLATE_ISSUER,
-    );
+    let keys = KeyServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), json!({"keys": [issuer.jwk()]}), iss);
     let upstream = echo_upstream().await;
     let text = config_text(
         upstream,
         &format!(
-            "[[issuer]]\nissuer = \"{TEMPLATE_ISSUER}\"\ndiscovery = \"{}\"\n\
+            "[[issuer]]\nissuer = \"{iss}\"\ndiscovery = \"{}\"\n\
              audiences = [\"https://api.partnercenter.microsoft.com\"]\n{issuer_extra}\n{routes}",
             keys.discovery_url()
         ),
@@ -196,6 +197,35 @@ name = "reports"
 path = "/v1/reports"
 require = "token"
 "#;
+
+/// Every log line any test in this binary produces, as JSON (installs the subscriber once).
+pub fn logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct Sink;
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                logs().lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(|| Sink)
+            .init();
+        std::sync::Mutex::new(Vec::new())
+    })
+}
+
+pub fn log_lines() -> Vec<Value> {
+    let buf = logs().lock().unwrap().clone();
+    String::from_utf8(buf).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
 
 /// Reads one metric sample's value from the admin port.
 pub async fn metric(gw: &Running, name_and_labels: &str) -> f64 {

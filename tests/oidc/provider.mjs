@@ -1,0 +1,150 @@
+// A real OpenID Provider (the npm registry's oidc-provider) on 127.0.0.1, issuing RFC 9068 JWT
+// access tokens, driven by tests/oidc_provider.rs over stdin/stdout, one command per line:
+//   user mfa | user pwd  -> "token <jwt>": an authorization-code flow, signed in with that amr
+//   client               -> "token <jwt>": a client-credentials grant
+//   rotate               -> "rotated <kid>": sign with a new key from now on, the old one still published
+// This script is also the flows' client: it follows the redirects with a cookie jar as a
+// browser would, finishing the login and consent interactions itself.
+import * as http from 'node:http';
+import * as crypto from 'node:crypto';
+import * as readline from 'node:readline';
+import Provider from 'oidc-provider';
+
+const API = 'https://api.partnercenter.microsoft.com';
+const REDIRECT = 'http://127.0.0.1:9/cb';
+const clients = [
+  { client_id: 'web', client_secret: 'web-secret', redirect_uris: [REDIRECT], grant_types: ['authorization_code'],
+    response_types: ['code'] },
+  { client_id: 'reporting-job', client_secret: 'job-secret', redirect_uris: [], grant_types: ['client_credentials'],
+    response_types: [] },
+];
+
+function newKey(kid) {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid, use: 'sig', alg: 'RS256' };
+}
+
+let keys = [newKey('op-1')];
+let handler = null;
+const server = http.createServer((req, res) => handler(req, res));
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+function build() {
+  const provider = new Provider(issuer, {
+    clients,
+    jwks: { keys },
+    cookies: { keys: ['test-cookie-key-0123456789'] },
+    findAccount: async (ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => API,
+        useGrantedResource: () => true,
+        getResourceServerInfo: () => ({
+          scope: 'api:read api:write', audience: API, accessTokenFormat: 'jwt', accessTokenTTL: 600,
+          jwt: { sign: { alg: 'RS256' } },
+        }),
+      },
+    },
+    // RFC 9068 §2.2.1: a token issued after a user signed in carries how (amr, acr, auth_time).
+    extraTokenClaims: async (ctx) => {
+      const code = ctx.oidc.entities.AuthorizationCode;
+      return code ? { amr: code.amr, acr: code.acr, auth_time: code.authTime } : undefined;
+    },
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  });
+  const callback = provider.callback();
+  return async (req, res) => {
+    if (!req.url.startsWith('/interaction/')) return callback(req, res);
+    try {
+      const details = await provider.interactionDetails(req, res);
+      let result;
+      if (details.prompt.name === 'login') {
+        // The login_hint says how the user signs in: "mfa" with a second factor, else a password.
+        const mfa = details.params.login_hint === 'mfa';
+        result = { login: { accountId: 'alice', amr: mfa ? ['pwd', 'mfa'] : ['pwd'], acr: mfa ? 'mfa' : 'pwd' } };
+      } else {
+        const grant = new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+        grant.addOIDCScope('openid');
+        grant.addResourceScope(API, 'api:read');
+        result = { consent: { grantId: await grant.save() } };
+      }
+      await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+    } catch (e) {
+      res.statusCode = 500;
+      res.end(String(e));
+    }
+  };
+}
+handler = build();
+
+const basic = (id, secret) => `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`;
+
+async function tokenRequest(auth, form) {
+  const r = await fetch(`${issuer}/token`, {
+    method: 'POST',
+    headers: { authorization: auth, 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams(form),
+  });
+  const body = await r.json();
+  if (!body.access_token) throw new Error(`token endpoint: ${JSON.stringify(body)}`);
+  return body.access_token;
+}
+
+async function userToken(how) {
+  const verifier = crypto.randomBytes(32).toString('base64url');
+  const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
+  const params = new URLSearchParams({
+    client_id: 'web', response_type: 'code', redirect_uri: REDIRECT, scope: 'openid api:read', resource: API,
+    login_hint: how, code_challenge: challenge, code_challenge_method: 'S256', state: 's1',
+  });
+  const jar = new Map();
+  let url = `${issuer}/auth?${params}`;
+  for (let hop = 0; hop < 10; hop += 1) {
+    const cookie = [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
+    const r = await fetch(url, { redirect: 'manual', headers: cookie ? { cookie } : {} });
+    for (const c of r.headers.getSetCookie()) {
+      const [pair] = c.split(';');
+      const i = pair.indexOf('=');
+      jar.set(pair.slice(0, i), pair.slice(i + 1));
+    }
+    const location = r.headers.get('location');
+    if (!location) throw new Error(`no redirect from ${url}: ${r.status} ${await r.text()}`);
+    const next = new URL(location, url);
+    if (next.href.startsWith(REDIRECT)) {
+      const code = next.searchParams.get('code');
+      if (!code) throw new Error(`no code: ${next.href}`);
+      return tokenRequest(basic('web', 'web-secret'), {
+        grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, resource: API,
+      });
+    }
+    url = next.href;
+  }
+  throw new Error('too many redirects');
+}
+
+const clientToken = () => tokenRequest(basic('reporting-job', 'job-secret'), {
+  grant_type: 'client_credentials', scope: 'api:read', resource: API,
+});
+
+console.log(`ready ${issuer}`);
+const lines = readline.createInterface({ input: process.stdin });
+for await (const line of lines) {
+  const [cmd, arg] = line.trim().split(/\s+/);
+  try {
+    if (cmd === 'user') console.log(`token ${await userToken(arg)}`);
+    else if (cmd === 'client') console.log(`token ${await clientToken()}`);
+    else if (cmd === 'rotate') {
+      const kid = `op-${keys.length + 1}`;
+      keys = [newKey(kid), ...keys];
+      handler = build();
+      console.log(`rotated ${kid}`);
+    } else console.log(`error unknown command ${cmd}`);
+  } catch (e) {
+    console.log(`error ${String(e.message || e).replace(/\s+/g, ' ')}`);
+  }
+}
+process.exit(0);

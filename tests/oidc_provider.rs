@@ -79,11 +79,6 @@ impl Drop for Op {
     }
 }
 
-fn echoed(body: &str, header: &str) -> Value {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not the echo: {body}"));
-    v["headers"][header].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs node"]
 async fn rfc9068_tokens_from_a_real_provider_and_a_key_rotated_after_start_up() {

@@ -38,11 +38,6 @@ fn mint(h: &AuthHarness, typ: Option<&str>, iss: &str, claims: &Value) -> String
     h.issuer.mint_with_header(&header, &c)
 }
 
-fn echoed(body: &str, header: &str) -> Value {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not the echo: {body}"));
-    v["headers"][header].clone()
-}
-
 /// App-only passes an `mfa` route and gets 403 on an `app_user_mfa` one; a user without MFA
 /// (with `roles`, which mark nothing outside Entra) gets the exact MFA refusal on both; a user
 /// with MFA passes, and the upstream learns the app and the user; the report counts all three.

@@ -69,6 +69,12 @@ pub async fn echo_upstream() -> SocketAddr {
     .await
 }
 
+/// A header as `echo_upstream` says it received it.
+pub fn echoed(body: &str, header: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not the echo: {body}"));
+    v["headers"][header].clone()
+}
+
 /// A port with nothing listening on it.
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -182,7 +182,7 @@ impl AuthConfig {
                 }
                 tenants.push(t.to_ascii_lowercase());
             }
-            let names = r.algorithms.clone().unwrap_or_else(|| vec!["RS256".into()]);
+            let names = r.algorithms.take().unwrap_or_else(|| vec!["RS256".into()]);
             if names.is_empty() {
                 return Err(v.err(key("algorithms"), "at least one algorithm is required"));
             }

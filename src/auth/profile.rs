@@ -72,7 +72,7 @@ impl Profile {
 }
 
 /// Which claim values count as MFA.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MfaRules {
     /// `amr` values that mean MFA was done (default `["mfa"]`).
     pub amr: Vec<String>,

@@ -124,7 +124,7 @@ fn bench_headers(c: &mut Criterion) {
         b.iter_batched(
             || base.clone(),
             |mut h| {
-                mfa_gateway::proxy::strip_hop_by_hop(&mut h);
+                mfa_gateway::headers::strip_hop_by_hop(&mut h);
                 h
             },
             criterion::BatchSize::SmallInput,

@@ -54,6 +54,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let background = auth.issuers.iter().map(|i| tokio::spawn(i.clone().maintain())).collect();
 
     let stack = Arc::new(Stack {
+        screen: crate::headers::Screen::new(auth.header_prefix(), config.server.drop_underscore_headers),
         routes,
         auth,
         proxy: Proxy::new(&config.upstream),

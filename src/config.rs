@@ -61,6 +61,19 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
     pub tls: Option<crate::tls::ServerTlsConfig>,
+    /// Remove every client header with `_` in its name (nginx's default).
+    pub drop_underscore_headers: bool,
+    pub http2: Http2Config,
+}
+
+/// HTTP/2 limits per client connection.
+#[derive(Debug, Clone)]
+pub struct Http2Config {
+    pub max_concurrent_streams: u32,
+    /// Streams a client may open and reset before the server has seen them, before GOAWAY
+    /// (the rapid-reset defence).
+    pub max_pending_reset_streams: usize,
+    pub max_header_list_size: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +192,41 @@ struct RawServer {
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace: String,
     tls: Option<RawServerTls>,
+    #[serde(default = "yes")]
+    drop_underscore_headers: bool,
+    #[serde(default)]
+    http2: RawHttp2,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp2 {
+    #[serde(default = "default_h2_streams")]
+    max_concurrent_streams: u32,
+    #[serde(default = "default_h2_pending_resets")]
+    max_pending_reset_streams: usize,
+    /// Defaults to `server.max_header_bytes`.
+    max_header_list_size: Option<u32>,
+}
+
+impl Default for RawHttp2 {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: default_h2_streams(),
+            max_pending_reset_streams: default_h2_pending_resets(),
+            max_header_list_size: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_h2_streams() -> u32 {
+    256
+}
+fn default_h2_pending_resets() -> usize {
+    20
 }
 
 #[derive(Deserialize)]
@@ -213,6 +261,8 @@ impl Default for RawServer {
             max_header_bytes: default_max_header_bytes(),
             shutdown_grace: default_shutdown_grace(),
             tls: None,
+            drop_underscore_headers: true,
+            http2: RawHttp2::default(),
         }
     }
 }
@@ -385,6 +435,11 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
         // Name the table the error sits in: the nearest header above it.
         let table = before.lines().rev().map(str::trim).find(|l| l.starts_with('[')).unwrap_or("top level");
         key = format!("line {line}, column {col}, in {table}");
+        // A value of the wrong type: name the key written on that line before it.
+        let this_line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+        if let Some((name, _)) = this_line.split_once('=') {
+            key.push_str(&format!(", key {}", name.trim()));
+        }
     }
     ConfigError { file: file.to_string(), key, problem: e.message().trim().to_string() }
 }
@@ -500,6 +555,22 @@ impl Validator<'_> {
         if s.workers > 1024 {
             return Err(self.err("server.workers", "must be at most 1024 (0 = one per core)"));
         }
+        let h2 = &s.http2;
+        if !(1..=65_536).contains(&h2.max_concurrent_streams) {
+            return Err(self.err("server.http2.max_concurrent_streams", "must be between 1 and 65536"));
+        }
+        if !(1..=10_000).contains(&h2.max_pending_reset_streams) {
+            return Err(self.err("server.http2.max_pending_reset_streams", "must be between 1 and 10000"));
+        }
+        let header_list = h2.max_header_list_size.unwrap_or(s.max_header_bytes as u32);
+        if !(8192..=1024 * 1024).contains(&header_list) {
+            return Err(self.err("server.http2.max_header_list_size", "must be between 8192 and 1048576"));
+        }
+        let http2 = Http2Config {
+            max_concurrent_streams: h2.max_concurrent_streams,
+            max_pending_reset_streams: h2.max_pending_reset_streams,
+            max_header_list_size: header_list,
+        };
         Ok(ServerConfig {
             listen: self.addr("server.listen", &s.listen)?,
             workers: s.workers,
@@ -512,6 +583,8 @@ impl Validator<'_> {
                 Some(t) => Some(self.server_tls(t)?),
                 None => None,
             },
+            drop_underscore_headers: s.drop_underscore_headers,
+            http2,
         })
     }
 

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -54,6 +54,31 @@ impl Drop for Guard {
     }
 }
 
+/// A run of failed accepts, logged once when it starts and once when it ends. While descriptors
+/// are short, accepts fail and succeed in turn as connections close; the episode ends only after
+/// a second without a failure.
+struct AcceptEpisode {
+    started: Instant,
+    last_failure: Instant,
+    count: u64,
+}
+
+impl AcceptEpisode {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { started: now, last_failure: now, count: 1 }
+    }
+
+    fn failed(&mut self) {
+        self.count += 1;
+        self.last_failure = Instant::now();
+    }
+
+    fn over(&self) -> bool {
+        self.last_failure.elapsed() >= Duration::from_secs(1)
+    }
+}
+
 /// Serves `listener` until `shutdown` turns true, then asks every connection to finish.
 pub async fn serve(
     listener: TcpListener,
@@ -73,10 +98,12 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_header_bytes as u32)
-        .max_concurrent_streams(256);
+        .max_header_list_size(cfg.http2.max_header_list_size)
+        .max_concurrent_streams(cfg.http2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(cfg.http2.max_pending_reset_streams);
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let mut accept_failures: Option<AcceptEpisode> = None;
 
     loop {
         // At the cap, stop accepting: new connections wait in the kernel's backlog.
@@ -86,10 +113,24 @@ pub async fn serve(
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    if accept_failures.as_ref().is_some_and(AcceptEpisode::over) {
+                        let e = accept_failures.take().expect("checked");
+                        tracing::info!(failures = e.count, seconds = e.started.elapsed().as_secs(), "accepting again");
+                    }
+                    pair
+                }
                 Err(e) => {
-                    // EMFILE and friends: log, back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off briefly and keep serving. One warning per
+                    // episode (not one per retry); every failure is counted.
+                    stack.metrics.connection_error("accept");
+                    match accept_failures.as_mut().filter(|ep| !ep.over()) {
+                        Some(episode) => episode.failed(),
+                        None => {
+                            tracing::warn!(error = %e, "accept failed; retrying every 50 ms until it succeeds");
+                            accept_failures = Some(AcceptEpisode::new());
+                        }
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -60,12 +60,13 @@ pub fn kind_label(kind: Option<TokenKind>) -> &'static str {
 const KINDS: [Option<TokenKind>; 3] = [Some(TokenKind::AppUser), Some(TokenKind::AppOnly), None];
 
 /// Connection failure kinds; the `kind` label of `connection_errors_total`.
-pub const CONNECTION_ERROR_KINDS: [&str; 5] = ["header_too_large", "header_timeout", "bad_request", "incomplete", "io"];
+pub const CONNECTION_ERROR_KINDS: [&str; 6] =
+    ["header_too_large", "header_timeout", "bad_request", "incomplete", "io", "accept"];
 
 /// Upstream failure kinds; the `kind` label of `upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "tls", "protocol"];
 
-/// Counters for a fixed set of `kind` values, resolved once; unknown kinds are ignored.
+/// Counters for a fixed set of values of one label, resolved once; unknown values are ignored.
 struct KindCounters {
     kinds: &'static [&'static str],
     handles: Vec<IntCounter>,
@@ -73,7 +74,11 @@ struct KindCounters {
 
 impl KindCounters {
     fn new(reg: &Registry, name: &str, help: &str, kinds: &'static [&'static str]) -> Self {
-        let vec = IntCounterVec::new(Opts::new(name, help), &["kind"]).unwrap();
+        Self::labelled(reg, name, help, "kind", kinds)
+    }
+
+    fn labelled(reg: &Registry, name: &str, help: &str, label: &str, kinds: &'static [&'static str]) -> Self {
+        let vec = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap();
         reg.register(Box::new(vec.clone())).expect("metric names are unique");
         Self { kinds, handles: kinds.iter().map(|k| vec.with_label_values(&[k])).collect() }
     }
@@ -102,6 +107,7 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     pub tls_handshake_errors: IntCounter,
     connection_errors: KindCounters,
+    client_headers_removed: KindCounters,
     pub auth_duration: Histogram,
     app_user_requests: IntCounterVec,
     app_only_requests: IntCounterVec,
@@ -314,9 +320,19 @@ impl Metrics {
             &CONNECTION_ERROR_KINDS,
         );
 
+        let client_headers_removed = KindCounters::labelled(
+            &registry,
+            "mfa_gateway_client_headers_removed_total",
+            "Client request headers removed before routing: any spelling of an identity header, an \
+             underscore twin of a header the gateway sets, or any underscore name (drop_underscore_headers).",
+            "reason",
+            &crate::headers::REMOVED_REASONS,
+        );
+
         Metrics {
             registry,
             connection_errors,
+            client_headers_removed,
             auth_duration,
             app_user_requests,
             app_only_requests,
@@ -365,6 +381,10 @@ impl Metrics {
 
     pub fn connection_error(&self, kind: &str) {
         self.connection_errors.inc(kind);
+    }
+
+    pub fn client_header_removed(&self, why: crate::headers::Removed) {
+        self.client_headers_removed.inc(why.as_str());
     }
 
     pub fn upstream_error(&self, kind: &str) {

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::UpstreamConfig;
+use crate::headers::{connection_tokens, strip_hop_by_hop};
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
@@ -137,46 +138,6 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     asks.then(|| req.headers().get(header::UPGRADE).cloned()).flatten()
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-];
-
-/// Removes hop-by-hop headers: the fixed list (RFC 9110 §7.6.1), every `Proxy-*` header, and
-/// whatever `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> =
-        connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    remove_prefixed(headers, "proxy-");
-}
-
-/// Removes every header whose (lowercase) name starts with `prefix`; allocates only when one does.
-pub fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
-    if headers.keys().any(|k| k.as_str().starts_with(prefix)) {
-        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with(prefix)).cloned().collect();
-        for name in names {
-            headers.remove(name);
-        }
-    }
-}
-
 /// Appends this hop to `X-Forwarded-For`, `-Proto` and `-Host`; the rightmost entry of each is
 /// always the gateway's own, so the upstream can trust it and only it.
 fn append_forwarded(headers: &mut HeaderMap, origin: &Origin, host: Option<&HeaderValue>) {
@@ -275,30 +236,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-secret, Upgrade"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("proxy-authorization", "Basic x"),
-            ("proxy-foo", "1"),
-            ("te", "trailers"),
-            ("trailer", "x"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("x-keep", "1"),
-            ("authorization", "Bearer t"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort();
-        assert_eq!(left, ["authorization", "x-keep"]);
-    }
 
     #[test]
     fn forwarded_headers_append_this_hop() {

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use crate::auth::challenge::{challenge, AuthRefusal};
 use crate::auth::policy::Deny;
 use crate::metrics::Decision;
+use crate::path::PathFlaw;
 use crate::proxy::UpstreamError;
 
 /// Response body: the upstream's, streamed, or a short one of ours.
@@ -18,8 +19,8 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 #[derive(Debug)]
 pub enum Refusal {
     Auth(AuthRefusal),
-    /// The path is not in normal form (see `routes::is_normal_path`).
-    BadPath,
+    /// The path is not in normal form (`crate::path`).
+    BadPath(PathFlaw),
     Upstream(UpstreamError),
 }
 
@@ -39,7 +40,7 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::Denied(Deny::MfaRequired)) => Decision::MfaRequired,
             Refusal::Auth(AuthRefusal::Denied(_)) => Decision::Forbidden,
             Refusal::Auth(AuthRefusal::KeysUnavailable) => Decision::KeysUnavailable,
-            Refusal::BadPath => Decision::BadRequest,
+            Refusal::BadPath(_) => Decision::BadRequest,
             Refusal::Upstream(_) => Decision::UpstreamError,
         }
     }
@@ -51,7 +52,7 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::Invalid(i)) => i.reason(),
             Refusal::Auth(AuthRefusal::Denied(d)) => d.reason(),
             Refusal::Auth(AuthRefusal::KeysUnavailable) => "keys_unavailable",
-            Refusal::BadPath => "path_not_normal",
+            Refusal::BadPath(_) => "path_not_normal",
             Refusal::Upstream(e) => e.kind(),
         }
     }
@@ -77,11 +78,7 @@ impl Refusal {
                 }
                 resp
             }
-            Refusal::BadPath => json(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "path is not in normal form (encoded unreserved characters, '.', '..' or '//' segments)",
-            ),
+            Refusal::BadPath(flaw) => json(StatusCode::BAD_REQUEST, "bad_request", flaw.description()),
             Refusal::Upstream(UpstreamError::Connect(why)) => {
                 text(StatusCode::BAD_GATEWAY, &format!("upstream unreachable: {why}\n"))
             }

@@ -14,11 +14,12 @@ use hyper::body::Incoming;
 use crate::audit::{self, UserIds};
 use crate::auth::challenge::AuthRefusal;
 use crate::auth::{Authenticator, Verified};
+use crate::headers::Screen;
 use crate::metrics::{Decision, Metrics};
 use crate::proxy::{Origin, Proxy};
 use crate::refusal::{Body, Refusal, RefusalStyle};
 use crate::report::{Observation, Report};
-use crate::routes::{self, Requirement, Route, RouteTable};
+use crate::routes::{Requirement, Route, RouteTable};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -40,6 +41,7 @@ pub struct Stack {
     pub audit: bool,
     pub user_ids: UserIds,
     pub request_ids: RequestIds,
+    pub screen: Screen,
 }
 
 /// What one request learned on its way through, for metrics and the audit event. Three clock
@@ -75,6 +77,12 @@ impl Stack {
     pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let mut trace = Trace { verified: None, start: Instant::now(), auth_done: None, upstream_done: None };
         self.metrics.requests_in_flight.inc();
+        // Before anything reads a header: no client header may pass for one the gateway sets,
+        // in any spelling an upstream stack folds to the same name.
+        self.screen.apply(req.headers_mut(), |name, why| {
+            self.metrics.client_header_removed(why);
+            tracing::debug!(header = %name, reason = why.as_str(), "client header removed");
+        });
         // Keep the caller's request id (or mint one) so both sides of the hop log the same id.
         let request_id = self.request_ids.take_or_mint(req.headers());
         req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
@@ -150,9 +158,7 @@ impl Stack {
         trace: &mut Trace,
     ) -> Result<Response<Incoming>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
-        if !routes::is_normal_path(req.uri().path()) {
-            return Err(Refusal::BadPath);
-        }
+        crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
         let admitted = self.admit(&mut req, route, trace).await;
         // The gateway's own work ends here, admitted or not: the auth histogram.
         let upstream_start = Instant::now();
@@ -170,8 +176,6 @@ impl Stack {
 
     /// Identity headers, token and route requirement: what must hold before the upstream.
     async fn admit(&self, req: &mut Request<Incoming>, route: &Route, trace: &mut Trace) -> Result<(), Refusal> {
-        // Identity headers are ours to set; a client's copies are never passed on.
-        crate::proxy::remove_prefixed(req.headers_mut(), self.auth.header_prefix());
         if route.require == Requirement::Public {
             return Ok(());
         }

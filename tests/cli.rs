@@ -47,6 +47,12 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
         (format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"mfa\"\n"), vec!["issuer", "no [[issuer]]"]),
         ("[server]\n".to_string(), vec!["upstream", "missing table [upstream]"]),
         (
+            format!("{base}[server.http2]\nmax_concurrent_streams = 0\n"),
+            vec!["server.http2.max_concurrent_streams", "between 1 and 65536"],
+        ),
+        (format!("{base}[server.http2]\nmax_header_list_size = 10\n"), vec!["server.http2.max_header_list_size"]),
+        (format!("{base}[server]\ndrop_underscore_headers = \"yes\"\n"), vec!["drop_underscore_headers", "bool"]),
+        (
             format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"sometimes\"\n"),
             vec!["unknown variant `sometimes`"],
         ),

@@ -238,3 +238,77 @@ pub async fn metric(gw: &Running, name_and_labels: &str) -> f64 {
     let (_, _, body) = get(gw.admin_addr, "/metrics", None).await;
     body.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
+
+/// The release-shaped binary (`target/.../mfa-gateway run`), started on a config file, with its
+/// stderr collected line by line. Killed on drop.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Runs `mfa-gateway run --config <text>` (through `sh -c` when `shell_prefix` is given, for
+    /// `ulimit`), and waits for its "listening" line.
+    pub fn start(text: &str, shell_prefix: Option<&str>) -> Binary {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("mfa-gw-bin-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gw.toml");
+        std::fs::write(&file, text).unwrap();
+        let bin = env!("CARGO_BIN_EXE_mfa-gateway");
+        let mut cmd = match shell_prefix {
+            None => {
+                let mut c = Command::new(bin);
+                c.args(["run", "--config"]).arg(&file);
+                c
+            }
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("{prefix}; exec \"$0\" run --config \"$1\"")).arg(bin).arg(&file);
+                c
+            }
+        };
+        let mut child = cmd.env("RUST_LOG", "info").stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("the gateway never said it was listening");
+        let field = |key: &str| -> SocketAddr {
+            let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("no {key} in {line}"));
+            rest.split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
+        };
+        let (addr, admin) = (field("addr="), field("admin="));
+        Binary { child, addr, admin, stderr }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// One sample from the binary's `/metrics`.
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, _, body) = get(self.admin, "/metrics", None).await;
+        body.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -165,4 +165,96 @@ mod tests {
             assert_eq!(check(p), Err(flaw), "{p:?}");
         }
     }
+
+    /// RFC 3986 §5.2.4, written from the RFC's steps as an independent reference.
+    fn remove_dot_segments(input: &str) -> String {
+        let mut input = input.to_string();
+        let mut output = String::new();
+        while !input.is_empty() {
+            if let Some(rest) = input.strip_prefix("../").or_else(|| input.strip_prefix("./")) {
+                input = rest.to_string();
+            } else if input.starts_with("/./") {
+                input.replace_range(..3, "/");
+            } else if input == "/." {
+                input = "/".into();
+            } else if input.starts_with("/../") || input == "/.." {
+                input = format!("/{}", &input[if input == "/.." { 3 } else { 4 }..]);
+                let cut = output.rfind('/').unwrap_or(0);
+                output.truncate(cut);
+            } else if input == "." || input == ".." {
+                input.clear();
+            } else {
+                let start = usize::from(input.starts_with('/'));
+                let end = input[start..].find('/').map_or(input.len(), |i| i + start);
+                output.push_str(&input[..end]);
+                input.replace_range(..end, "");
+            }
+        }
+        output
+    }
+
+    /// Decodes `%XX` escapes of unreserved characters only (RFC 3986 §6.2.2.2).
+    fn decode_unreserved(p: &str) -> String {
+        let b = p.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match (b[i], escape_at(b, i)) {
+                (b'%', Some(c)) if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => {
+                    out.push(c);
+                    i += 3;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Paths built from the pieces that make up second spellings.
+    fn pathish() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop::sample::select(vec![
+            "/", "/", "/", ".", "..", "a", "b1", "~", "-", "_", "%2e", "%2E", "%2f", "%5c", "%5C", "\\", ";", "%3b",
+            "%3B", "%00", "%0a", "%25", "%252e", "%41", "%61", "%20", "%3A", "%23", "#", "%", "%4", "%zz", "?",
+        ]);
+        (prop::bool::weighted(0.9), prop::collection::vec(piece, 0..12))
+            .prop_map(|(slash, parts)| format!("{}{}", if slash { "/" } else { "" }, parts.concat()))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 20_000, ..Default::default() })]
+
+        /// Any path the rule accepts is its own normal form: dot-segment removal and decoding of
+        /// unreserved characters leave it unchanged, and no upstream reading of ';' or '\\'
+        /// applies to it.
+        #[test]
+        fn an_accepted_path_is_its_own_normal_form(p in pathish()) {
+            if check(&p).is_ok() {
+                proptest::prop_assert_eq!(remove_dot_segments(&decode_unreserved(&p)), p.clone());
+                proptest::prop_assert!(!p.contains(';') && !p.contains('\\') && !p.contains("//"));
+                proptest::prop_assert!(!p.to_ascii_lowercase().contains("%5c") && !p.to_ascii_lowercase().contains("%3b"));
+            }
+        }
+
+        /// The rule never panics on any string, and refuses whatever does not start with '/'.
+        #[test]
+        fn any_string_gets_an_answer(p in "\\PC*") {
+            let r = check(&p);
+            if !p.starts_with('/') {
+                proptest::prop_assert_eq!(r, Err(PathFlaw::NotAbsolute));
+            }
+        }
+    }
+
+    #[test]
+    fn the_reference_removes_dot_segments_as_the_rfc_examples_do() {
+        // RFC 3986 §5.2.4's own examples.
+        assert_eq!(remove_dot_segments("/a/b/c/./../../g"), "/a/g");
+        assert_eq!(remove_dot_segments("mid/content=5/../6"), "mid/6");
+        assert_eq!(remove_dot_segments("/v1/offers/../customers"), "/v1/customers");
+        assert_eq!(decode_unreserved("/%63ustomers/%2e%2E/%20"), "/customers/../%20");
+    }
 }

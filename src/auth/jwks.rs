@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use tokio::sync::watch;
 
-use super::keys::{parse_jwks, Key};
-use super::token::{Invalid, IssuerRules};
+use super::keys::{parse_jwks, Key, Lookup};
+use super::token::IssuerRules;
 use crate::metrics::Metrics;
 
 /// Where an issuer's keys come from.
@@ -38,14 +38,6 @@ pub struct KeyTiming {
 
 pub type FetchClient =
     Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>;
-
-/// Result of looking a token's key up in the current snapshot.
-pub enum Lookup {
-    Found(Arc<Key>),
-    /// No key set has been loaded (or it went stale): the gateway cannot judge the token.
-    NoKeys,
-    Invalid(Invalid),
-}
 
 struct Gate {
     /// When the last refetch for an unknown `kid` started. Only those start the rate limit:
@@ -128,23 +120,7 @@ impl IssuerKeys {
 
     /// Finds the key for a token: by `kid`, restricted to keys that may sign for `iss`.
     pub fn lookup(&self, kid: Option<&str>, iss: &str, tid: Option<&str>) -> Lookup {
-        let keys = self.keys.load();
-        if keys.is_empty() {
-            return Lookup::NoKeys;
-        }
-        let usable = |k: &&Arc<Key>| k.issuer.as_ref().is_none_or(|p| p.matches(iss, tid).is_ok());
-        match kid {
-            Some(kid) => match keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
-                Some(k) if usable(&k) => Lookup::Found(k.clone()),
-                Some(_) => Lookup::Invalid(Invalid::UnknownIssuer),
-                None => Lookup::Invalid(Invalid::UnknownKid),
-            },
-            None if keys.len() == 1 => match keys.iter().find(usable) {
-                Some(k) => Lookup::Found(k.clone()),
-                None => Lookup::Invalid(Invalid::UnknownIssuer),
-            },
-            None => Lookup::Invalid(Invalid::KidRequired),
-        }
+        super::keys::pick(&self.keys.load()[..], kid, iss, tid)
     }
 
     /// Called on an unknown `kid`: fetches the set again, unless the last refetch for an unknown
@@ -337,7 +313,7 @@ pub fn fetch_client(tls: rustls::ClientConfig) -> FetchClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::token::IssuerPattern;
+    use crate::auth::token::{Invalid, IssuerPattern};
 
     const TID: &str = "aaaabbbb-0000-cccc-1111-dddd2222eeee";
 

@@ -4,7 +4,7 @@ use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use super::token::IssuerPattern;
+use super::token::{Invalid, IssuerPattern};
 
 /// The key's type, which fixes the algorithms it may verify (no RSA/EC/EdDSA confusion, and no
 /// HMAC: symmetric keys in a published set are never trusted).
@@ -106,6 +106,39 @@ struct RawJwk {
 pub struct ParsedJwks {
     pub keys: Vec<Key>,
     pub skipped: Vec<String>,
+}
+
+/// Result of looking a token's key up in a key set.
+pub enum Lookup<K = std::sync::Arc<Key>> {
+    Found(K),
+    /// No key set has been loaded (or it went stale): the gateway cannot judge the token.
+    NoKeys,
+    Invalid(Invalid),
+}
+
+/// Finds the key for a token in a key set: by `kid`, restricted to keys that may sign for `iss`.
+pub fn pick<K: std::ops::Deref<Target = Key> + Clone>(
+    keys: &[K],
+    kid: Option<&str>,
+    iss: &str,
+    tid: Option<&str>,
+) -> Lookup<K> {
+    if keys.is_empty() {
+        return Lookup::NoKeys;
+    }
+    let usable = |k: &&K| k.issuer.as_ref().is_none_or(|p| p.matches(iss, tid).is_ok());
+    match kid {
+        Some(kid) => match keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
+            Some(k) if usable(&k) => Lookup::Found(k.clone()),
+            Some(_) => Lookup::Invalid(Invalid::UnknownIssuer),
+            None => Lookup::Invalid(Invalid::UnknownKid),
+        },
+        None if keys.len() == 1 => match keys.iter().find(usable) {
+            Some(k) => Lookup::Found(k.clone()),
+            None => Lookup::Invalid(Invalid::UnknownIssuer),
+        },
+        None => Lookup::Invalid(Invalid::KidRequired),
+    }
 }
 
 /// Parses a JWKS. Keys that cannot be used for signatures are skipped with a reason; a document

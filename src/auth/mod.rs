@@ -20,7 +20,8 @@ use crate::config::{ConfigError, Validator};
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use challenge::AuthRefusal;
-use jwks::{IssuerKeys, KeySource, KeyTiming, Lookup};
+use jwks::{IssuerKeys, KeySource, KeyTiming};
+use keys::Lookup;
 use policy::{Caller, TokenKind};
 use profile::{Base, Condition, MfaRules, Profile, Test};
 use token::{Invalid, IssuerPattern, IssuerRules};
@@ -352,6 +353,22 @@ fn issuer_profile(
     Ok(p)
 }
 
+/// Pure: everything a token must pass once its issuer's key is found (signature, `typ`, time,
+/// issuer and audience claims), then the identity the issuer's profile reads from it. The request
+/// path and the fuzz target both call this one function.
+pub fn accept<'p>(
+    parsed: &'p token::Parsed<'_>,
+    rules: &IssuerRules,
+    key: &keys::Key,
+    profile: &Profile,
+    now: i64,
+) -> Result<profile::Identity<'p>, Invalid> {
+    token::verify_signature(parsed, rules, key)?;
+    token::check_typ(parsed.typ.as_deref(), rules)?;
+    token::check_claims(&parsed.claims, rules, now)?;
+    Ok(profile::read(&parsed.claims, profile))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The authenticator.
 
@@ -536,10 +553,7 @@ impl Authenticator {
             }
             Lookup::Invalid(why) => return Err(invalid(why)),
         };
-        token::verify_signature(&parsed, rules, &key).map_err(invalid)?;
-        token::check_typ(parsed.typ.as_deref(), rules).map_err(invalid)?;
-        token::check_claims(&parsed.claims, rules, unix_now()).map_err(invalid)?;
-        let id = profile::read(&parsed.claims, &self.profiles[index]);
+        let id = accept(&parsed, rules, &key, &self.profiles[index], unix_now()).map_err(invalid)?;
         let value = |s: Option<&str>| s.and_then(|s| HeaderValue::from_str(s).ok());
         Ok(Verified {
             issuer: index,

@@ -2,8 +2,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,35 +133,18 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         }
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("mfa-gw-drain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("gw.toml");
-    std::fs::write(&file, public_config(up, "").replace("enabled = false", "enabled = true")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&file)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next().expect("gateway printed nothing").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let mut gw = Binary::start(&public_config(up, "").replace("enabled = false", "enabled = true"), None);
+    let addr = gw.addr;
     let pending = tokio::spawn(async move { get(addr, "/work", None).await });
     while !arrived.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill").args(["-TERM", &gw.child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let (status, _, body) = pending.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let (exit, rest) = tokio::task::spawn_blocking(move || (gw.wait(), gw.lines())).await.unwrap();
     assert_eq!(exit.code(), Some(0));
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("draining")), "{rest:?}");
     // The access event never carries the Authorization header.
     assert!(!rest.iter().any(|l| l.to_lowercase().contains("authorization")));

@@ -246,6 +246,7 @@ pub struct Binary {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Binary {
@@ -278,7 +279,7 @@ impl Binary {
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = stderr.clone();
         let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                 if line.contains("listening") {
                     let _ = tx.send(line.clone());
@@ -292,7 +293,16 @@ impl Binary {
             rest.split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
         };
         let (addr, admin) = (field("addr="), field("admin="));
-        Binary { child, addr, admin, stderr }
+        Binary { child, addr, admin, stderr, reader: Some(reader) }
+    }
+
+    /// Waits for the process to exit (blocking) and for the last of its stderr.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        status
     }
 
     pub fn lines(&self) -> Vec<String> {

@@ -120,7 +120,23 @@ fn bench_headers(c: &mut Criterion) {
     ] {
         base.insert(k, HeaderValue::from_static(v));
     }
-    c.bench_function("proxy/strip_hop_by_hop (typical request)", |b| {
+    let screen = mfa_gateway::headers::Screen::new("x-mfa-gateway-", true);
+    c.bench_function("headers/screen (typical request, nothing to remove)", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut h| {
+                screen.apply(&mut h, |_, _| {});
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("path/check (/v1/customers/{id}/users)", |b| {
+        b.iter(|| {
+            mfa_gateway::path::check(criterion::black_box("/v1/customers/aaaabbbb-0000-cccc-1111-dddd2222eeee/users"))
+        })
+    });
+    c.bench_function("headers/strip_hop_by_hop (typical request)", |b| {
         b.iter_batched(
             || base.clone(),
             |mut h| {

@@ -11,9 +11,8 @@ use std::time::Duration;
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use mfa_gateway::demo::{entra_claims, DevIssuer, KeyServer};
-use serde_json::json;
 use support::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Everything the upstream was asked: (request target, headers).
 type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
@@ -55,19 +54,10 @@ struct Setup {
 }
 
 async fn setup(server_extra: &str) -> Setup {
-    let issuer = DevIssuer::generate("k1");
-    let iss = support::TEMPLATE_ISSUER;
-    let keys = KeyServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), json!({"keys": [issuer.jwk()]}), iss);
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
     let (up, seen) = recording_upstream().await;
-    let text = config_text(
-        up,
-        &format!(
-            "[[issuer]]\nissuer = \"{iss}\"\ndiscovery = \"{}\"\n\
-             audiences = [\"https://api.partnercenter.microsoft.com\"]\n{PARTNER_ROUTES}",
-            keys.discovery_url()
-        ),
-    )
-    .replace("[server]\n", &format!("[server]\n{server_extra}"));
+    let text = config_text(up, &format!("{}{PARTNER_ROUTES}", issuer_table(TEMPLATE_ISSUER, &keys)))
+        .replace("[server]\n", &format!("[server]\n{server_extra}"));
     let gw = Binary::start(&text, None);
     // Ready once the key set is in.
     for _ in 0..250 {

@@ -158,20 +158,28 @@ pub async fn auth_harness(routes: &str, issuer_extra: &str) -> AuthHarness {
 
 /// The same for any issuer (`iss`, or a `{tenantid}` template).
 pub async fn auth_harness_for(iss: &str, routes: &str, issuer_extra: &str) -> AuthHarness {
-    let issuer = DevIssuer::generate("k1");
-    let keys = KeyServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), json!({"keys": [issuer.jwk()]}), iss);
+    let (issuer, keys) = issuer_with_keys(iss).await;
     let upstream = echo_upstream().await;
-    let text = config_text(
-        upstream,
-        &format!(
-            "[[issuer]]\nissuer = \"{iss}\"\ndiscovery = \"{}\"\n\
-             audiences = [\"https://api.partnercenter.microsoft.com\"]\n{issuer_extra}\n{routes}",
-            keys.discovery_url()
-        ),
-    );
+    let text = config_text(upstream, &format!("{}{issuer_extra}\n{routes}", issuer_table(iss, &keys)));
     let gw = start(&text).await;
     wait_ready(&gw).await;
     AuthHarness { issuer, keys, gw, upstream }
+}
+
+/// A dev issuer (`kid` "k1") and a key server on loopback publishing its key.
+pub async fn issuer_with_keys(iss: &str) -> (DevIssuer, Arc<KeyServer>) {
+    let issuer = DevIssuer::generate("k1");
+    let keys = KeyServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), json!({"keys": [issuer.jwk()]}), iss);
+    (issuer, keys)
+}
+
+/// An `[[issuer]]` table for `iss` with keys from `keys`, Partner Center's audience; open at its
+/// end for more keys.
+pub fn issuer_table(iss: &str, keys: &KeyServer) -> String {
+    format!(
+        "[[issuer]]\nissuer = \"{iss}\"\ndiscovery = \"{}\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n",
+        keys.discovery_url()
+    )
 }
 
 pub async fn wait_ready(gw: &Running) {

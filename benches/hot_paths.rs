@@ -50,7 +50,7 @@ fn bench_tokens(c: &mut Criterion) {
     c.bench_function("token/verify_new (parse + RS256 + claims + classify)", |b| {
         b.iter(|| {
             let p = token::parse(black_box(&tok), 16 * 1024).unwrap();
-            token::verify_signature(&p, &rules, &key).unwrap();
+            keys::verify_signature(&p, &rules, &key).unwrap();
             token::check_claims(&p.claims, &rules, mfa_gateway::auth::unix_now()).unwrap();
             black_box(profile::read(&p.claims, &entra).kind)
         })

@@ -221,18 +221,6 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// All causes, outermost first, for logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        out.push_str(": ");
-        out.push_str(&next.to_string());
-        cur = next;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,6 @@ use std::sync::Arc;
 use http::Method;
 use serde::Deserialize;
 
-use crate::config::RouteConfig;
-
 /// What a route demands of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +43,18 @@ pub struct Route {
     pub name: Arc<str>,
     pub require: Requirement,
     pub methods: Vec<Method>,
+    pub roles_any: Vec<String>,
+    pub scopes_any: Vec<String>,
+}
+
+/// One `[[route]]` table, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: String,
+    /// Empty means every method.
+    pub methods: Vec<http::Method>,
+    pub require: Requirement,
     pub roles_any: Vec<String>,
     pub scopes_any: Vec<String>,
 }

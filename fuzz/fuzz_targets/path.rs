@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use mfa_gateway::config::RouteConfig;
+use mfa_gateway::routes::RouteConfig;
 use mfa_gateway::path;
 use mfa_gateway::routes::{Requirement, RouteTable};
 

@@ -264,8 +264,7 @@ impl IssuerKeys {
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let fut = async {
-            let resp =
-                self.client.request(req).await.map_err(|e| format!("GET {uri}: {}", crate::proxy::error_chain(&e)))?;
+            let resp = self.client.request(req).await.map_err(|e| format!("GET {uri}: {}", error_chain(&e)))?;
             if resp.status() != http::StatusCode::OK {
                 return Err(format!("GET {uri}: HTTP {}", resp.status()));
             }
@@ -310,6 +309,18 @@ pub fn fetch_client(tls: rustls::ClientConfig) -> FetchClient {
     Client::builder(hyper_util::rt::TokioExecutor::new()).build(crate::tls::https_connector(tls, false, None))
 }
 
+/// All causes, outermost first, for logs.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        out.push_str(": ");
+        out.push_str(&next.to_string());
+        cur = next;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,9 +352,9 @@ mod tests {
     #[test]
     fn keys_that_name_an_issuer_verify_only_that_issuers_tokens() {
         let keys = issuer_keys();
-        let mut scoped = crate::demo::DevIssuer::generate("v2").jwk();
+        let mut scoped = crate::dev::DevIssuer::generate("v2").jwk();
         scoped["issuer"] = "https://login.microsoftonline.com/{tenantid}/v2.0".into();
-        let doc = serde_json::json!({"keys": [scoped, crate::demo::DevIssuer::generate("any").jwk()]});
+        let doc = serde_json::json!({"keys": [scoped, crate::dev::DevIssuer::generate("any").jwk()]});
         keys.store(parse_jwks(doc.to_string().as_bytes()).unwrap().keys);
         let v2 = format!("https://login.microsoftonline.com/{TID}/v2.0");
         assert!(matches!(keys.lookup(Some("v2"), &v2, Some(TID)), Lookup::Found(_)));
@@ -357,7 +368,7 @@ mod tests {
     #[test]
     fn a_key_leaving_the_set_bumps_the_epoch_and_a_republished_one_does_not() {
         let keys = issuer_keys();
-        let (a, b) = (crate::demo::DevIssuer::generate("a"), crate::demo::DevIssuer::generate("b"));
+        let (a, b) = (crate::dev::DevIssuer::generate("a"), crate::dev::DevIssuer::generate("b"));
         let set = |jwks: Vec<serde_json::Value>| {
             parse_jwks(serde_json::json!({ "keys": jwks }).to_string().as_bytes()).unwrap().keys
         };

@@ -4,7 +4,7 @@ use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use super::token::{Invalid, IssuerPattern};
+use super::token::{Invalid, IssuerPattern, IssuerRules, Parsed};
 
 /// The key's type, which fixes the algorithms it may verify (no RSA/EC/EdDSA confusion, and no
 /// HMAC: symmetric keys in a published set are never trusted).
@@ -238,13 +238,28 @@ fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
     Ok(Key { kid: jwk.kid, kind, alg, issuer, verifiers, material })
 }
 
+/// Checks the algorithm against the issuer's allowlist and the key, then the signature.
+pub fn verify_signature(parsed: &Parsed<'_>, rules: &IssuerRules, key: &Key) -> Result<(), Invalid> {
+    if !rules.algorithms.contains(&parsed.alg) {
+        return Err(Invalid::AlgNotAllowed);
+    }
+    if !key.kind.accepts(parsed.alg) || key.alg.is_some_and(|a| a != parsed.alg) {
+        return Err(Invalid::AlgKeyMismatch);
+    }
+    match key.verify(parsed.alg, parsed.signing_input.as_bytes(), &parsed.signature) {
+        Some(true) => Ok(()),
+        Some(false) => Err(Invalid::BadSignature),
+        None => Err(Invalid::AlgKeyMismatch),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn skips_unusable_keys_and_keeps_good_ones() {
-        let real = crate::demo::DevIssuer::generate("k").jwk();
+        let real = crate::dev::DevIssuer::generate("k").jwk();
         let n = real["n"].as_str().unwrap().to_string();
         let doc = serde_json::json!({"keys": [
             {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},

@@ -1,4 +1,5 @@
-//! Pure token checks: bearer extraction, header rules, signature, and the registered claims.
+//! Pure token checks: bearer extraction, header rules, and the registered claims (the signature
+//! is checked in `keys`, with the key).
 //! No I/O here: the caller supplies the keys and the clock.
 
 use base64::Engine;
@@ -7,8 +8,6 @@ use http::HeaderMap;
 use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-
-use super::keys::Key;
 
 /// Why a token is not valid. Each variant is a bounded metric label and a short description
 /// that is safe to send back (it never repeats any part of the token).
@@ -355,21 +354,6 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Invalid> {
         signing_input: &token[..h.len() + 1 + p.len()],
         signature,
     })
-}
-
-/// Checks the algorithm against the issuer's allowlist and the key, then the signature.
-pub fn verify_signature(parsed: &Parsed<'_>, rules: &IssuerRules, key: &Key) -> Result<(), Invalid> {
-    if !rules.algorithms.contains(&parsed.alg) {
-        return Err(Invalid::AlgNotAllowed);
-    }
-    if !key.kind.accepts(parsed.alg) || key.alg.is_some_and(|a| a != parsed.alg) {
-        return Err(Invalid::AlgKeyMismatch);
-    }
-    match key.verify(parsed.alg, parsed.signing_input.as_bytes(), &parsed.signature) {
-        Some(true) => Ok(()),
-        Some(false) => Err(Invalid::BadSignature),
-        None => Err(Invalid::AlgKeyMismatch),
-    }
 }
 
 /// The header's `typ`, where the issuer names the types its access tokens carry (RFC 9068 §4:

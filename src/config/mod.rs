@@ -2,36 +2,20 @@
 //! validated into typed structs before any socket is bound. Every error names the file, the key
 //! and the problem, so a bad deploy fails at start-up with one readable line.
 
-use std::fmt;
+mod issuer;
+mod validator;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use serde::Deserialize;
 
-use crate::routes::Requirement;
-
-/// A configuration problem: where, which key, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub key: String,
-    pub problem: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file, self.problem)
-        } else {
-            write!(f, "{}: {}: {}", self.file, self.key, self.problem)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+use crate::routes::{Requirement, RouteConfig};
+pub use validator::ConfigError;
+use validator::{toml_error, Validator};
 
 // ---------------------------------------------------------------------------------------------
 // Typed configuration: what the rest of the gateway sees.
@@ -128,17 +112,6 @@ pub struct AuditConfig {
     pub hash_key: String,
 }
 
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    pub name: String,
-    pub path: String,
-    /// Empty means every method.
-    pub methods: Vec<http::Method>,
-    pub require: Requirement,
-    pub roles_any: Vec<String>,
-    pub scopes_any: Vec<String>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Raw serde structs: the file's shape, nothing more.
 
@@ -161,15 +134,15 @@ struct RawConfig {
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
-    mfa: crate::auth::RawMfa,
+    mfa: issuer::RawMfa,
     #[serde(default)]
-    identity: crate::auth::RawIdentity,
+    identity: issuer::RawIdentity,
     #[serde(default)]
-    challenge: crate::auth::RawChallenge,
+    challenge: issuer::RawChallenge,
     #[serde(default)]
-    cache: crate::auth::RawCache,
+    cache: issuer::RawCache,
     #[serde(default, rename = "issuer")]
-    issuers: Vec<crate::auth::RawIssuer>,
+    issuers: Vec<issuer::RawIssuer>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
 }
@@ -425,51 +398,7 @@ impl Config {
     }
 }
 
-/// Turns a TOML/serde error into "file:line:col: [table] message".
-fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-    let mut key = String::new();
-    if let Some(span) = e.span() {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        // Name the table the error sits in: the nearest header above it.
-        let table = before.lines().rev().map(str::trim).find(|l| l.starts_with('[')).unwrap_or("top level");
-        key = format!("line {line}, column {col}, in {table}");
-        // A value of the wrong type: name the key written on that line before it.
-        let this_line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
-        if let Some((name, _)) = this_line.split_once('=') {
-            key.push_str(&format!(", key {}", name.trim()));
-        }
-    }
-    ConfigError { file: file.to_string(), key, problem: e.message().trim().to_string() }
-}
-
-pub(crate) struct Validator<'a> {
-    pub(crate) file: &'a str,
-    pub(crate) base: Option<PathBuf>,
-}
-
 impl Validator<'_> {
-    pub(crate) fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-        ConfigError { file: self.file.to_string(), key: key.into(), problem: problem.into() }
-    }
-
-    pub(crate) fn duration(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(s.trim())
-            .map_err(|e| self.err(key, format!("bad duration {s:?} ({e}); write e.g. \"500ms\", \"2s\", \"5m\"")))
-    }
-
-    fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-        s.parse().map_err(|_| self.err(key, format!("bad socket address {s:?}; write e.g. \"127.0.0.1:8080\"")))
-    }
-
-    pub(crate) fn path(&self, p: &str) -> PathBuf {
-        match &self.base {
-            Some(base) if Path::new(p).is_relative() => base.join(p),
-            _ => PathBuf::from(p),
-        }
-    }
-
     fn config(&mut self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = self.server(raw.server)?;
         let admin = AdminConfig { listen: self.addr("admin.listen", &raw.admin.listen)? };
@@ -500,8 +429,7 @@ impl Validator<'_> {
         // Build the table once here so a conflicting template fails `check`, not start-up.
         crate::routes::RouteTable::new(&routes, Requirement::AppUserMfa)
             .map_err(|(i, e)| self.err(format!("route[{i}].path"), e))?;
-        let auth =
-            crate::auth::AuthConfig::validate(self, raw.issuers, raw.mfa, raw.identity, raw.challenge, raw.cache)?;
+        let auth = issuer::validate(self, raw.issuers, raw.mfa, raw.identity, raw.challenge, raw.cache)?;
         let default_require = raw.defaults.require.unwrap_or(Requirement::AppUserMfa);
         let needs_tokens =
             default_require != Requirement::Public || routes.iter().any(|r| r.require != Requirement::Public);
@@ -635,44 +563,6 @@ impl Validator<'_> {
         // Load the files now so `check` catches a bad certificate or key.
         crate::tls::server_config(&c).map_err(|e| self.err("server.tls", e))?;
         Ok(c)
-    }
-
-    /// Client TLS for an upstream or key server: platform roots, `ca_file`, optional identity.
-    pub(crate) fn client_tls(
-        &self,
-        key: &str,
-        ca_file: Option<&str>,
-        cert: Option<&str>,
-        private_key: Option<&str>,
-    ) -> Result<rustls::ClientConfig, ConfigError> {
-        let identity = match (cert, private_key) {
-            (Some(c), Some(k)) => Some(crate::tls::Identity { cert: self.path(c), key: self.path(k) }),
-            (None, None) => None,
-            _ => return Err(self.err(format!("{key}.client_cert"), "client_cert and client_key go together")),
-        };
-        let ca = ca_file.map(|p| self.path(p));
-        crate::tls::client_config(ca.as_deref(), identity.as_ref()).map_err(|e| self.err(key, e))
-    }
-
-    pub(crate) fn nonzero(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
-        let d = self.duration(key, s)?;
-        if d.is_zero() {
-            return Err(self.err(key, "must be greater than zero"));
-        }
-        Ok(d)
-    }
-
-    /// Checks a URL's syntax and scheme; returns the parsed URI.
-    pub(crate) fn url(&self, key: &str, s: &str) -> Result<http::Uri, ConfigError> {
-        let uri: http::Uri = s.parse().map_err(|e| self.err(key, format!("bad URL {s:?}: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => return Err(self.err(key, format!("bad URL {s:?}: scheme must be http or https"))),
-        }
-        if uri.authority().is_none() {
-            return Err(self.err(key, format!("bad URL {s:?}: no host")));
-        }
-        Ok(uri)
     }
 
     fn upstream(&self, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
+use mfa_gateway::auth::jwks::IssuerKeys;
 use mfa_gateway::auth::policy::{self, Caller, TokenKind};
 use mfa_gateway::auth::profile;
 use mfa_gateway::auth::{keys, token, Authenticator};
@@ -75,10 +76,10 @@ fn bench_tokens(c: &mut Criterion) {
     }
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let metrics = Arc::new(Metrics::new(std::iter::once("r"), &[config.auth.issuers[0].name.clone()], &config.metrics));
+    let metrics = Arc::new(Metrics::new(&config.metrics));
     let auth = rt.block_on(async {
-        let auth = Authenticator::new(&config.auth, metrics);
-        tokio::spawn(auth.issuers[0].clone().maintain());
+        let auth = Authenticator::new(&config.auth, metrics, &[]);
+        tokio::spawn(IssuerKeys::maintain(Arc::downgrade(&auth.issuers[0])));
         while !auth.not_ready().is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

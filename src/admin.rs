@@ -1,4 +1,4 @@
-//! The admin port: `/healthz` (alive), `/readyz` (keys loaded), `/metrics` (Prometheus text),
+//! The admin port: `/healthz` (alive), `/readyz` (keys loaded, not draining), `/metrics` (Prometheus text),
 //! `/report` (this instance's MFA status report, JSON).
 //! Kept off the data port so probes and scrapes never meet the auth path.
 
@@ -49,7 +49,11 @@ fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            let reasons = stack.auth.not_ready();
+            if stack.is_draining() {
+                // Lame duck: load balancers stop sending while requests still get served.
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into());
+            }
+            let reasons = stack.snapshot().auth.not_ready();
             if reasons.is_empty() {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
@@ -62,7 +66,7 @@ fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             // Ages are computed at scrape time, so a stuck refresher still shows as stale.
-            for i in &stack.auth.issuers {
+            for i in &stack.snapshot().auth.issuers {
                 match i.age_secs() {
                     Some(age) => stack.metrics.key_set_age.with_label_values(&[&i.name]).set(age),
                     // Never fetched: no sample (keys_held is 0 and /readyz says why).

@@ -1,23 +1,20 @@
-//! Wiring only: metrics, key sets, the request stack, listeners, and the drain. Nothing depends
-//! on this module.
+//! Wiring only: metrics, the first snapshot, the request stack, listeners, the config watcher,
+//! and the drain. Nothing depends on this module.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::listener::{self, Drain};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
-use crate::refusal::RefusalStyle;
-use crate::routes::RouteTable;
-use crate::stack::{RequestIds, Stack};
-use crate::tls::ServerTls;
+use crate::reload::Reloads;
+use crate::report::Report;
+use crate::snapshot::Snapshot;
+use crate::stack::Stack;
 
 /// A started gateway: its bound addresses and the handle to stop it.
 pub struct Running {
@@ -28,7 +25,6 @@ pub struct Running {
     listener: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     drain: Arc<Drain>,
-    grace: Duration,
 }
 
 /// Binds the ports and starts serving. The config is already validated.
@@ -45,56 +41,49 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
-    let routes =
-        RouteTable::new(&config.routes, config.default_require).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
-    let issuer_names: Vec<String> = config.auth.issuers.iter().map(|i| i.name.clone()).collect();
-    let metrics = Arc::new(Metrics::new(routes.names(), &issuer_names, &config.metrics));
-    let auth = Authenticator::new(&config.auth, metrics.clone());
+    let metrics = Arc::new(Metrics::new(&config.metrics));
+    let reloads = Reloads::register(&metrics.registry);
+    let report = Report::new(config.report.clone());
+    let max_connections = config.server.max_connections;
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
-    let background = auth.issuers.iter().map(|i| tokio::spawn(i.clone().maintain())).collect();
-
-    let stack = Arc::new(Stack {
-        screen: crate::headers::Screen::new(auth.header_prefix(), config.server.drop_underscore_headers),
-        routes,
-        auth,
-        proxy: Proxy::new(&config.upstream),
-        metrics,
-        style: RefusalStyle { realm: config.auth.realm.clone(), request_context: config.auth.request_context.clone() },
-        forward_authorization: config.auth.forward_authorization,
-        report: crate::report::Report::new(config.report.clone()),
-        audit: config.audit.enabled,
-        user_ids: crate::audit::UserIds::new(&config.audit),
-        request_ids: RequestIds::default(),
-    });
-
-    let mut background: Vec<JoinHandle<()>> = background;
-    let tls = match &config.server.tls {
-        Some(t) => {
-            let tls = Arc::new(ServerTls::new(t.clone())?);
-            background.push(tokio::spawn(tls.clone().watch()));
-            Some(tls)
-        }
-        None => None,
-    };
+    let (first, _) = Snapshot::build(config, None, &metrics)?;
+    let stack = Arc::new(Stack::new(first, metrics, report));
 
     let (shutdown, rx) = watch::channel(false);
     let drain = Arc::new(Drain::default());
     tokio::spawn(crate::admin::serve(admin, stack.clone(), rx.clone()));
-    let listener =
-        tokio::spawn(listener::serve(listener, stack.clone(), config.server.clone(), tls, rx, drain.clone()));
-    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    let listener = tokio::spawn(listener::serve(listener, stack.clone(), max_connections, rx, drain.clone()));
+    let background = vec![tokio::spawn(crate::reload::watch(stack.clone(), reloads))];
     tracing::info!(%addr, admin = %admin_addr, scheme, "listening");
-    Ok(Running { addr, admin_addr, stack, shutdown, listener, background, drain, grace: config.server.shutdown_grace })
+    Ok(Running { addr, admin_addr, stack, shutdown, listener, background, drain })
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish within the grace period, then returns.
+    /// Lame duck, then shutdown: `/readyz` answers 503 at once while the API port accepts and
+    /// serves for `server.shutdown_delay` (so load balancers stop sending first); `skip` (a
+    /// second signal) cuts the delay short. Then `shutdown`.
+    pub async fn drain_and_stop(self, skip: impl std::future::Future<Output = ()>) {
+        self.stack.start_draining();
+        let delay = self.stack.snapshot().config.server.shutdown_delay;
+        tracing::info!(?delay, "draining: /readyz answers 503; serving on for shutdown_delay");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = skip => tracing::info!("second signal: skipping the rest of shutdown_delay"),
+        }
+        self.shutdown().await;
+    }
+
+    /// Stops accepting; open connections are asked to finish (`Connection: close` on the next
+    /// HTTP/1.1 response, GOAWAY on HTTP/2) and get `shutdown_grace` to do so; then returns.
     pub async fn shutdown(self) {
+        self.stack.start_draining();
+        let grace = self.stack.snapshot().config.server.shutdown_grace;
         let _ = self.shutdown.send(true);
         let _ = self.listener.await;
-        let left = self.drain.wait(self.grace).await;
+        let left = self.drain.wait(grace).await;
         if left > 0 {
-            tracing::warn!(connections = left, grace = ?self.grace, "grace period over; closing remaining connections");
+            tracing::warn!(connections = left, ?grace, "grace period over; closing remaining connections");
         }
         for task in self.background {
             task.abort();

@@ -39,6 +39,8 @@ impl UserIds {
 /// Everything one audit event says.
 pub struct Event<'a> {
     pub request_id: &'a str,
+    /// The W3C trace id of the request's `traceparent`, when it carries a valid one.
+    pub trace_id: Option<&'a str>,
     pub client: SocketAddr,
     pub method: &'a str,
     pub route: &'a str,
@@ -59,6 +61,7 @@ pub fn emit(e: &Event<'_>) {
     tracing::info!(
         target: "mfa_gateway::audit",
         request_id = e.request_id,
+        trace_id = e.trace_id.unwrap_or("-"),
         client = %e.client,
         method = e.method,
         route = e.route,
@@ -77,9 +80,52 @@ pub fn emit(e: &Event<'_>) {
     );
 }
 
+/// The trace id of a W3C `traceparent` (`version-traceid-parentid-flags`), when the header is
+/// well formed: version `00` exactly 55 characters; a later version at least that, with a `-`
+/// after the flags; never version `ff`, never an all-zero id.
+pub fn trace_id(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    let b = v.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |s: &[u8]| s.iter().all(|&c| c == b'0');
+    let shape = b.len() >= 55 && b[2] == b'-' && b[35] == b'-' && b[52] == b'-';
+    if !shape || !hex(&b[..2]) || &b[..2] == b"ff" || !hex(&b[53..55]) {
+        return None;
+    }
+    if (&b[..2] == b"00" && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+        return None;
+    }
+    let (trace, parent) = (&b[3..35], &b[36..52]);
+    (hex(trace) && hex(parent) && !zero(trace) && !zero(parent)).then(|| &v[3..35])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_ids_from_well_formed_traceparents_only() {
+        let id = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("traceparent", v.parse().unwrap());
+            trace_id(&h).map(str::to_string)
+        };
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(id(good).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(id(&format!("01{}-later", &good[2..])).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // uppercase
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // forbidden version
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // 00 has nothing after
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01", // fields shifted
+            "",
+        ] {
+            assert_eq!(id(bad), None, "{bad:?}");
+        }
+        assert_eq!(trace_id(&http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn user_ids_plain_hash_drop() {

@@ -73,7 +73,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let paths = write_tokens(&issuer, &opts.tokens_dir)?;
     let running = crate::app::start(config).await?;
     for _ in 0..100 {
-        if running.stack.auth.not_ready().is_empty() {
+        if running.stack.snapshot().auth.not_ready().is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

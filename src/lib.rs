@@ -15,8 +15,10 @@ pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod refusal;
+pub mod reload;
 pub mod report;
 pub mod routes;
+pub mod snapshot;
 pub mod stack;
 pub mod tls;
 
@@ -36,7 +38,8 @@ pub fn init_logging(log: &LogConfig) {
     };
 }
 
-/// Builds the runtime, serves until SIGTERM or SIGINT, drains, and returns the exit code.
+/// Builds the runtime, serves until SIGTERM or SIGINT, goes lame duck, drains, and returns the
+/// exit code.
 pub fn run(config: Config) -> i32 {
     // One worker: a current-thread runtime does the same work without cross-thread wake-ups.
     let mut rt = match config.server.workers {
@@ -66,8 +69,7 @@ pub fn run(config: Config) -> i32 {
             }
         };
         wait_for_signal().await;
-        tracing::info!("signal received; draining");
-        running.shutdown().await;
+        running.drain_and_stop(wait_for_signal()).await;
         0
     })
 }

@@ -10,15 +10,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
-use crate::config::ServerConfig;
 use crate::stack::{Conn, Stack};
-use crate::tls::ServerTls;
 
 /// Counts open connections so shutdown can wait for them to finish.
 #[derive(Default)]
@@ -79,30 +78,16 @@ impl AcceptEpisode {
     }
 }
 
-/// Serves `listener` until `shutdown` turns true, then asks every connection to finish.
+/// Serves `listener` until `shutdown` turns true, then asks every connection to finish. Each
+/// connection is served with the settings of the snapshot current when it was accepted.
 pub async fn serve(
     listener: TcpListener,
     stack: Arc<Stack>,
-    cfg: ServerConfig,
-    tls: Option<Arc<ServerTls>>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
     drain: Arc<Drain>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(cfg.http2.max_header_list_size)
-        .max_concurrent_streams(cfg.http2.max_concurrent_streams)
-        .max_pending_accept_reset_streams(cfg.http2.max_pending_reset_streams);
-    let builder = Arc::new(builder);
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let slots = Arc::new(Semaphore::new(max_connections));
     let mut accept_failures: Option<AcceptEpisode> = None;
 
     loop {
@@ -141,10 +126,12 @@ pub async fn serve(
         drain.open.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(drain.clone());
         let stack = stack.clone();
-        let builder = builder.clone();
         let shutdown = shutdown.clone();
-        let idle_timeout = cfg.idle_timeout;
-        let tls = tls.clone();
+        let (builder, tls, idle_timeout) = {
+            let snap = stack.snapshot();
+            let tls = snap.tls.clone().zip(snap.config.server.tls.as_ref().map(|t| t.handshake_timeout));
+            (snap.http.clone(), tls, snap.config.server.idle_timeout)
+        };
         tokio::spawn(async move {
             let _permit = permit;
             let _guard = guard;
@@ -156,7 +143,7 @@ pub async fn serve(
                     let conn_info = Conn { peer, tls: false };
                     serve_connection(io, activity, &builder, stack.clone(), conn_info, idle_timeout, shutdown).await;
                 }
-                Some(tls) => match handshake(io, &tls, &stack).await {
+                Some((tls, limit)) => match handshake(io, tls, limit, &stack).await {
                     Some(io) => {
                         let conn_info = Conn { peer, tls: true };
                         serve_connection(io, activity, &builder, stack.clone(), conn_info, idle_timeout, shutdown)
@@ -175,10 +162,10 @@ pub async fn serve(
 /// to the TLS port is told so in a one-line 400 rather than left with a reset.
 async fn handshake(
     mut io: Tracked<tokio::net::TcpStream>,
-    tls: &ServerTls,
+    tls: TlsAcceptor,
+    limit: Duration,
     stack: &Stack,
 ) -> Option<tokio_rustls::server::TlsStream<Tracked<tokio::net::TcpStream>>> {
-    let limit = tls.settings.handshake_timeout;
     let work = async {
         let mut first = [0u8; 1];
         // 0x16 opens a TLS handshake record; anything else is not TLS.
@@ -193,7 +180,7 @@ async fn handshake(
             let _ = io.shutdown().await;
             return Err("plain HTTP on the TLS port".to_string());
         }
-        tls.acceptor().accept(io).await.map_err(|e| e.to_string())
+        tls.accept(io).await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(limit, work).await {
         Ok(Ok(s)) => Some(s),

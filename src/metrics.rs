@@ -90,11 +90,21 @@ impl KindCounters {
     }
 }
 
+/// `requests_total` handles for one route, by decision and token kind.
+pub struct RouteCounters(Vec<IntCounter>);
+
+impl RouteCounters {
+    pub fn count(&self, decision: Decision, kind: Option<TokenKind>) {
+        let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
+        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2);
+        self.0[d * KINDS.len() + k].inc();
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
-    requests: Vec<IntCounter>,
+    requests: IntCounterVec,
     invalid: Vec<IntCounter>,
-    route_count: usize,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
     upstream_errors: KindCounters,
@@ -148,7 +158,7 @@ impl AppLabels {
 pub const OTHER_APP: &str = "other";
 
 /// Settings for the per-application MFA counters.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
     /// App ids that always get their own `app` label.
     pub apps: Vec<String>,
@@ -171,7 +181,7 @@ fn latency_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
-    pub fn new<'a>(route_names: impl Iterator<Item = &'a str>, issuer_names: &[String], cfg: &MetricsConfig) -> Self {
+    pub fn new(cfg: &MetricsConfig) -> Self {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("metric names are unique");
 
@@ -181,15 +191,6 @@ impl Metrics {
         )
         .unwrap();
         reg(Box::new(requests_vec.clone()));
-        let routes: Vec<&str> = route_names.collect();
-        let mut requests = Vec::with_capacity(routes.len() * Decision::ALL.len() * KINDS.len());
-        for r in &routes {
-            for d in Decision::ALL {
-                for k in KINDS {
-                    requests.push(requests_vec.with_label_values(&[*r, d.as_str(), kind_label(k)]));
-                }
-            }
-        }
 
         let invalid_vec = IntCounterVec::new(
             Opts::new("mfa_gateway_invalid_tokens_total", "Tokens refused as invalid, by reason."),
@@ -242,15 +243,6 @@ impl Metrics {
         let keys_held =
             IntGaugeVec::new(Opts::new("mfa_gateway_keys_held", "Signing keys held, by issuer."), &["issuer"]).unwrap();
         reg(Box::new(keys_held.clone()));
-        for i in issuer_names {
-            for result in ["ok", "error"] {
-                key_fetches.with_label_values(&[i, result]);
-            }
-            for result in ["ok", "error", "limited"] {
-                key_refetches.with_label_values(&[i, result]);
-            }
-            keys_held.with_label_values(&[i]);
-        }
 
         let cache = IntCounterVec::new(
             Opts::new("mfa_gateway_token_cache_total", "Verified-token cache lookups by result."),
@@ -339,9 +331,8 @@ impl Metrics {
             apps: AppLabels { allow: cfg.apps.clone(), max_dynamic: cfg.max_apps, seen: Mutex::new(HashSet::new()) },
             key_set_age,
             tls_handshake_errors,
-            requests,
+            requests: requests_vec,
             invalid,
-            route_count: routes.len(),
             request_duration,
             upstream_duration,
             upstream_errors,
@@ -366,11 +357,33 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: usize, decision: Decision, kind: Option<TokenKind>) {
-        debug_assert!(route < self.route_count);
-        let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
-        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2);
-        self.requests[(route * Decision::ALL.len() + d) * KINDS.len() + k].inc();
+    /// One route's `requests_total` series, resolved when a config is built. The series of a
+    /// route that a reload removes stay (counters never go back).
+    pub fn route_counters(&self, route: &str) -> RouteCounters {
+        let mut handles = Vec::with_capacity(Decision::ALL.len() * KINDS.len());
+        for d in Decision::ALL {
+            for k in KINDS {
+                handles.push(self.requests.with_label_values(&[route, d.as_str(), kind_label(k)]));
+            }
+        }
+        RouteCounters(handles)
+    }
+
+    /// An issuer's key series, shown at zero before its first fetch.
+    pub fn issuer_added(&self, issuer: &str) {
+        for result in ["ok", "error"] {
+            self.key_fetches.with_label_values(&[issuer, result]);
+        }
+        for result in ["ok", "error", "limited"] {
+            self.key_refetches.with_label_values(&[issuer, result]);
+        }
+        self.keys_held.with_label_values(&[issuer]);
+    }
+
+    /// A reload removed the issuer: its gauges go (its counters stay).
+    pub fn issuer_removed(&self, issuer: &str) {
+        let _ = self.keys_held.remove_label_values(&[issuer]);
+        let _ = self.key_set_age.remove_label_values(&[issuer]);
     }
 
     pub fn invalid_token(&self, why: Invalid) {

@@ -42,6 +42,8 @@ impl UpstreamError {
 pub struct Origin {
     pub client_ip: IpAddr,
     pub scheme: &'static str,
+    /// For log lines about this request, an upgraded tunnel's included.
+    pub request_id: HeaderValue,
 }
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -118,7 +120,7 @@ impl Proxy {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, origin.request_id.clone()));
                 // Keep Connection/Upgrade: the client needs them to complete the switch.
                 return Ok(resp);
             }
@@ -167,17 +169,17 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, request_id: HeaderValue) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
-            tracing::debug!(error = %e, "upgrade did not complete");
+            tracing::debug!(?request_id, error = %e, "upgrade did not complete");
             return;
         }
     };
     let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
     if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
+        tracing::debug!(?request_id, error = %e, "upgraded connection ended with an error");
     }
 }
 
@@ -229,7 +231,11 @@ mod tests {
     fn forwarded_headers_append_this_hop() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let origin = Origin { client_ip: "127.0.0.1".parse().unwrap(), scheme: "http" };
+        let origin = Origin {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            scheme: "http",
+            request_id: HeaderValue::from_static("r1"),
+        };
         append_forwarded(&mut h, &origin, Some(&HeaderValue::from_static("api.example")));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::auth::policy::TokenKind;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReportConfig {
     pub window_days: u32,
     pub max_recent: usize,

@@ -2,7 +2,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,15 +11,17 @@ use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::audit::{self, UserIds};
+use arc_swap::ArcSwap;
+
+use crate::audit;
 use crate::auth::challenge::AuthRefusal;
-use crate::auth::{Authenticator, Verified};
-use crate::headers::Screen;
+use crate::auth::Verified;
 use crate::metrics::{Decision, Metrics};
-use crate::proxy::{Origin, Proxy};
-use crate::refusal::{Body, Refusal, RefusalStyle};
+use crate::proxy::Origin;
+use crate::refusal::{Body, Refusal};
 use crate::report::{Observation, Report};
-use crate::routes::{Requirement, Route, RouteTable};
+use crate::routes::{Requirement, Route};
+use crate::snapshot::Snapshot;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -30,18 +32,14 @@ pub struct Conn {
     pub tls: bool,
 }
 
+/// What outlives a config: the current snapshot (swapped whole on reload), metrics, the status
+/// report, request ids, and whether the gateway is draining.
 pub struct Stack {
-    pub routes: RouteTable,
-    pub auth: Authenticator,
-    pub proxy: Proxy,
+    current: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
     pub report: Report,
-    pub style: RefusalStyle,
-    pub forward_authorization: bool,
-    pub audit: bool,
-    pub user_ids: UserIds,
     pub request_ids: RequestIds,
-    pub screen: Screen,
+    draining: AtomicBool,
 }
 
 /// What one request learned on its way through, for metrics and the audit event. Three clock
@@ -74,23 +72,60 @@ impl Derived {
 }
 
 impl Stack {
+    pub fn new(first: Snapshot, metrics: Arc<Metrics>, report: Report) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(first),
+            metrics,
+            report,
+            request_ids: RequestIds::default(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The snapshot new requests and connections get.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Puts `next` in place for every request that starts from now on; returns the one it
+    /// replaced, which requests in flight keep until they end.
+    pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
+        self.current.swap(Arc::new(next))
+    }
+
+    /// Lame duck: `/readyz` says so from now on; serving goes on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let mut trace = Trace { verified: None, start: Instant::now(), auth_done: None, upstream_done: None };
         self.metrics.requests_in_flight.inc();
-        // Before anything reads a header: no client header may pass for one the gateway sets,
-        // in any spelling an upstream stack folds to the same name.
-        self.screen.apply(req.headers_mut(), |name, why| {
-            self.metrics.client_header_removed(why);
-            tracing::debug!(header = %name, reason = why.as_str(), "client header removed");
-        });
-        // Keep the caller's request id (or mint one) so both sides of the hop log the same id.
+        // One load per request: the whole request sees one config, old or new.
+        let snap = self.current.load_full();
+        let snap = &*snap;
+        // Keep the caller's request id (or mint one) so both sides of the hop log the same id. It
+        // is read by its exact name; twins of it are removed next.
         let request_id = self.request_ids.take_or_mint(req.headers());
+        // No client header may pass for one the gateway sets, in any spelling an upstream stack
+        // folds to the same name.
+        snap.screen.apply(req.headers_mut(), |name, why| {
+            self.metrics.client_header_removed(why);
+            tracing::debug!(?request_id, header = %name, reason = why.as_str(), "client header removed");
+        });
         req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
+        // `traceparent` and `tracestate` go upstream untouched; the audit event names the trace.
+        let trace_id =
+            if snap.config.audit.enabled { audit::trace_id(req.headers()).map(Box::<str>::from) } else { None };
         // Route on method + raw path; the route names the requirement.
-        let route = self.routes.resolve(req.method(), req.uri().path());
+        let route = snap.routes.resolve(req.method(), req.uri().path());
         let method = req.method().clone();
 
-        let result = self.pass(req, route, conn, &mut trace).await;
+        let result = self.pass(snap, req, route, conn, &request_id, &mut trace).await;
 
         let (mut resp, decision, reason) = match result {
             Ok(resp) => (resp.map(Either::Left), Decision::Allowed, None),
@@ -110,7 +145,7 @@ impl Stack {
                     }
                     _ => {}
                 }
-                (refusal.into_response(&self.style), d, Some(r))
+                (refusal.into_response(&snap.style), d, Some(r))
             }
         };
         resp.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
@@ -124,13 +159,14 @@ impl Stack {
         };
         let v = trace.verified.as_deref();
         let kind = v.map(|v| v.kind);
-        self.metrics.request(route.index, decision, kind);
+        snap.counters[route.index].count(decision, kind);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         self.metrics.requests_in_flight.dec();
-        if self.audit {
-            let derived = v.map(|v| self.derived(v));
+        if snap.config.audit.enabled {
+            let derived = v.map(|v| self.derived(snap, v));
             audit::emit(&audit::Event {
                 request_id: request_id.to_str().unwrap_or("-"),
+                trace_id: trace_id.as_deref(),
                 client: conn.peer,
                 method: method.as_str(),
                 route: &route.name,
@@ -152,21 +188,27 @@ impl Stack {
 
     async fn pass(
         &self,
+        snap: &Snapshot,
         mut req: Request<Incoming>,
         route: &Route,
         conn: Conn,
+        request_id: &HeaderValue,
         trace: &mut Trace,
     ) -> Result<Response<Incoming>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
         crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
-        let admitted = self.admit(&mut req, route, trace).await;
+        let admitted = self.admit(snap, &mut req, route, trace).await;
         // The gateway's own work ends here, admitted or not: the auth histogram.
         let upstream_start = Instant::now();
         trace.auth_done = Some(upstream_start);
         self.metrics.auth_duration.observe((upstream_start - trace.start).as_secs_f64());
         admitted?;
-        let origin = Origin { client_ip: conn.peer.ip(), scheme: if conn.tls { "https" } else { "http" } };
-        let resp = self.proxy.forward(req, &origin).await;
+        let origin = Origin {
+            client_ip: conn.peer.ip(),
+            scheme: if conn.tls { "https" } else { "http" },
+            request_id: request_id.clone(),
+        };
+        let resp = snap.proxy.forward(req, &origin).await;
         let done = Instant::now();
         trace.upstream_done = Some(done);
         let resp = resp.map_err(Refusal::Upstream)?;
@@ -175,31 +217,37 @@ impl Stack {
     }
 
     /// Identity headers, token and route requirement: what must hold before the upstream.
-    async fn admit(&self, req: &mut Request<Incoming>, route: &Route, trace: &mut Trace) -> Result<(), Refusal> {
+    async fn admit(
+        &self,
+        snap: &Snapshot,
+        req: &mut Request<Incoming>,
+        route: &Route,
+        trace: &mut Trace,
+    ) -> Result<(), Refusal> {
         if route.require == Requirement::Public {
             return Ok(());
         }
         // Verify the token (cached after the first time)...
-        let v = self.auth.verify(req.headers()).await.map_err(Refusal::Auth)?;
+        let v = snap.auth.verify(req.headers()).await.map_err(Refusal::Auth)?;
         // ...count it for the MFA status report whatever the route decides...
-        self.observe(&v, route);
+        self.observe(snap, &v, route);
         trace.verified = Some(v.clone());
         // ...then apply the route's requirement.
-        self.auth.authorize(route, &v).map_err(Refusal::Auth)?;
+        snap.auth.authorize(route, &v).map_err(Refusal::Auth)?;
         // Tell the upstream who called, from verified claims only.
         let headers = req.headers_mut();
-        for (name, value) in self.auth.identity_headers(&v) {
+        for (name, value) in snap.auth.identity_headers(&v) {
             headers.insert(name.clone(), value);
         }
-        if !self.forward_authorization {
+        if !snap.config.auth.forward_authorization {
             headers.remove(AUTHORIZATION);
         }
         Ok(())
     }
 
     /// The status report's inputs: one App+User (with or without MFA) or app-only request.
-    fn observe(&self, v: &Verified, route: &Route) {
-        let d = self.derived(v);
+    fn observe(&self, snap: &Snapshot, v: &Verified, route: &Route) {
+        let d = self.derived(snap, v);
         d.ratio.inc();
         self.report.record(&Observation {
             unix_secs: crate::auth::unix_now(),
@@ -212,12 +260,14 @@ impl Stack {
         });
     }
 
-    fn derived<'v>(&self, v: &'v Verified) -> &'v Derived {
+    /// The cached token's derived values. A snapshot whose `[audit]` differs has its own cache
+    /// (see `Snapshot::build`), so redaction always follows the snapshot's settings.
+    fn derived<'v>(&self, snap: &Snapshot, v: &'v Verified) -> &'v Derived {
         let any = v.annotations.get_or_init(|| {
             Box::new(Derived {
                 ratio: self.metrics.ratio_counter(v.app_id(), v.kind, v.mfa),
-                redacted: (!self.user_ids.is_plain()).then(|| {
-                    let show = |id: Option<&str>| self.user_ids.show(id).map(String::into_boxed_str);
+                redacted: (!snap.user_ids.is_plain()).then(|| {
+                    let show = |id: Option<&str>| snap.user_ids.show(id).map(String::into_boxed_str);
                     (show(v.user()), show(v.oid()))
                 }),
             })

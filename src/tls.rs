@@ -1,12 +1,11 @@
 //! rustls configurations from PEM files: the listener's (ALPN h2 + http/1.1, TLS 1.2/1.3,
-//! optional client certificates, reload without restart) and the client's (upstreams and key
+//! optional client certificates; built again on every config reload) and the client's (upstreams and key
 //! servers: platform roots plus an optional CA file, optional client certificate).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -29,16 +28,24 @@ pub struct SniCert {
     pub key: PathBuf,
 }
 
+/// The listener's certificates and client-certificate rule.
 #[derive(Debug, Clone)]
-pub struct ServerTlsConfig {
+pub struct ServerTlsFiles {
     /// The default certificate: for clients without SNI or with a name no `sni` entry has.
     pub cert: PathBuf,
     pub key: PathBuf,
     pub sni: Vec<SniCert>,
     pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTlsConfig {
+    pub files: ServerTlsFiles,
     pub handshake_timeout: Duration,
-    pub reload_interval: Duration,
+    /// Built from `files` when the config was loaded (a reload loads them again), so a bad
+    /// certificate fails `check` and a reload, never a handshake.
+    pub built: Arc<ServerConfig>,
 }
 
 /// A client certificate and key offered to a peer.
@@ -109,7 +116,7 @@ impl rustls::server::ResolvesServerCert for BySni {
 }
 
 /// Builds the listener's config; every failure names the file.
-pub fn server_config(c: &ServerTlsConfig) -> Result<ServerConfig, String> {
+pub fn server_config(c: &ServerTlsFiles) -> Result<ServerConfig, String> {
     let mut named = Vec::new();
     for s in &c.sni {
         let k = certified(&s.cert, &s.key)?;
@@ -157,81 +164,6 @@ pub fn client_config(ca_file: Option<&Path>, identity: Option<&Identity>) -> Res
             .map_err(|e| format!("{} and {}: {e}", id.cert.display(), id.key.display())),
         None => Ok(builder.with_no_client_auth()),
     }
-}
-
-/// The listener's TLS state: a config swapped atomically when the files change or on SIGHUP.
-/// Handshakes in progress and open connections keep the config they started with.
-pub struct ServerTls {
-    pub settings: ServerTlsConfig,
-    current: ArcSwap<ServerConfig>,
-    stamp: Mutex<Vec<Option<SystemTime>>>,
-}
-
-impl ServerTls {
-    pub fn new(settings: ServerTlsConfig) -> Result<Self, String> {
-        let config = server_config(&settings)?;
-        let stamp = Mutex::new(stamps(&settings));
-        Ok(Self { settings, current: ArcSwap::from_pointee(config), stamp })
-    }
-
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.load_full())
-    }
-
-    /// Rebuilds from the files; on any error the old config keeps serving.
-    pub fn reload(&self) -> Result<(), String> {
-        let config = server_config(&self.settings)?;
-        self.current.store(Arc::new(config));
-        Ok(())
-    }
-
-    fn reload_logged(&self, why: &str) {
-        match self.reload() {
-            Ok(()) => tracing::info!(reason = why, cert = %self.settings.cert.display(), "TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(reason = why, error = %e, "TLS reload refused; the previous certificate keeps serving")
-            }
-        }
-    }
-
-    /// Polls the files' modification times and listens for SIGHUP.
-    pub async fn watch(self: Arc<Self>) {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut tick = tokio::time::interval(self.settings.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let hup_fired = async {
-                match hup.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tick.tick() => {
-                    let now = stamps(&self.settings);
-                    let changed = {
-                        let mut old = self.stamp.lock().unwrap();
-                        let changed = *old != now;
-                        *old = now;
-                        changed
-                    };
-                    if changed {
-                        self.reload_logged("files changed");
-                    }
-                }
-                _ = hup_fired => self.reload_logged("SIGHUP"),
-            }
-        }
-    }
-}
-
-fn stamps(s: &ServerTlsConfig) -> Vec<Option<SystemTime>> {
-    [Some(&s.cert), Some(&s.key), s.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-        .chain(s.sni.iter().flat_map(|x| [&x.cert, &x.key]))
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
 }
 
 /// An HTTPS-or-HTTP connector for hyper-util's client.

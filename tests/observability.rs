@@ -93,7 +93,7 @@ async fn each_decision_increments_its_counter() {
     .replace("[upstream]\n", "[upstream]\ntimeout = \"300ms\"\n");
     let gw = start(&text).await;
     for _ in 0..200 {
-        if gw.stack.auth.issuers[0].has_keys() {
+        if gw.stack.snapshot().auth.issuers[0].has_keys() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

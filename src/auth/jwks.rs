@@ -4,9 +4,9 @@
 //! own task: requests that need one wait on a shared `watch` channel, never on a lock, and a
 //! fetch outlives any one request that asked for it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -16,11 +16,10 @@ use hyper_util::client::legacy::Client;
 use tokio::sync::watch;
 
 use super::keys::{parse_jwks, Key, Lookup};
-use super::token::IssuerRules;
 use crate::metrics::Metrics;
 
 /// Where an issuer's keys come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// OIDC discovery document; its `jwks_uri` names the key set.
     Discovery(http::Uri),
@@ -28,7 +27,7 @@ pub enum KeySource {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTiming {
     pub refresh_interval: Duration,
     pub refetch_min_interval: Duration,
@@ -56,9 +55,10 @@ struct Health {
 pub struct IssuerKeys {
     /// The configured issuer string: a bounded label, and the name in logs.
     pub name: String,
-    pub rules: IssuerRules,
     source: KeySource,
     timing: KeyTiming,
+    /// The CA file the fetch client trusts, besides the platform roots.
+    ca_file: Option<PathBuf>,
     keys: ArcSwap<Vec<Arc<Key>>>,
     /// Bumped whenever a key leaves the set; cached verifications from an older epoch are void.
     epoch: AtomicU64,
@@ -73,17 +73,18 @@ const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 impl IssuerKeys {
     pub fn new(
         name: String,
-        rules: IssuerRules,
         source: KeySource,
         timing: KeyTiming,
+        ca_file: Option<PathBuf>,
         client: FetchClient,
         metrics: Arc<Metrics>,
     ) -> Self {
+        metrics.issuer_added(&name);
         Self {
             name,
-            rules,
             source,
             timing,
+            ca_file,
             keys: ArcSwap::from_pointee(Vec::new()),
             epoch: AtomicU64::new(0),
             gate: Mutex::new(Gate { last_unknown_kid: None, inflight: None }),
@@ -91,6 +92,16 @@ impl IssuerKeys {
             client,
             metrics,
         }
+    }
+
+    /// Whether this key set is fetched exactly as `name`, `source`, `timing` and `ca_file` say,
+    /// so a reload may keep it (and its keys) instead of fetching again.
+    pub fn fetched_as(&self, name: &str, source: &KeySource, timing: &KeyTiming, ca_file: Option<&Path>) -> bool {
+        self.name == name && &self.source == source && &self.timing == timing && self.ca_file.as_deref() == ca_file
+    }
+
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     pub fn epoch(&self) -> u64 {
@@ -278,17 +289,21 @@ impl IssuerKeys {
     }
 
     /// Keeps the set fresh: first fetch with backoff until it succeeds, then every
-    /// `refresh_interval`; failures retry with backoff while the old set keeps serving.
-    pub async fn maintain(self: Arc<Self>) {
+    /// `refresh_interval`; failures retry with backoff while the old set keeps serving. Holds the
+    /// set only while it works on it, and ends once no config uses the set any more.
+    pub async fn maintain(this: Weak<Self>) {
+        let Some(timing) = this.upgrade().map(|s| s.timing.clone()) else { return };
         // Retries never wait longer than a normal refresh would.
-        let first = Duration::from_millis(250).min(self.timing.refresh_interval);
-        let cap = Duration::from_secs(30).min(self.timing.refresh_interval);
+        let first = Duration::from_millis(250).min(timing.refresh_interval);
+        let cap = Duration::from_secs(30).min(timing.refresh_interval);
         let mut backoff = first;
         loop {
-            let ok = wait_done(self.refresh()).await;
-            if ok {
+            let Some(me) = this.upgrade() else { return };
+            let done = me.refresh();
+            drop(me);
+            if wait_done(done).await {
                 backoff = first;
-                tokio::time::sleep(self.timing.refresh_interval).await;
+                tokio::time::sleep(timing.refresh_interval).await;
             } else {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(cap);
@@ -324,21 +339,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::token::{Invalid, IssuerPattern};
+    use crate::auth::token::Invalid;
 
     const TID: &str = "aaaabbbb-0000-cccc-1111-dddd2222eeee";
 
     fn issuer_keys() -> IssuerKeys {
-        let metrics = Arc::new(Metrics::new(std::iter::once("r"), &["i".to_string()], &Default::default()));
-        let rules = IssuerRules {
-            issuer: IssuerPattern::new("https://login.microsoftonline.com/{tenantid}/v2.0"),
-            audiences: vec!["api".into()],
-            tenants: vec![],
-            algorithms: vec![jsonwebtoken::Algorithm::RS256],
-            leeway_secs: 60,
-            max_token_bytes: 16 * 1024,
-            typ: vec![],
-        };
+        let metrics = Arc::new(Metrics::new(&Default::default()));
         let timing = KeyTiming {
             refresh_interval: Duration::from_secs(3600),
             refetch_min_interval: Duration::from_secs(300),
@@ -346,7 +352,7 @@ mod tests {
             fetch_timeout: Duration::from_secs(5),
         };
         let tls = crate::tls::client_config(None, None).unwrap();
-        IssuerKeys::new("i".into(), rules, KeySource::File("unused".into()), timing, fetch_client(tls), metrics)
+        IssuerKeys::new("i".into(), KeySource::File("unused".into()), timing, None, fetch_client(tls), metrics)
     }
 
     #[test]

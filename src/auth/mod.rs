@@ -9,6 +9,7 @@ pub mod policy;
 pub mod profile;
 pub mod token;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,9 +36,18 @@ pub struct IssuerConfig {
     pub name: String,
     /// For https key servers: platform roots plus the issuer's `ca_file`.
     pub tls: rustls::ClientConfig,
+    pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+/// Equal when every setting is: `tls` is built from `ca_file`, which is compared instead.
+impl PartialEq for IssuerConfig {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.rules, &self.profile, &self.source, &self.timing, &self.name, &self.ca_file)
+            == (&o.rules, &o.profile, &o.source, &o.timing, &o.name, &o.ca_file)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthConfig {
     pub issuers: Vec<IssuerConfig>,
     /// Lowercase prefix of the identity headers sent upstream; client copies are stripped.
@@ -139,7 +149,8 @@ pub fn unix_now() -> i64 {
 
 pub struct Authenticator {
     pub issuers: Vec<Arc<IssuerKeys>>,
-    /// How each issuer's tokens are read, by the same index as `issuers`.
+    /// What each issuer demands of its tokens, and how they are read, by the index of `issuers`.
+    rules: Vec<IssuerRules>,
     profiles: Vec<Profile>,
     header_prefix: String,
     /// token-kind, mfa, tenant-id, object-id, app-id, upn, user, each under `header_prefix`.
@@ -150,23 +161,30 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(cfg: &AuthConfig, metrics: Arc<Metrics>) -> Self {
+    /// A new authenticator with an empty token cache. Key sets in `keep` that are fetched as an
+    /// issuer of `cfg` says are taken over, keys and all; the others are new and empty (their
+    /// `IssuerKeys::maintain` task is the caller's to start).
+    pub fn new(cfg: &AuthConfig, metrics: Arc<Metrics>, keep: &[Arc<IssuerKeys>]) -> Self {
         let issuers = cfg
             .issuers
             .iter()
             .map(|i| {
-                Arc::new(IssuerKeys::new(
-                    i.name.clone(),
-                    i.rules.clone(),
-                    i.source.clone(),
-                    i.timing.clone(),
-                    jwks::fetch_client(i.tls.clone()),
-                    metrics.clone(),
-                ))
+                let same = |k: &&Arc<IssuerKeys>| k.fetched_as(&i.name, &i.source, &i.timing, i.ca_file.as_deref());
+                keep.iter().find(same).cloned().unwrap_or_else(|| {
+                    Arc::new(IssuerKeys::new(
+                        i.name.clone(),
+                        i.source.clone(),
+                        i.timing.clone(),
+                        i.ca_file.clone(),
+                        jwks::fetch_client(i.tls.clone()),
+                        metrics.clone(),
+                    ))
+                })
             })
             .collect();
         Self {
             issuers,
+            rules: cfg.issuers.iter().map(|i| i.rules.clone()).collect(),
             profiles: cfg.issuers.iter().map(|i| i.profile.clone()).collect(),
             header_prefix: cfg.header_prefix.clone(),
             header_names: ["token-kind", "mfa", "tenant-id", "object-id", "app-id", "upn", "user"].map(|s| {
@@ -214,13 +232,8 @@ impl Authenticator {
         let invalid = AuthRefusal::Invalid;
         let parsed = token::parse(token, self.max_token_bytes).map_err(invalid)?;
         let iss = parsed.claims.iss().ok_or(invalid(Invalid::UnknownIssuer))?;
-        let (index, issuer) = self
-            .issuers
-            .iter()
-            .enumerate()
-            .find(|(_, i)| i.rules.issuer.could_match(iss))
-            .ok_or(invalid(Invalid::UnknownIssuer))?;
-        let rules = &issuer.rules;
+        let index = self.rules.iter().position(|r| r.issuer.could_match(iss)).ok_or(invalid(Invalid::UnknownIssuer))?;
+        let (issuer, rules) = (&self.issuers[index], &self.rules[index]);
         if token.len() > rules.max_token_bytes {
             return Err(invalid(Invalid::TooLarge));
         }

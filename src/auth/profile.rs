@@ -51,7 +51,7 @@ impl Condition {
 }
 
 /// How an issuer's tokens are read: its base, with per-issuer overrides.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub base: Base,
     /// Replaces the base's app-only rule: app-only exactly when every condition holds.
@@ -72,7 +72,7 @@ impl Profile {
 }
 
 /// Which claim values count as MFA.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MfaRules {
     /// `amr` values that mean MFA was done (default `["mfa"]`).
     pub amr: Vec<String>,

@@ -192,7 +192,7 @@ pub fn is_guid(s: &str) -> bool {
 }
 
 /// What one issuer demands of its tokens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuerRules {
     pub issuer: IssuerPattern,
     pub audiences: Vec<String>,

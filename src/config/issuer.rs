@@ -203,6 +203,7 @@ pub(super) fn validate(
             timing,
             name: r.issuer,
             tls: v.client_tls(&key("ca_file"), r.ca_file.as_deref(), None, None)?,
+            ca_file: r.ca_file.as_deref().map(|p| v.path(p)),
         });
     }
     let header_prefix = identity.header_prefix.unwrap_or_else(|| "x-mfa-gateway-".into()).to_ascii_lowercase();

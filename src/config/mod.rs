@@ -6,7 +6,7 @@ mod issuer;
 mod validator;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -14,8 +14,8 @@ use http::HeaderValue;
 use serde::Deserialize;
 
 use crate::routes::{Requirement, RouteConfig};
-pub use validator::ConfigError;
 use validator::{toml_error, Validator};
+pub use validator::{ConfigError, FileStamp};
 
 // ---------------------------------------------------------------------------------------------
 // Typed configuration: what the rest of the gateway sees.
@@ -32,6 +32,11 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     pub routes: Vec<RouteConfig>,
     pub default_require: Requirement,
+    /// The file this was loaded from (none for config text given directly, as the demo does).
+    pub source: Option<PathBuf>,
+    /// The config file and every file it names, each stamped before it was read. A stamp that
+    /// differs now means the file changed since.
+    pub files: Vec<(PathBuf, Option<FileStamp>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +48,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Lame duck: after SIGTERM, how long to keep accepting while `/readyz` says draining.
+    pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
     pub tls: Option<crate::tls::ServerTlsConfig>,
     /// Remove every client header with `_` in its name (nginx's default).
@@ -51,7 +58,7 @@ pub struct ServerConfig {
 }
 
 /// HTTP/2 limits per client connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Http2Config {
     pub max_concurrent_streams: u32,
     /// Streams a client may open and reset before the server has seen them, before GOAWAY
@@ -60,7 +67,7 @@ pub struct Http2Config {
     pub max_header_list_size: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
 }
@@ -78,6 +85,18 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// TLS settings for `https://` upstreams (platform roots plus `ca_file`).
     pub tls: Option<rustls::ClientConfig>,
+    /// The files `tls` was built from (`ca_file`, `client_cert`, `client_key`).
+    pub tls_files: Vec<PathBuf>,
+}
+
+/// Equal when every setting is: `tls` is built from `tls_files`, which are compared instead.
+impl PartialEq for UpstreamConfig {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.scheme, &self.authority, self.connect_timeout, self.timeout, &self.host)
+            == (&o.scheme, &o.authority, o.connect_timeout, o.timeout, &o.host)
+            && (self.pool_idle_timeout, self.pool_max_idle_per_host, &self.tls_files)
+                == (o.pool_idle_timeout, o.pool_max_idle_per_host, &o.tls_files)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -87,7 +106,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
@@ -104,7 +123,7 @@ pub enum UserIdMode {
     Drop,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
     /// One `mfa_gateway::audit` event per request.
     pub enabled: bool,
@@ -162,6 +181,8 @@ struct RawServer {
     idle_timeout: String,
     #[serde(default = "default_max_header_bytes")]
     max_header_bytes: usize,
+    #[serde(default = "default_shutdown_delay")]
+    shutdown_delay: String,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace: String,
     tls: Option<RawServerTls>,
@@ -232,6 +253,7 @@ impl Default for RawServer {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             max_header_bytes: default_max_header_bytes(),
+            shutdown_delay: default_shutdown_delay(),
             shutdown_grace: default_shutdown_grace(),
             tls: None,
             drop_underscore_headers: true,
@@ -254,6 +276,9 @@ fn default_idle_timeout() -> String {
 }
 fn default_max_header_bytes() -> usize {
     64 * 1024
+}
+fn default_shutdown_delay() -> String {
+    "5s".into()
 }
 fn default_shutdown_grace() -> String {
     "30s".into()
@@ -381,20 +406,32 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
+        let stamp = FileStamp::of(path);
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
             key: String::new(),
             problem: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, &file, path.parent())
+        let mut config = Self::parse(&text, &file, path.parent())?;
+        config.files.insert(0, (path.to_path_buf(), stamp));
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates config text. `file` names it in errors; `base` resolves relative
     /// paths (key files) against the config's own folder.
     pub fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
-        let mut v = Validator { file, base: base.map(Path::to_path_buf) };
-        v.config(raw)
+        let mut v = Validator { file, base: base.map(Path::to_path_buf), files: Default::default() };
+        let mut config = v.config(raw)?;
+        config.files = v.files.into_inner();
+        Ok(config)
+    }
+
+    /// Files `newer` names that are new, or changed since `self` read them.
+    pub fn changed<'a>(&self, newer: &'a Config) -> impl Iterator<Item = &'a Path> + 'a {
+        let old: Vec<(PathBuf, Option<FileStamp>)> = self.files.clone();
+        newer.files.iter().filter(move |(p, s)| !old.iter().any(|(q, t)| q == p && t == s)).map(|(p, _)| p.as_path())
     }
 }
 
@@ -439,7 +476,20 @@ impl Validator<'_> {
                 "routes require tokens but no [[issuer]] is configured; add one, or mark every route and [defaults].require as \"public\"",
             ));
         }
-        Ok(Config { server, admin, upstream, log, audit, metrics, report, auth, routes, default_require })
+        Ok(Config {
+            server,
+            admin,
+            upstream,
+            log,
+            audit,
+            metrics,
+            report,
+            auth,
+            routes,
+            default_require,
+            source: None,
+            files: Vec::new(),
+        })
     }
 
     fn metrics(&self, m: RawMetrics) -> Result<crate::metrics::MetricsConfig, ConfigError> {
@@ -506,6 +556,7 @@ impl Validator<'_> {
             header_read_timeout: self.nonzero("server.header_read_timeout", &s.header_read_timeout)?,
             idle_timeout: self.nonzero("server.idle_timeout", &s.idle_timeout)?,
             max_header_bytes: s.max_header_bytes,
+            shutdown_delay: self.duration("server.shutdown_delay", &s.shutdown_delay)?,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
             tls: match s.tls {
                 Some(t) => Some(self.server_tls(t)?),
@@ -549,19 +600,27 @@ impl Validator<'_> {
             }
             sni.push(crate::tls::SniCert { names, cert: self.path(&s.cert), key: self.path(&s.key) });
         }
-        let c = crate::tls::ServerTlsConfig {
+        if t.reload_interval.is_some() {
+            return Err(self.err(
+                "server.tls.reload_interval",
+                "no longer used: certificate files are watched with the config file (and SIGHUP reloads both); remove it",
+            ));
+        }
+        let files = crate::tls::ServerTlsFiles {
             cert: self.path(&t.cert),
             key: self.path(&t.key),
             sni,
             client_ca: t.client_ca.as_deref().map(|p| self.path(p)),
             client_auth: t.client_auth.unwrap_or(crate::tls::ClientAuth::Required),
+        };
+        // Load the files now so `check` (and a reload) catches a bad certificate or key.
+        let built = crate::tls::server_config(&files).map_err(|e| self.err("server.tls", e))?;
+        let c = crate::tls::ServerTlsConfig {
+            files,
             handshake_timeout: self
                 .nonzero("server.tls.handshake_timeout", t.handshake_timeout.as_deref().unwrap_or("10s"))?,
-            reload_interval: self
-                .nonzero("server.tls.reload_interval", t.reload_interval.as_deref().unwrap_or("30s"))?,
+            built: std::sync::Arc::new(built),
         };
-        // Load the files now so `check` catches a bad certificate or key.
-        crate::tls::server_config(&c).map_err(|e| self.err("server.tls", e))?;
         Ok(c)
     }
 
@@ -603,6 +662,11 @@ impl Validator<'_> {
             pool_idle_timeout: self.duration("upstream.pool_idle_timeout", &u.pool_idle_timeout)?,
             pool_max_idle_per_host: u.pool_max_idle_per_host,
             tls,
+            tls_files: [&u.ca_file, &u.client_cert, &u.client_key]
+                .into_iter()
+                .flatten()
+                .map(|p| self.path(p))
+                .collect(),
         })
     }
 

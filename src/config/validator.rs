@@ -1,10 +1,11 @@
 //! The checks every table shares: durations, addresses, URLs, paths relative to the config file,
 //! client TLS, and the one error type that names the file, the key and the problem.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// A configuration problem: where, which key, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,27 @@ pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
 pub struct Validator<'a> {
     pub file: &'a str,
     pub base: Option<PathBuf>,
+    /// Every file the config names, stamped before it is read (see `Config::files`).
+    pub files: RefCell<Vec<(PathBuf, Option<FileStamp>)>>,
+}
+
+/// A file's identity and version as seen through symlinks: a ConfigMap's `..data` swap or a
+/// rewritten certificate changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    /// `None` when the file cannot be read (that is a state too: its return is a change).
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp { dev: m.dev(), ino: m.ino(), len: m.len(), modified: m.modified().ok() })
+    }
 }
 
 impl Validator<'_> {
@@ -64,11 +86,14 @@ impl Validator<'_> {
         s.parse().map_err(|_| self.err(key, format!("bad socket address {s:?}; write e.g. \"127.0.0.1:8080\"")))
     }
 
+    /// A path the config names, resolved against the config's folder and noted for the watcher.
     pub fn path(&self, p: &str) -> PathBuf {
-        match &self.base {
+        let path = match &self.base {
             Some(base) if Path::new(p).is_relative() => base.join(p),
             _ => PathBuf::from(p),
-        }
+        };
+        self.files.borrow_mut().push((path.clone(), FileStamp::of(&path)));
+        path
     }
 
     /// Client TLS for an upstream or key server: platform roots, `ca_file`, optional identity.

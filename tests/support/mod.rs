@@ -100,8 +100,22 @@ pub fn public_config(upstream: SocketAddr, extra: &str) -> String {
     config_text(upstream, &format!("[defaults]\nrequire = \"public\"\n{extra}"))
 }
 
+/// A new empty folder under the system's temporary one.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mfa-gateway-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the gateway in this process from `text`, written to a file of its own so the gateway
+/// watches it as it would in production.
 pub async fn start(text: &str) -> Running {
-    let config = Config::parse(text, "test.toml", None).unwrap_or_else(|e| panic!("{e}"));
+    let path = temp_dir("test").join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     app::start(config).await.unwrap()
 }
 
@@ -184,12 +198,12 @@ pub fn issuer_table(iss: &str, keys: &KeyServer) -> String {
 
 pub async fn wait_ready(gw: &Running) {
     for _ in 0..250 {
-        if gw.stack.auth.not_ready().is_empty() {
+        if gw.stack.snapshot().auth.not_ready().is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("gateway not ready: {:?}", gw.stack.auth.not_ready());
+    panic!("gateway not ready: {:?}", gw.stack.snapshot().auth.not_ready());
 }
 
 /// The Partner Center-shaped route set used by the auth tests.
@@ -254,6 +268,8 @@ pub struct Binary {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The config file it runs on.
+    pub file: std::path::PathBuf,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -261,24 +277,25 @@ impl Binary {
     /// Runs `mfa-gateway run --config <text>` (through `sh -c` when `shell_prefix` is given, for
     /// `ulimit`), and waits for its "listening" line.
     pub fn start(text: &str, shell_prefix: Option<&str>) -> Binary {
+        let file = temp_dir("bin").join("gw.toml");
+        std::fs::write(&file, text).unwrap();
+        Self::start_on(&file, shell_prefix)
+    }
+
+    /// The same on a config file that is already written (a ConfigMap-shaped folder, say).
+    pub fn start_on(file: &std::path::Path, shell_prefix: Option<&str>) -> Binary {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("mfa-gw-bin-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("gw.toml");
-        std::fs::write(&file, text).unwrap();
         let bin = env!("CARGO_BIN_EXE_mfa-gateway");
         let mut cmd = match shell_prefix {
             None => {
                 let mut c = Command::new(bin);
-                c.args(["run", "--config"]).arg(&file);
+                c.args(["run", "--config"]).arg(file);
                 c
             }
             Some(prefix) => {
                 let mut c = Command::new("sh");
-                c.arg("-c").arg(format!("{prefix}; exec \"$0\" run --config \"$1\"")).arg(bin).arg(&file);
+                c.arg("-c").arg(format!("{prefix}; exec \"$0\" run --config \"$1\"")).arg(bin).arg(file);
                 c
             }
         };
@@ -296,12 +313,17 @@ impl Binary {
             }
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).expect("the gateway never said it was listening");
+        // Pretty (`addr=...`) or JSON (`"addr":"..."`) logs.
+        let json: Option<Value> = serde_json::from_str(&line).ok();
         let field = |key: &str| -> SocketAddr {
-            let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("no {key} in {line}"));
+            if let Some(v) = json.as_ref().and_then(|j| j[key].as_str()) {
+                return v.parse().unwrap();
+            }
+            let rest = line.split(&format!("{key}=")).nth(1).unwrap_or_else(|| panic!("no {key} in {line}"));
             rest.split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
         };
-        let (addr, admin) = (field("addr="), field("admin="));
-        Binary { child, addr, admin, stderr, reader: Some(reader) }
+        let (addr, admin) = (field("addr"), field("admin"));
+        Binary { child, addr, admin, stderr, file: file.to_path_buf(), reader: Some(reader) }
     }
 
     /// Waits for the process to exit (blocking) and for the last of its stderr.
@@ -311,6 +333,15 @@ impl Binary {
             let _ = r.join();
         }
         status
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`) to the process.
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} failed");
     }
 
     pub fn lines(&self) -> Vec<String> {

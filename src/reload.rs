@@ -1,0 +1,183 @@
+//! Live reload. On SIGHUP, or when the config file or any file it names (certificates, keys, CA
+//! bundles) changes, the file is loaded with the same checks as `check`, the settings that cannot
+//! change live keep their running values, and the next snapshot is built from the previous one
+//! and swapped in. A file that fails leaves the running config serving.
+//!
+//! Files are polled through their symlinks every second rather than watched with inotify: a
+//! Kubernetes ConfigMap is updated by swapping its `..data` symlink, which changes what the path
+//! resolves to (device, inode, size, mtime) but leaves an inotify watch on the old file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::config::{Config, FileStamp};
+use crate::snapshot::Snapshot;
+use crate::stack::Stack;
+
+const POLL: Duration = Duration::from_secs(1);
+
+/// `mfa_gateway_config_reloads_total{result}` and the last success's time.
+pub struct Reloads {
+    ok: IntCounter,
+    error: IntCounter,
+    last_success: Gauge,
+}
+
+impl Reloads {
+    pub fn register(registry: &Registry) -> Self {
+        let results = IntCounterVec::new(
+            Opts::new(
+                "mfa_gateway_config_reloads_total",
+                "Config reloads by result (error: the old config serves on).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let last_success = Gauge::new(
+            "mfa_gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that took effect (start-up included).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(results.clone())).expect("registered once");
+        registry.register(Box::new(last_success.clone())).expect("registered once");
+        let me =
+            Self { ok: results.with_label_values(&["ok"]), error: results.with_label_values(&["error"]), last_success };
+        me.succeeded();
+        me
+    }
+
+    fn succeeded(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        self.last_success.set(now);
+    }
+}
+
+/// Reloads on SIGHUP and on file changes until the task is aborted. Does nothing for a config
+/// that did not come from a file (the demo's).
+pub async fn watch(stack: Arc<Stack>, reloads: Reloads) {
+    let (source, mut watched) = {
+        let snap = stack.snapshot();
+        match &snap.config.source {
+            Some(s) => (s.clone(), snap.config.files.clone()),
+            None => return,
+        }
+    };
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config changes are picked up from the files only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hup_fired = async {
+            match hup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            _ = tick.tick() => match changed(&watched) {
+                Some(path) => format!("{} changed", path.display()),
+                None => continue,
+            },
+            _ = hup_fired => "SIGHUP".to_string(),
+        };
+        watched = reload(&stack, &reloads, &source, &why);
+    }
+}
+
+/// The first watched file whose stamp differs from the one it had when it was read.
+fn changed(watched: &[(PathBuf, Option<FileStamp>)]) -> Option<&Path> {
+    watched.iter().find(|(p, s)| FileStamp::of(p) != *s).map(|(p, _)| p.as_path())
+}
+
+/// One reload; returns the files to watch from now on, stamped as they were read.
+fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(PathBuf, Option<FileStamp>)> {
+    let old = stack.snapshot();
+    let restamped = || old.config.files.iter().map(|(p, _)| (p.clone(), FileStamp::of(p))).collect();
+    let mut new = match Config::load(source) {
+        Ok(c) => c,
+        Err(e) => {
+            reloads.error.inc();
+            tracing::error!(reason = why, file = %e.file, key = %e.key, problem = %e.problem,
+                "config reload failed; the previous config keeps serving");
+            // Not retried until a file changes again (or SIGHUP): one error line per bad edit.
+            return restamped();
+        }
+    };
+    for key in keep_fixed(&old.config, &mut new) {
+        tracing::warn!(key, "this setting cannot change without a restart; the running value is kept");
+    }
+    match Snapshot::build(new, Some(&old), &stack.metrics) {
+        Ok((next, carried)) => {
+            let files = next.config.files.clone();
+            let routes = next.config.routes.len();
+            stack.swap(next);
+            reloads.ok.inc();
+            reloads.succeeded();
+            tracing::info!(
+                reason = why,
+                routes,
+                token_cache_kept = carried.token_cache,
+                key_sets_kept = carried.key_sets_kept,
+                key_sets_new = carried.key_sets_new,
+                upstream_pool_kept = carried.upstream_pool,
+                "config reloaded"
+            );
+            files
+        }
+        Err(e) => {
+            reloads.error.inc();
+            tracing::error!(reason = why, error = %e, "config reload failed; the previous config keeps serving");
+            restamped()
+        }
+    }
+}
+
+/// Puts the running values back into `new` for what cannot change live, and names each one that
+/// the file tried to change.
+fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    let (o, n) = (&old.server, &mut new.server);
+    if o.listen != n.listen {
+        n.listen = o.listen;
+        kept.push("server.listen");
+    }
+    if o.workers != n.workers {
+        n.workers = o.workers;
+        kept.push("server.workers");
+    }
+    if o.max_connections != n.max_connections {
+        n.max_connections = o.max_connections;
+        kept.push("server.max_connections");
+    }
+    // Certificates reload; turning TLS on or off changes what the port speaks.
+    if o.tls.is_some() != n.tls.is_some() {
+        n.tls = o.tls.clone();
+        kept.push("server.tls");
+    }
+    if old.admin != new.admin {
+        new.admin = old.admin.clone();
+        kept.push("admin.listen");
+    }
+    // Set once for the process: the log subscriber, the app label set, the report's windows.
+    if old.log != new.log {
+        new.log = old.log.clone();
+        kept.push("log");
+    }
+    if old.metrics != new.metrics {
+        new.metrics = old.metrics.clone();
+        kept.push("metrics");
+    }
+    if old.report != new.report {
+        new.report = old.report.clone();
+        kept.push("report");
+    }
+    kept
+}

@@ -1,0 +1,143 @@
+//! One whole configuration, built for serving: routes, the authenticator (key sets and token
+//! cache), the upstream client, the header screen, refusal style and the listener's settings.
+//! A request loads the current snapshot once and keeps it to its end; a reload builds the next
+//! snapshot from the new config and the previous snapshot, then swaps it in.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use crate::audit::UserIds;
+use crate::auth::jwks::IssuerKeys;
+use crate::auth::Authenticator;
+use crate::config::{Config, ServerConfig};
+use crate::headers::Screen;
+use crate::metrics::{Metrics, RouteCounters};
+use crate::proxy::Proxy;
+use crate::refusal::RefusalStyle;
+use crate::routes::RouteTable;
+
+pub struct Snapshot {
+    /// The config this was built from; the next reload compares against it.
+    pub config: Config,
+    pub routes: RouteTable,
+    /// `requests_total` handles by `Route::index`.
+    pub counters: Vec<RouteCounters>,
+    pub auth: Arc<Authenticator>,
+    pub proxy: Arc<Proxy>,
+    pub screen: Screen,
+    pub style: RefusalStyle,
+    pub user_ids: Arc<UserIds>,
+    /// The HTTP/1.1 and HTTP/2 server settings new connections are served with.
+    pub http: Arc<auto::Builder<TokioExecutor>>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// What a build took over from the previous snapshot, for the reload's log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Carried {
+    /// The authenticator whole: its verified-token cache survives.
+    pub token_cache: bool,
+    pub key_sets_kept: usize,
+    pub key_sets_new: usize,
+    /// The upstream client and its connection pool.
+    pub upstream_pool: bool,
+}
+
+impl Snapshot {
+    /// Builds a snapshot. With a `previous` one, it keeps what the change does not touch: the
+    /// authenticator (and its token cache) when no setting that decides a token changed, each
+    /// issuer's key set when that issuer's key settings and files did not change, and the
+    /// upstream client when its settings and files did not. New key sets start fetching here.
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<(Snapshot, Carried), String> {
+        let routes =
+            RouteTable::new(&config.routes, config.default_require).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
+        let counters = routes.names().map(|n| metrics.route_counters(n)).collect();
+        let changed: Vec<&Path> = previous.map(|p| p.config.changed(&config).collect()).unwrap_or_default();
+        let untouched = |path: Option<&Path>| path.is_none_or(|p| !changed.contains(&p));
+        let mut carried = Carried::default();
+
+        let issuers_untouched = config.auth.issuers.iter().all(|i| untouched(i.ca_file.as_deref()));
+        // The cache holds verdicts and the ids derived from tokens (redacted per `[audit]`).
+        let auth = match previous {
+            Some(p) if p.config.auth == config.auth && p.config.audit == config.audit && issuers_untouched => {
+                carried.token_cache = true;
+                carried.key_sets_kept = p.auth.issuers.len();
+                p.auth.clone()
+            }
+            _ => {
+                let keep: Vec<Arc<IssuerKeys>> = previous
+                    .map(|p| p.auth.issuers.iter().filter(|k| untouched(k.ca_file())).cloned().collect())
+                    .unwrap_or_default();
+                let auth = Authenticator::new(&config.auth, metrics.clone(), &keep);
+                for k in &auth.issuers {
+                    if keep.iter().any(|old| Arc::ptr_eq(old, k)) {
+                        carried.key_sets_kept += 1;
+                    } else {
+                        carried.key_sets_new += 1;
+                        tokio::spawn(IssuerKeys::maintain(Arc::downgrade(k)));
+                    }
+                }
+                for gone in previous.iter().flat_map(|p| p.auth.issuers.iter()) {
+                    if !auth.issuers.iter().any(|k| k.name == gone.name) {
+                        metrics.issuer_removed(&gone.name);
+                    }
+                }
+                Arc::new(auth)
+            }
+        };
+        let proxy = match previous {
+            Some(p)
+                if p.config.upstream == config.upstream
+                    && config.upstream.tls_files.iter().all(|f| untouched(Some(f))) =>
+            {
+                carried.upstream_pool = true;
+                p.proxy.clone()
+            }
+            _ => Arc::new(Proxy::new(&config.upstream)),
+        };
+        let user_ids = match previous {
+            Some(p) if p.config.audit == config.audit => p.user_ids.clone(),
+            _ => Arc::new(UserIds::new(&config.audit)),
+        };
+        let snapshot = Snapshot {
+            routes,
+            counters,
+            screen: Screen::new(auth.header_prefix(), config.server.drop_underscore_headers),
+            auth,
+            proxy,
+            style: RefusalStyle {
+                realm: config.auth.realm.clone(),
+                request_context: config.auth.request_context.clone(),
+            },
+            user_ids,
+            http: Arc::new(http_builder(&config.server)),
+            tls: config.server.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.built.clone())),
+            config,
+        };
+        Ok((snapshot, carried))
+    }
+}
+
+fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.http2.max_header_list_size)
+        .max_concurrent_streams(cfg.http2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(cfg.http2.max_pending_reset_streams);
+    builder
+}

@@ -1,0 +1,136 @@
+//! Keeps `deploy/kubernetes/gateway.yaml` honest: the embedded config passes `check` (the real
+//! binary), and the manifests agree with it on ports, probes, the config path and the shutdown
+//! delays.
+
+use std::time::Duration;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+const MANIFESTS: &str = include_str!("../deploy/kubernetes/gateway.yaml");
+
+fn docs() -> Vec<Yaml> {
+    YamlLoader::load_from_str(MANIFESTS).expect("the manifests are YAML")
+}
+
+fn of_kind(docs: &[Yaml], kind: &str) -> Yaml {
+    docs.iter().find(|d| d["kind"].as_str() == Some(kind)).unwrap_or_else(|| panic!("no {kind}")).clone()
+}
+
+fn list(y: &Yaml) -> &[Yaml] {
+    y.as_vec().map_or(&[], Vec::as_slice)
+}
+
+/// A TOML value from the embedded config, e.g. `("server", "listen")`.
+fn setting(config: &toml::Table, table: &str, key: &str) -> String {
+    config[table][key].as_str().unwrap_or_else(|| panic!("{table}.{key} missing")).to_string()
+}
+
+fn port_of(addr: &str) -> i64 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn duration(s: &str) -> Duration {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap());
+    let n: u64 = n.parse().unwrap();
+    match unit {
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(60 * n),
+        "ms" => Duration::from_millis(n),
+        other => panic!("unit {other}"),
+    }
+}
+
+#[test]
+fn the_sidecar_manifests_agree_with_the_config_they_carry() {
+    let docs = docs();
+    let map = of_kind(&docs, "ConfigMap");
+    let text = map["data"]["gateway.toml"].as_str().expect("gateway.toml in the ConfigMap");
+
+    // The embedded config passes `check`, run as an operator would.
+    let dir = std::env::temp_dir().join(format!("mfa-gateway-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mfa-gateway"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "check refused it: {}", String::from_utf8_lossy(&out.stderr));
+    let config: toml::Table = text.parse().unwrap();
+    let (listen, admin) =
+        (port_of(&setting(&config, "server", "listen")), port_of(&setting(&config, "admin", "listen")));
+    assert!(setting(&config, "admin", "listen").starts_with("0.0.0.0:"), "kubelet probes the pod IP");
+
+    let deployment = of_kind(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    let spec = &pod["spec"];
+    let sidecar = list(&spec["initContainers"])
+        .iter()
+        .find(|c| c["name"].as_str() == Some("mfa-gateway"))
+        .expect("the gateway is an init container");
+    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"), "a native sidecar restarts always");
+
+    // Container ports match the listeners; named ports resolve to them.
+    let ports: Vec<(String, i64)> = list(&sidecar["ports"])
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_i64().unwrap()))
+        .collect();
+    let resolve = |p: &Yaml| -> i64 {
+        match (p.as_i64(), p.as_str()) {
+            (Some(n), _) => n,
+            (None, Some(name)) => ports.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no port {name}")).1,
+            _ => panic!("bad port {p:?}"),
+        }
+    };
+    assert!(ports.iter().any(|(_, p)| *p == listen), "no container port for server.listen {listen}");
+    assert!(ports.iter().any(|(_, p)| *p == admin), "no container port for admin.listen {admin}");
+
+    // Probes: on the admin port, with the gateway's paths.
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")] {
+        let get = &sidecar[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(resolve(&get["port"]), admin, "{probe} port");
+    }
+
+    // Requests equal limits (Guaranteed), and the container is locked down.
+    let res = &sidecar["resources"];
+    for what in ["cpu", "memory"] {
+        assert!(!res["requests"][what].is_badvalue(), "no {what} request");
+        assert_eq!(res["requests"][what], res["limits"][what], "{what} request != limit");
+    }
+    let sc = &sidecar["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert!(list(&sc["capabilities"]["drop"]).iter().any(|c| c.as_str() == Some("ALL")));
+    assert_eq!(spec["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+
+    // The config comes from the ConfigMap, mounted as a folder (a subPath mount never updates).
+    let args: Vec<&str> = list(&sidecar["args"]).iter().filter_map(Yaml::as_str).collect();
+    let config_path = args.iter().skip_while(|a| **a != "--config").nth(1).expect("--config in args");
+    let mount = list(&sidecar["volumeMounts"])
+        .iter()
+        .find(|m| config_path.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .expect("the config path is on a mounted volume");
+    assert!(mount["subPath"].is_badvalue(), "subPath mounts do not see ConfigMap updates");
+    assert_eq!(config_path.rsplit('/').next(), Some("gateway.toml"));
+    let volume = list(&spec["volumes"]).iter().find(|v| v["name"] == mount["name"]).expect("the mounted volume");
+    assert_eq!(volume["configMap"]["name"], map["metadata"]["name"]);
+
+    // The grace period covers the lame-duck delay and the drain.
+    let delay = duration(&setting(&config, "server", "shutdown_delay"));
+    let grace = duration(&setting(&config, "server", "shutdown_grace"));
+    let period = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_i64().unwrap() as u64);
+    assert!(period >= delay + grace, "terminationGracePeriodSeconds {period:?} < {delay:?} + {grace:?}");
+
+    // Scraped on the admin port; the Service reaches the gateway's port only.
+    let notes = &pod["metadata"]["annotations"];
+    assert_eq!(notes["prometheus.io/scrape"].as_str(), Some("true"));
+    assert_eq!(notes["prometheus.io/port"].as_str().map(|p| p.parse::<i64>().unwrap()), Some(admin));
+    assert_eq!(notes["prometheus.io/path"].as_str(), Some("/metrics"));
+    let service = of_kind(&docs, "Service");
+    let targets: Vec<i64> = list(&service["spec"]["ports"]).iter().map(|p| resolve(&p["targetPort"])).collect();
+    assert_eq!(targets, vec![listen], "the Service must target the gateway's port and nothing else");
+    let upstream = setting(&config, "upstream", "url");
+    assert!(upstream.starts_with("http://127.0.0.1:"), "the app is reached over the pod's loopback: {upstream}");
+}

@@ -353,3 +353,36 @@ async fn traceparent_and_tracestate_reach_the_upstream_unchanged_and_the_audit_e
     let line = gw.lines().into_iter().find(|l| l.contains("\"request_id\":\"trace-test-1\"")).unwrap();
     assert!(line.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""), "{line}");
 }
+
+#[tokio::test]
+async fn requests_in_flight_when_accepting_stops_finish_with_connection_close_or_goaway() {
+    // An upstream that takes 1.5 s: requests are still in flight when the 300 ms delay ends.
+    let slow = upstream(|_req: Request<hyper::body::Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        hyper::Response::new(full("slow"))
+    })
+    .await;
+    let text = public_config(slow, "").replace("[server]\n", "[server]\nshutdown_delay = \"300ms\"\n");
+    let mut gw = Binary::start(&text, None);
+    let mut h1 = keep_alive(gw.addr).await;
+    let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    let h2_done = tokio::spawn(conn);
+    let get = |version| {
+        Request::get(format!("http://{}/slow", gw.addr)).version(version).body(Full::new(Bytes::new())).unwrap()
+    };
+    let r1 = h1.send_request(get(http::Version::HTTP_11));
+    let r2 = h2.send_request(get(http::Version::HTTP_2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.signal("TERM");
+    let (r1, r2) = tokio::join!(r1, r2);
+    let (r1, r2) = (r1.expect("HTTP/1.1 response"), r2.expect("HTTP/2 response"));
+    assert_eq!(r1.status(), StatusCode::OK);
+    assert_eq!(r1.headers()["connection"], "close", "HTTP/1.1 is told to close");
+    assert_eq!(r2.status(), StatusCode::OK);
+    // GOAWAY ends the HTTP/2 connection once its stream is done.
+    tokio::time::timeout(Duration::from_secs(5), h2_done).await.expect("HTTP/2 connection not closed").unwrap().ok();
+    assert!(TcpStream::connect(gw.addr).await.is_err(), "still accepting after the delay");
+    let status = tokio::task::spawn_blocking(move || gw.wait()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}

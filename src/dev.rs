@@ -63,7 +63,7 @@ impl DevIssuer {
 
 /// Entra-shaped claims (v1), valid for `ttl_secs` from now.
 pub fn entra_claims(kind: &str, ttl_secs: i64) -> Value {
-    let now = crate::auth::unix_now();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let mut c = json!({
         "aud": DEMO_AUDIENCE,
         "iss": format!("https://sts.windows.net/{DEMO_TENANT}/"),

@@ -95,7 +95,7 @@ fn bench_tokens(c: &mut Criterion) {
 
 fn bench_routes_and_policy(c: &mut Criterion) {
     let (_issuer, config, _dir) = setup();
-    let table = RouteTable::new(&config.routes, config.default_require).unwrap();
+    let table = RouteTable::new(&config.routes, config.default_require, config.default_step_up).unwrap();
     c.bench_function("routes/resolve (partner-center table)", |b| {
         b.iter(|| {
             table.resolve(
@@ -105,8 +105,9 @@ fn bench_routes_and_policy(c: &mut Criterion) {
         })
     });
     let route = table.resolve(&Method::GET, "/v1/customers/c/users");
-    let caller = Caller { kind: TokenKind::AppUser, mfa: true, roles: &[], scopes: "user_impersonation" };
-    c.bench_function("policy/decide", |b| b.iter(|| policy::decide(black_box(route), black_box(&caller))));
+    let caller =
+        Caller { kind: TokenKind::AppUser, mfa: true, roles: &[], scopes: "user_impersonation", auth_time: None };
+    c.bench_function("policy/decide", |b| b.iter(|| policy::decide(black_box(route), black_box(&caller), 0)));
 }
 
 fn bench_headers(c: &mut Criterion) {

@@ -12,6 +12,8 @@ use crate::config::Config;
 pub use crate::dev::{entra_claims, start_echo_upstream, DevIssuer, KeyServer, DEMO_AUDIENCE, DEMO_TENANT};
 
 const PROFILE: &str = include_str!("../config/partner-center.toml");
+/// The demo's one route with the RFC 9470 challenge (the profile keeps the mandated 401).
+const STEP_UP_PATH: &str = "/demo/step-up";
 
 /// The Partner Center profile with its key source, upstream and ports replaced.
 pub fn profile_config(
@@ -35,6 +37,18 @@ pub fn profile_config(
         t.insert("cert".into(), toml::Value::String(cert.display().to_string()));
         t.insert("key".into(), toml::Value::String(key.display().to_string()));
         server.insert("tls".into(), toml::Value::Table(t));
+    }
+    // One route beside the profile's that shows the RFC 9470 step-up challenge.
+    if let (Ok(toml::Value::Table(step_up)), Some(toml::Value::Array(routes))) = (
+        format!("name = \"step-up-demo\"\npath = \"{STEP_UP_PATH}\"\nrequire = \"mfa\"\nstep_up = \"rfc9470\"\n")
+            .parse::<toml::Table>()
+            .map(toml::Value::Table),
+        doc.get_mut("route"),
+    ) {
+        routes.insert(0, toml::Value::Table(step_up));
+    }
+    if let Some(toml::Value::Table(challenge)) = doc.get_mut("challenge") {
+        challenge.insert("acr_values".into(), toml::Value::Array(vec![toml::Value::String("mfa".into())]));
     }
     if let Some(toml::Value::Array(issuers)) = doc.get_mut("issuer") {
         if let Some(toml::Value::Table(first)) = issuers.first_mut() {
@@ -120,6 +134,9 @@ fn print_banner(addr: SocketAddr, admin: SocketAddr, [mfa, nomfa, app]: &[PathBu
          {curl} -H \"Authorization: Bearer $(cat {mfa})\" {scheme}://{host}/v1/customers/{cid}/subscriptions\n\n\
          # App+User token without MFA -> 401 Unauthorized - MFA required\n\
          {curl} -H \"Authorization: Bearer $(cat {nomfa})\" {scheme}://{host}/v1/customers/{cid}/subscriptions\n\n\
+         # The same on a route that sends the RFC 9470 step-up challenge instead -> 401,\n\
+         # WWW-Authenticate: Bearer error=\"insufficient_user_authentication\", ..., acr_values=\"mfa\"\n\
+         {curl} -H \"Authorization: Bearer $(cat {nomfa})\" {scheme}://{host}{STEP_UP_PATH}\n\n\
          # App-only token on a GDAP operation -> 403 insufficient_scope\n\
          {curl} -H \"Authorization: Bearer $(cat {app})\" {scheme}://{host}/v1/customers/{cid}/users\n\n\
          # App-only token on a catalog lookup (no GDAP role needed) -> 200\n\

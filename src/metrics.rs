@@ -63,6 +63,9 @@ const KINDS: [Option<TokenKind>; 3] = [Some(TokenKind::AppUser), Some(TokenKind:
 pub const CONNECTION_ERROR_KINDS: [&str; 6] =
     ["header_too_large", "header_timeout", "bad_request", "incomplete", "io", "accept"];
 
+/// The `kind` label of `step_up_challenges_total` (`routes::StepUp` names).
+pub const STEP_UP_KINDS: [&str; 3] = ["partner_center", "rfc9470", "entra_claims"];
+
 /// Upstream failure kinds; the `kind` label of `upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "tls", "protocol"];
 
@@ -118,6 +121,7 @@ pub struct Metrics {
     pub tls_handshake_errors: IntCounter,
     connection_errors: KindCounters,
     client_headers_removed: KindCounters,
+    step_up_challenges: KindCounters,
     pub auth_duration: Histogram,
     app_user_requests: IntCounterVec,
     app_only_requests: IntCounterVec,
@@ -321,8 +325,17 @@ impl Metrics {
             &crate::headers::REMOVED_REASONS,
         );
 
+        let step_up_challenges = KindCounters::new(
+            &registry,
+            "mfa_gateway_step_up_challenges_total",
+            "Refusals for missing or stale MFA, by the challenge sent: partner_center (the mandated 401), \
+             rfc9470, or entra_claims (to clients that handle it).",
+            &STEP_UP_KINDS,
+        );
+
         Metrics {
             registry,
+            step_up_challenges,
             connection_errors,
             client_headers_removed,
             auth_duration,
@@ -398,6 +411,10 @@ impl Metrics {
 
     pub fn client_header_removed(&self, why: crate::headers::Removed) {
         self.client_headers_removed.inc(why.as_str());
+    }
+
+    pub fn step_up_challenge(&self, kind: &str) {
+        self.step_up_challenges.inc(kind);
     }
 
     pub fn upstream_error(&self, kind: &str) {

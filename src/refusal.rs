@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::auth::challenge::{challenge, AuthRefusal};
+use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings};
 use crate::auth::policy::Deny;
 use crate::metrics::Decision;
 use crate::path::PathFlaw;
@@ -27,7 +27,7 @@ pub enum Refusal {
 /// Settings that shape refusals.
 #[derive(Debug, Clone, Default)]
 pub struct RefusalStyle {
-    pub realm: Option<String>,
+    pub challenge: ChallengeSettings,
     /// Sent with the MFA refusal, as Partner Center does.
     pub request_context: Option<HeaderValue>,
 }
@@ -37,7 +37,8 @@ impl Refusal {
         match self {
             Refusal::Auth(AuthRefusal::MissingToken) => Decision::MissingToken,
             Refusal::Auth(AuthRefusal::Invalid(_)) => Decision::InvalidToken,
-            Refusal::Auth(AuthRefusal::Denied(Deny::MfaRequired)) => Decision::MfaRequired,
+            Refusal::Auth(AuthRefusal::Denied(Deny::MfaRequired | Deny::AuthTooOld)) => Decision::MfaRequired,
+            Refusal::Auth(AuthRefusal::StepUp(_)) => Decision::MfaRequired,
             Refusal::Auth(AuthRefusal::Denied(_)) => Decision::Forbidden,
             Refusal::Auth(AuthRefusal::KeysUnavailable) => Decision::KeysUnavailable,
             Refusal::BadPath(_) => Decision::BadRequest,
@@ -51,6 +52,7 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::MissingToken) => "missing_token",
             Refusal::Auth(AuthRefusal::Invalid(i)) => i.reason(),
             Refusal::Auth(AuthRefusal::Denied(d)) => d.reason(),
+            Refusal::Auth(AuthRefusal::StepUp(s)) => s.why.reason(),
             Refusal::Auth(AuthRefusal::KeysUnavailable) => "keys_unavailable",
             Refusal::BadPath(_) => "path_not_normal",
             Refusal::Upstream(e) => e.kind(),
@@ -60,7 +62,7 @@ impl Refusal {
     pub fn into_response(self, style: &RefusalStyle) -> Response<Body> {
         match self {
             Refusal::Auth(a) => {
-                let c = challenge(a, style.realm.as_deref());
+                let c = challenge(a, &style.challenge);
                 let mut resp = json(c.status, c.error, c.description);
                 let h = resp.headers_mut();
                 if let Some(w) = c.www_authenticate.and_then(|w| HeaderValue::from_str(&w).ok()) {

@@ -35,6 +35,31 @@ impl Requirement {
     }
 }
 
+/// What a client is told when the route refuses it for want of MFA (or of a recent sign-in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepUp {
+    /// `401 Unauthorized - MFA required`, `Bearer error="invalid_token"`: the mandated bytes.
+    PartnerCenter,
+    /// RFC 9470: `error="insufficient_user_authentication"` with `acr_values` / `max_age`.
+    Rfc9470,
+    /// Entra's claims challenge (`error="insufficient_claims"`, `claims=...`), to clients whose
+    /// token says they handle it (`xms_cc` holds `cp1`); others get the Partner Center bytes.
+    EntraClaims,
+}
+
+impl StepUp {
+    pub const ALL: [StepUp; 3] = [StepUp::PartnerCenter, StepUp::Rfc9470, StepUp::EntraClaims];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepUp::PartnerCenter => "partner_center",
+            StepUp::Rfc9470 => "rfc9470",
+            StepUp::EntraClaims => "entra_claims",
+        }
+    }
+}
+
 /// One resolved route: what the request path needs, and the name used in logs and metrics.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -45,6 +70,9 @@ pub struct Route {
     pub methods: Vec<Method>,
     pub roles_any: Vec<String>,
     pub scopes_any: Vec<String>,
+    pub step_up: StepUp,
+    /// Seconds since `auth_time` past which the route's MFA requirement fails.
+    pub max_auth_age: Option<u64>,
 }
 
 /// One `[[route]]` table, validated.
@@ -57,6 +85,9 @@ pub struct RouteConfig {
     pub require: Requirement,
     pub roles_any: Vec<String>,
     pub scopes_any: Vec<String>,
+    /// The route's own, or `[challenge].step_up`.
+    pub step_up: StepUp,
+    pub max_auth_age: Option<std::time::Duration>,
 }
 
 pub const UNMATCHED: &str = "unmatched";
@@ -69,7 +100,8 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table; on a template matchit refuses, returns the route's index and why.
-    pub fn new(configs: &[RouteConfig], default: Requirement) -> Result<Self, (usize, String)> {
+    /// Requests that match no route get `default` and `step_up`.
+    pub fn new(configs: &[RouteConfig], default: Requirement, step_up: StepUp) -> Result<Self, (usize, String)> {
         let mut router = matchit::Router::new();
         let mut templates: Vec<(String, Vec<usize>)> = Vec::new();
         let mut routes = Vec::with_capacity(configs.len());
@@ -81,6 +113,8 @@ impl RouteTable {
                 methods: c.methods.clone(),
                 roles_any: c.roles_any.clone(),
                 scopes_any: c.scopes_any.clone(),
+                step_up: c.step_up,
+                max_auth_age: c.max_auth_age.map(|d| d.as_secs()),
             });
             match templates.iter_mut().find(|(p, _)| *p == c.path) {
                 Some((_, ids)) => ids.push(i),
@@ -98,6 +132,8 @@ impl RouteTable {
             methods: Vec::new(),
             roles_any: Vec::new(),
             scopes_any: Vec::new(),
+            step_up,
+            max_auth_age: None,
         };
         Ok(Self { router, routes, unmatched })
     }
@@ -132,6 +168,8 @@ mod tests {
             require,
             roles_any: vec![],
             scopes_any: vec![],
+            step_up: StepUp::PartnerCenter,
+            max_auth_age: None,
         }
     }
 
@@ -145,6 +183,7 @@ mod tests {
                 route("offers-write", "/v1/offers", &[], Requirement::AppUserMfa),
             ],
             Requirement::Token,
+            StepUp::PartnerCenter,
         )
         .unwrap();
         assert_eq!(&*t.resolve(&Method::GET, "/v1/customers/c1/orders").name, "orders");
@@ -161,6 +200,7 @@ mod tests {
         let err = RouteTable::new(
             &[route("a", "/v1/{x}", &[], Requirement::Token), route("b", "/v1/{y}", &[], Requirement::Token)],
             Requirement::Token,
+            StepUp::PartnerCenter,
         )
         .err()
         .unwrap();

@@ -56,8 +56,8 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &Arc<Metrics>,
     ) -> Result<(Snapshot, Carried), String> {
-        let routes =
-            RouteTable::new(&config.routes, config.default_require).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
+        let routes = RouteTable::new(&config.routes, config.default_require, config.default_step_up)
+            .map_err(|(i, e)| format!("route[{i}]: {e}"))?;
         let counters = routes.names().map(|n| metrics.route_counters(n)).collect();
         let changed: Vec<&Path> = previous.map(|p| p.config.changed(&config).collect()).unwrap_or_default();
         let untouched = |path: Option<&Path>| path.is_none_or(|p| !changed.contains(&p));
@@ -113,7 +113,7 @@ impl Snapshot {
             auth,
             proxy,
             style: RefusalStyle {
-                realm: config.auth.realm.clone(),
+                challenge: config.auth.challenge.clone(),
                 request_context: config.auth.request_context.clone(),
             },
             user_ids,

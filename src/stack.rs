@@ -132,6 +132,11 @@ impl Stack {
             Err(refusal) => {
                 let (d, r) = (refusal.decision(), refusal.reason());
                 match &refusal {
+                    Refusal::Auth(a @ (AuthRefusal::Denied(_) | AuthRefusal::StepUp(_))) => {
+                        if let Some(kind) = a.step_up_kind() {
+                            self.metrics.step_up_challenge(kind);
+                        }
+                    }
                     Refusal::Auth(AuthRefusal::Invalid(i)) => {
                         self.metrics.invalid_token(*i);
                         tracing::debug!(request_id = ?request_id, route = %route.name, reason = r, "token refused");

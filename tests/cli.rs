@@ -55,6 +55,23 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
             format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"sometimes\"\n"),
             vec!["unknown variant `sometimes`"],
         ),
+        (
+            format!("{base}[challenge]\nstep_up = \"entra_claims\"\n"),
+            vec!["challenge.auth_context", "entra_claims"],
+        ),
+        (
+            format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"mfa\"\nstep_up = \"entra_claims\"\n"),
+            vec!["challenge.auth_context", "route[0]"],
+        ),
+        (
+            format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"token\"\nmax_auth_age = \"10m\"\n"),
+            vec!["route[0].max_auth_age", "MFA routes only"],
+        ),
+        (format!("{base}[challenge]\nacr_values = [\"a\\\"b\"]\n"), vec!["challenge.acr_values"]),
+        (
+            format!("{base}[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nreload_interval = \"30s\"\n"),
+            vec!["server.tls.reload_interval", "no longer used"],
+        ),
     ];
     for (text, needles) in cases {
         let (code, msg) = check(&text);

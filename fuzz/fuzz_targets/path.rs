@@ -9,7 +9,7 @@ use http::Method;
 use libfuzzer_sys::fuzz_target;
 use mfa_gateway::routes::RouteConfig;
 use mfa_gateway::path;
-use mfa_gateway::routes::{Requirement, RouteTable};
+use mfa_gateway::routes::{Requirement, RouteTable, StepUp};
 
 fn table() -> &'static RouteTable {
     static T: OnceLock<RouteTable> = OnceLock::new();
@@ -21,6 +21,8 @@ fn table() -> &'static RouteTable {
             require,
             roles_any: vec![],
             scopes_any: vec![],
+            step_up: StepUp::PartnerCenter,
+            max_auth_age: None,
         };
         RouteTable::new(
             &[
@@ -29,6 +31,7 @@ fn table() -> &'static RouteTable {
                 route("health", "/healthz", Requirement::Public),
             ],
             Requirement::AppUserMfa,
+            StepUp::PartnerCenter,
         )
         .unwrap()
     })

@@ -18,7 +18,7 @@ use mfa_gateway::auth::keys::{self, Key, Lookup};
 use mfa_gateway::auth::policy::{self, Caller};
 use mfa_gateway::auth::profile::{Base, MfaRules, Profile};
 use mfa_gateway::auth::token::{self, IssuerPattern, IssuerRules};
-use mfa_gateway::routes::{Requirement, Route};
+use mfa_gateway::routes::{Requirement, Route, StepUp};
 
 const NOW: i64 = 1_700_000_000;
 
@@ -57,6 +57,8 @@ fn fixed() -> &'static Fixed {
             methods: vec![],
             roles_any: roles.iter().map(|s| s.to_string()).collect(),
             scopes_any: scopes.iter().map(|s| s.to_string()).collect(),
+            step_up: StepUp::PartnerCenter,
+            max_auth_age: (i == 1).then_some(600),
         };
         Fixed {
             signer,
@@ -110,8 +112,8 @@ fuzz_target!(|data: &[u8]| {
     // A token that verified has a time window around now and names our audience.
     assert!(parsed.claims.exp.is_some_and(|e| e + 60 >= NOW), "accepted an expired token");
     let roles: Vec<String> = id.roles.iter().map(|r| r.to_string()).collect();
-    let caller = Caller { kind: id.kind, mfa: id.mfa, roles: &roles, scopes: &id.scopes };
-    if policy::decide(route, &caller).is_ok() && route.require == Requirement::AppUserMfa {
+    let caller = Caller { kind: id.kind, mfa: id.mfa, roles: &roles, scopes: &id.scopes, auth_time: id.auth_time };
+    if policy::decide(route, &caller, NOW).is_ok() && route.require == Requirement::AppUserMfa {
         assert!(id.kind == policy::TokenKind::AppUser && id.mfa, "GDAP route passed without App+User MFA");
     }
 });

@@ -1,9 +1,11 @@
 //! Pure: an authentication refusal -> status, reason phrase, `WWW-Authenticate`, body fields.
 
+use base64::Engine;
 use http::StatusCode;
 
 use super::policy::Deny;
 use super::token::Invalid;
+use crate::routes::StepUp;
 
 /// Why the auth step refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,8 +14,54 @@ pub enum AuthRefusal {
     MissingToken,
     Invalid(Invalid),
     Denied(Deny),
+    /// MFA missing or too old, on a route that sends a challenge the client can act on.
+    StepUp(StepUpNeeded),
     /// No key could be had for the token's issuer: our fault, not the caller's.
     KeysUnavailable,
+}
+
+/// A step-up refusal: the route's challenge, and what it needs from the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepUpNeeded {
+    pub style: StepUp,
+    /// `MfaRequired` or `AuthTooOld`.
+    pub why: Deny,
+    /// The route's `max_auth_age`, in seconds (RFC 9470 `max_age`).
+    pub max_age: Option<u64>,
+    /// The token's `tid` when it is a GUID, for the Entra `authorization_uri`.
+    pub tid: Option<[u8; 36]>,
+}
+
+impl AuthRefusal {
+    /// The `kind` label of `step_up_challenges_total` when this refusal asks the client to sign
+    /// in again (MFA missing or too old).
+    pub fn step_up_kind(&self) -> Option<&'static str> {
+        match self {
+            AuthRefusal::Denied(Deny::MfaRequired | Deny::AuthTooOld) => Some(StepUp::PartnerCenter.as_str()),
+            AuthRefusal::StepUp(s) => Some(s.style.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// `[challenge]`: how refusals present themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeSettings {
+    pub realm: Option<String>,
+    /// RFC 9470 `acr_values`: space-separated, in order of preference.
+    pub acr_values: Option<String>,
+    /// The Entra auth context (`acrs` id, e.g. `c1`) the claims challenge asks for.
+    pub auth_context: Option<String>,
+    /// Where an Entra client signs in again; `{tid}` becomes the token's tenant.
+    pub authorization_uri: String,
+}
+
+pub const DEFAULT_AUTHORIZATION_URI: &str = "https://login.microsoftonline.com/{tid}/oauth2/v2.0/authorize";
+
+impl Default for ChallengeSettings {
+    fn default() -> Self {
+        Self { realm: None, acr_values: None, auth_context: None, authorization_uri: DEFAULT_AUTHORIZATION_URI.into() }
+    }
 }
 
 /// Everything the response needs; `refusal.rs` turns it into bytes.
@@ -30,8 +78,8 @@ pub struct Challenge {
 
 pub const MFA_REASON_PHRASE: &str = "Unauthorized - MFA required";
 
-pub fn challenge(refusal: AuthRefusal, realm: Option<&str>) -> Challenge {
-    let realm_param = realm.map(|r| format!("realm=\"{r}\"")).unwrap_or_default();
+pub fn challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challenge {
+    let realm_param = settings.realm.as_deref().map(|r| format!("realm=\"{r}\"")).unwrap_or_default();
     let bearer = |params: &[String]| {
         let all: Vec<&str> = std::iter::once(realm_param.as_str())
             .filter(|s| !s.is_empty())
@@ -65,14 +113,49 @@ pub fn challenge(refusal: AuthRefusal, realm: Option<&str>) -> Challenge {
             retry_after_secs: None,
         },
         // The Partner Center wire format, byte for byte: reason phrase and a bare error code.
-        AuthRefusal::Denied(Deny::MfaRequired) => Challenge {
+        AuthRefusal::Denied(why @ (Deny::MfaRequired | Deny::AuthTooOld)) => Challenge {
             status: StatusCode::UNAUTHORIZED,
             reason_phrase: Some(MFA_REASON_PHRASE),
             www_authenticate: Some("Bearer error=\"invalid_token\"".to_string()),
             error: "invalid_token",
-            description: Deny::MfaRequired.description(),
+            description: why.description(),
             retry_after_secs: None,
         },
+        // RFC 9470 §3.
+        AuthRefusal::StepUp(s) if s.style == StepUp::Rfc9470 => {
+            let mut params = vec![
+                "error=\"insufficient_user_authentication\"".to_string(),
+                format!("error_description=\"{}\"", s.why.description()),
+            ];
+            params.extend(settings.acr_values.as_deref().map(|v| format!("acr_values=\"{v}\"")));
+            params.extend(s.max_age.map(|m| format!("max_age=\"{m}\"")));
+            Challenge {
+                status: StatusCode::UNAUTHORIZED,
+                reason_phrase: None,
+                www_authenticate: Some(bearer(&params)),
+                error: "insufficient_user_authentication",
+                description: s.why.description(),
+                retry_after_secs: None,
+            }
+        }
+        // Entra's claims challenge, in the shape MSAL parses (`realm=""` included).
+        AuthRefusal::StepUp(s) => {
+            let tenant = s.tid.as_ref().and_then(|t| std::str::from_utf8(t).ok()).unwrap_or("organizations");
+            let uri = settings.authorization_uri.replace("{tid}", tenant);
+            let context = settings.auth_context.as_deref().unwrap_or_default();
+            let claims = format!("{{\"access_token\":{{\"acrs\":{{\"essential\":true,\"value\":\"{context}\"}}}}}}");
+            let claims = base64::engine::general_purpose::STANDARD.encode(claims);
+            Challenge {
+                status: StatusCode::UNAUTHORIZED,
+                reason_phrase: None,
+                www_authenticate: Some(format!(
+                    "Bearer realm=\"\", authorization_uri=\"{uri}\", error=\"insufficient_claims\", claims=\"{claims}\""
+                )),
+                error: "insufficient_claims",
+                description: s.why.description(),
+                retry_after_secs: None,
+            }
+        }
         AuthRefusal::Denied(why) => Challenge {
             status: StatusCode::FORBIDDEN,
             reason_phrase: None,
@@ -101,27 +184,29 @@ mod tests {
 
     #[test]
     fn refusal_table() {
-        let c = challenge(AuthRefusal::MissingToken, None);
+        let plain = ChallengeSettings::default();
+        let api = ChallengeSettings { realm: Some("api".into()), ..Default::default() };
+        let c = challenge(AuthRefusal::MissingToken, &plain);
         assert_eq!((c.status, c.www_authenticate.as_deref()), (StatusCode::UNAUTHORIZED, Some("Bearer")));
-        let c = challenge(AuthRefusal::MissingToken, Some("api"));
+        let c = challenge(AuthRefusal::MissingToken, &api);
         assert_eq!(c.www_authenticate.as_deref(), Some("Bearer realm=\"api\""));
 
-        let c = challenge(AuthRefusal::Invalid(Invalid::Expired), Some("api"));
+        let c = challenge(AuthRefusal::Invalid(Invalid::Expired), &api);
         assert_eq!(
             c.www_authenticate.as_deref(),
             Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token expired\"")
         );
 
-        let c = challenge(AuthRefusal::Denied(Deny::MfaRequired), Some("api"));
+        let c = challenge(AuthRefusal::Denied(Deny::MfaRequired), &api);
         assert_eq!(c.status, StatusCode::UNAUTHORIZED);
         assert_eq!(c.reason_phrase, Some("Unauthorized - MFA required"));
         assert_eq!(c.www_authenticate.as_deref(), Some("Bearer error=\"invalid_token\""));
 
-        let c = challenge(AuthRefusal::Denied(Deny::AppOnlyNotAllowed), None);
+        let c = challenge(AuthRefusal::Denied(Deny::AppOnlyNotAllowed), &plain);
         assert_eq!(c.status, StatusCode::FORBIDDEN);
         assert!(c.www_authenticate.unwrap().starts_with("Bearer error=\"insufficient_scope\", error_description="));
 
-        let c = challenge(AuthRefusal::KeysUnavailable, None);
+        let c = challenge(AuthRefusal::KeysUnavailable, &plain);
         assert_eq!(
             (c.status, c.www_authenticate, c.retry_after_secs),
             (StatusCode::SERVICE_UNAVAILABLE, None, Some(5))

@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::metrics::Metrics;
-use crate::routes::Route;
-use challenge::AuthRefusal;
+use crate::routes::{Route, StepUp};
+use challenge::{AuthRefusal, ChallengeSettings, StepUpNeeded};
 use jwks::{IssuerKeys, KeySource, KeyTiming};
 use keys::Lookup;
-use policy::{Caller, TokenKind};
+use policy::{Caller, Deny, TokenKind};
 use profile::Profile;
 use token::{Invalid, IssuerRules};
 
@@ -53,7 +53,7 @@ pub struct AuthConfig {
     /// Lowercase prefix of the identity headers sent upstream; client copies are stripped.
     pub header_prefix: String,
     pub forward_authorization: bool,
-    pub realm: Option<String>,
+    pub challenge: ChallengeSettings,
     pub request_context: Option<HeaderValue>,
     pub cache_max_entries: u64,
 }
@@ -88,6 +88,9 @@ pub struct Verified {
     pub mfa: bool,
     pub roles: Box<[String]>,
     pub scopes: Box<str>,
+    pub auth_time: Option<i64>,
+    /// The client handles claims challenges (`xms_cc` holds `cp1`).
+    pub claims_capable: bool,
     /// `tid`, `oid`, app id, `upn`, user (the last two as the issuer's profile reads them): each
     /// kept once, as the header value the upstream receives (a claim that cannot be a header
     /// value is left out, not mangled).
@@ -105,7 +108,7 @@ const USER: usize = 4;
 
 impl Verified {
     pub fn caller(&self) -> Caller<'_> {
-        Caller { kind: self.kind, mfa: self.mfa, roles: &self.roles, scopes: &self.scopes }
+        Caller { kind: self.kind, mfa: self.mfa, roles: &self.roles, scopes: &self.scopes, auth_time: self.auth_time }
     }
 
     fn id(&self, i: usize) -> Option<&str> {
@@ -272,6 +275,8 @@ impl Authenticator {
             mfa: id.mfa,
             roles: id.roles.into_iter().map(String::from).collect(),
             scopes: id.scopes.into_boxed_str(),
+            auth_time: id.auth_time,
+            claims_capable: id.claims_capable,
             ids: [value(id.tid), value(id.oid), value(id.app_id), value(id.upn), value(id.user)],
             annotations: std::sync::OnceLock::new(),
         })
@@ -285,9 +290,23 @@ impl Authenticator {
         self.header_names.iter().zip(values).filter_map(|(n, v)| Some((n, v?)))
     }
 
-    /// Applies the route's requirement to a verified token.
+    /// Applies the route's requirement to a verified token. Missing or stale MFA becomes the
+    /// route's step-up challenge when the client can act on it.
     pub fn authorize(&self, route: &Route, v: &Verified) -> Result<(), AuthRefusal> {
-        policy::decide(route, &v.caller()).map_err(AuthRefusal::Denied)
+        // The clock is read only where the route limits the sign-in's age.
+        let now = if route.max_auth_age.is_some() { unix_now() } else { 0 };
+        policy::decide(route, &v.caller(), now).map_err(|why| {
+            let step_up = match (why, route.step_up) {
+                (Deny::MfaRequired | Deny::AuthTooOld, StepUp::Rfc9470) => true,
+                (Deny::MfaRequired | Deny::AuthTooOld, StepUp::EntraClaims) => v.claims_capable,
+                _ => false,
+            };
+            if !step_up {
+                return AuthRefusal::Denied(why);
+            }
+            let tid = v.tid().filter(|t| token::is_guid(t)).and_then(|t| t.as_bytes().try_into().ok());
+            AuthRefusal::StepUp(StepUpNeeded { style: route.step_up, why, max_age: route.max_auth_age, tid })
+        })
     }
 
     pub fn header_prefix(&self) -> &str {

@@ -27,6 +27,9 @@ pub enum Deny {
     AppOnlyNotAllowed,
     MissingRole,
     MissingScope,
+    /// App+User token with MFA, but the sign-in (`auth_time`) is older than the route allows,
+    /// or the token does not say when it was.
+    AuthTooOld,
 }
 
 impl Deny {
@@ -36,6 +39,7 @@ impl Deny {
             Deny::AppOnlyNotAllowed => "app_only_not_allowed",
             Deny::MissingRole => "missing_role",
             Deny::MissingScope => "missing_scope",
+            Deny::AuthTooOld => "auth_too_old",
         }
     }
 
@@ -45,6 +49,7 @@ impl Deny {
             Deny::AppOnlyNotAllowed => "this operation requires a user (App+User) token with MFA",
             Deny::MissingRole => "token lacks a role this operation requires",
             Deny::MissingScope => "token lacks a scope this operation requires",
+            Deny::AuthTooOld => "a more recent sign-in is required",
         }
     }
 }
@@ -57,17 +62,29 @@ pub struct Caller<'a> {
     pub roles: &'a [String],
     /// Space-separated (`scp` or the profile's scopes claim).
     pub scopes: &'a str,
+    /// The user's last sign-in, Unix seconds (`auth_time`).
+    pub auth_time: Option<i64>,
 }
 
-/// The route's requirement applied to a verified caller. `Public` routes never get here.
-pub fn decide(route: &Route, caller: &Caller<'_>) -> Result<(), Deny> {
+/// The route's requirement applied to a verified caller at `now` (Unix seconds). `Public`
+/// routes never get here.
+pub fn decide(route: &Route, caller: &Caller<'_>, now: i64) -> Result<(), Deny> {
     match (route.require, caller.kind) {
         (Requirement::Public | Requirement::Token, _) => {}
         (Requirement::Mfa | Requirement::AppUserMfa, TokenKind::AppUser) if !caller.mfa => {
             return Err(Deny::MfaRequired)
         }
         (Requirement::AppUserMfa, TokenKind::AppOnly) => return Err(Deny::AppOnlyNotAllowed),
-        (Requirement::Mfa | Requirement::AppUserMfa, _) => {}
+        // A user's MFA must also be recent where the route says so; absent `auth_time` fails.
+        (Requirement::Mfa | Requirement::AppUserMfa, TokenKind::AppUser) => {
+            if let Some(max) = route.max_auth_age {
+                let fresh = caller.auth_time.is_some_and(|t| now.saturating_sub(t) <= max as i64);
+                if !fresh {
+                    return Err(Deny::AuthTooOld);
+                }
+            }
+        }
+        (Requirement::Mfa, TokenKind::AppOnly) => {}
     }
     if !route.roles_any.is_empty() && !caller.roles.iter().any(|r| route.roles_any.contains(r)) {
         return Err(Deny::MissingRole);
@@ -83,14 +100,23 @@ mod tests {
     use super::*;
 
     fn route(require: Requirement) -> Route {
-        Route { index: 0, name: "r".into(), require, methods: vec![], roles_any: vec![], scopes_any: vec![] }
+        Route {
+            index: 0,
+            name: "r".into(),
+            require,
+            methods: vec![],
+            roles_any: vec![],
+            scopes_any: vec![],
+            step_up: crate::routes::StepUp::PartnerCenter,
+            max_auth_age: None,
+        }
     }
 
     #[test]
     fn requirement_matrix() {
         use Requirement::*;
         use TokenKind::*;
-        let caller = |kind, mfa| Caller { kind, mfa, roles: &[], scopes: "" };
+        let caller = |kind, mfa| Caller { kind, mfa, roles: &[], scopes: "", auth_time: None };
         let cases = [
             (Token, AppUser, false, Ok(())),
             (Token, AppOnly, false, Ok(())),
@@ -102,8 +128,23 @@ mod tests {
             (AppUserMfa, AppOnly, false, Err(Deny::AppOnlyNotAllowed)),
         ];
         for (req, kind, mfa, want) in cases {
-            assert_eq!(decide(&route(req), &caller(kind, mfa)), want, "{req:?} {kind:?} mfa={mfa}");
+            assert_eq!(decide(&route(req), &caller(kind, mfa), 0), want, "{req:?} {kind:?} mfa={mfa}");
         }
+    }
+
+    #[test]
+    fn max_auth_age_wants_a_recent_sign_in_from_users_only() {
+        let mut r = route(Requirement::Mfa);
+        r.max_auth_age = Some(600);
+        let user = |auth_time| Caller { kind: TokenKind::AppUser, mfa: true, roles: &[], scopes: "", auth_time };
+        let now = 1_000_000;
+        assert_eq!(decide(&r, &user(Some(now - 600)), now), Ok(()));
+        assert_eq!(decide(&r, &user(Some(now - 601)), now), Err(Deny::AuthTooOld));
+        assert_eq!(decide(&r, &user(None), now), Err(Deny::AuthTooOld), "absent auth_time fails");
+        let no_mfa = Caller { mfa: false, ..user(Some(now)) };
+        assert_eq!(decide(&r, &no_mfa, now), Err(Deny::MfaRequired), "MFA is asked for first");
+        let app = Caller { kind: TokenKind::AppOnly, mfa: false, roles: &[], scopes: "", auth_time: None };
+        assert_eq!(decide(&r, &app, now), Ok(()), "app-only tokens have no sign-in");
     }
 
     #[test]
@@ -111,19 +152,42 @@ mod tests {
         let mut r = route(Requirement::Token);
         r.roles_any = vec!["Partner.Read.All".into()];
         let roles = vec!["Partner.Read.All".to_string()];
-        assert_eq!(decide(&r, &Caller { kind: TokenKind::AppOnly, mfa: false, roles: &roles, scopes: "" }), Ok(()));
         assert_eq!(
-            decide(&r, &Caller { kind: TokenKind::AppOnly, mfa: false, roles: &[], scopes: "" }),
+            decide(&r, &Caller { kind: TokenKind::AppOnly, mfa: false, roles: &roles, scopes: "", auth_time: None }, 0),
+            Ok(())
+        );
+        assert_eq!(
+            decide(&r, &Caller { kind: TokenKind::AppOnly, mfa: false, roles: &[], scopes: "", auth_time: None }, 0),
             Err(Deny::MissingRole)
         );
         let mut r = route(Requirement::Token);
         r.scopes_any = vec!["user_impersonation".into()];
         assert_eq!(
-            decide(&r, &Caller { kind: TokenKind::AppUser, mfa: true, roles: &[], scopes: "a user_impersonation" }),
+            decide(
+                &r,
+                &Caller {
+                    kind: TokenKind::AppUser,
+                    mfa: true,
+                    roles: &[],
+                    scopes: "a user_impersonation",
+                    auth_time: None
+                },
+                0
+            ),
             Ok(())
         );
         assert_eq!(
-            decide(&r, &Caller { kind: TokenKind::AppUser, mfa: true, roles: &[], scopes: "user_impersonation2" }),
+            decide(
+                &r,
+                &Caller {
+                    kind: TokenKind::AppUser,
+                    mfa: true,
+                    roles: &[],
+                    scopes: "user_impersonation2",
+                    auth_time: None
+                },
+                0
+            ),
             Err(Deny::MissingScope)
         );
     }

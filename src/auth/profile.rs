@@ -95,6 +95,9 @@ pub struct Identity<'c> {
     /// Space-separated, whether the claim was a string or a list.
     pub scopes: String,
     pub roles: Vec<&'c str>,
+    pub auth_time: Option<i64>,
+    /// The client said it handles claims challenges (Entra: `xms_cc` holds `cp1`).
+    pub claims_capable: bool,
 }
 
 /// Reads a verified token's claims by the issuer's profile.
@@ -119,6 +122,8 @@ pub fn read<'c>(c: &'c Claims, p: &Profile) -> Identity<'c> {
         upn: c.str("upn"),
         scopes,
         roles: c.values("roles").collect(),
+        auth_time: c.auth_time,
+        claims_capable: c.values("xms_cc").any(|v| v == "cp1"),
     }
 }
 

@@ -212,12 +212,14 @@ pub struct Claims {
     pub exp: Option<i64>,
     pub nbf: Option<i64>,
     pub iat: Option<i64>,
+    /// When the user last signed in (OIDC), for routes with `max_auth_age`.
+    pub auth_time: Option<i64>,
     all: serde_json::Map<String, Value>,
 }
 
 impl Claims {
     /// Decodes a payload: a JSON object whose names are unique (a repeated claim could be read
-    /// one way here and another way upstream), with `exp`/`nbf`/`iat` numeric dates and
+    /// one way here and another way upstream), with `exp`/`nbf`/`iat`/`auth_time` numeric dates and
     /// `iss`/`tid`/`aud` strings (`aud` may be a list) when present.
     pub fn from_json(payload: &[u8]) -> Result<Claims, Invalid> {
         let UniqueMap(all) = serde_json::from_slice(payload).map_err(|_| Invalid::BadJson)?;
@@ -230,7 +232,7 @@ impl Claims {
             },
             Some(_) => Err(Invalid::BadJson),
         };
-        let c = Claims { exp: date("exp")?, nbf: date("nbf")?, iat: date("iat")?, all };
+        let c = Claims { exp: date("exp")?, nbf: date("nbf")?, iat: date("iat")?, auth_time: date("auth_time")?, all };
         let string = |name: &str| matches!(c.all.get(name), None | Some(Value::Null | Value::String(_)));
         let aud_ok = match c.all.get("aud") {
             Some(Value::Array(a)) => a.iter().all(Value::is_string),

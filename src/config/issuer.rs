@@ -8,10 +8,12 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::validator::{ConfigError, Validator};
+use crate::auth::challenge::{ChallengeSettings, DEFAULT_AUTHORIZATION_URI};
 use crate::auth::jwks::{KeySource, KeyTiming};
 use crate::auth::profile::{Base, Condition, MfaRules, Profile, Test};
 use crate::auth::token::{self, IssuerPattern, IssuerRules};
 use crate::auth::{AuthConfig, IssuerConfig};
+use crate::routes::StepUp;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +89,11 @@ pub(super) struct RawIdentity {
 pub(super) struct RawChallenge {
     realm: Option<String>,
     request_context: Option<String>,
+    /// The default for routes without their own `step_up`.
+    pub(super) step_up: Option<StepUp>,
+    acr_values: Option<Vec<String>>,
+    auth_context: Option<String>,
+    authorization_uri: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -113,7 +120,7 @@ pub(super) fn validate(
     raw: Vec<RawIssuer>,
     mfa: RawMfa,
     identity: RawIdentity,
-    ch: RawChallenge,
+    mut ch: RawChallenge,
     cache: RawCache,
 ) -> Result<AuthConfig, ConfigError> {
     let mfa = mfa_rules(v, "mfa", mfa)?;
@@ -215,7 +222,7 @@ pub(super) fn validate(
             return Err(v.err("challenge.realm", "must be printable ASCII without quotes or backslashes"));
         }
     }
-    let request_context = match ch.request_context {
+    let request_context = match ch.request_context.take() {
         Some(s) => Some(
             HeaderValue::from_str(&s).map_err(|_| v.err("challenge.request_context", "not a valid header value"))?,
         ),
@@ -226,10 +233,48 @@ pub(super) fn validate(
         issuers,
         header_prefix,
         forward_authorization: identity.forward_authorization.unwrap_or(true),
-        realm: ch.realm,
+        challenge: challenge_settings(v, ch)?,
         request_context,
         cache_max_entries,
     })
+}
+
+/// Header-safe token text for a challenge parameter: letters, digits and `-._:/`.
+fn param_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:/".contains(&b))
+}
+
+/// The step-up parts of `[challenge]`. Whether a route that sends the Entra claims challenge has
+/// its `auth_context` is checked with the routes (`config::mod`).
+fn challenge_settings(v: &Validator<'_>, ch: RawChallenge) -> Result<ChallengeSettings, ConfigError> {
+    let acr_values = match ch.acr_values {
+        Some(list) if list.is_empty() => {
+            return Err(v.err("challenge.acr_values", "give at least one value, or leave it out"))
+        }
+        Some(list) => match list.iter().find(|a| !param_token(a)) {
+            Some(bad) => {
+                return Err(v.err("challenge.acr_values", format!("{bad:?}: use letters, digits and - . _ : / only")))
+            }
+            None => Some(list.join(" ")),
+        },
+        None => None,
+    };
+    if let Some(c) = &ch.auth_context {
+        if c.is_empty() || c.len() > 64 || !c.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(v.err("challenge.auth_context", format!("{c:?}: an Entra auth context id, e.g. \"c1\"")));
+        }
+    }
+    let authorization_uri = match ch.authorization_uri {
+        Some(u) => {
+            let uri = v.url("challenge.authorization_uri", &u)?;
+            if uri.scheme_str() != Some("https") || u.contains(['"', '\\']) {
+                return Err(v.err("challenge.authorization_uri", format!("{u:?}: must be an https URL")));
+            }
+            u
+        }
+        None => DEFAULT_AUTHORIZATION_URI.to_string(),
+    };
+    Ok(ChallengeSettings { realm: ch.realm, acr_values, auth_context: ch.auth_context, authorization_uri })
 }
 
 /// `[mfa]`, or an issuer's own `mfa` table, checked.

@@ -13,7 +13,7 @@ use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use serde::Deserialize;
 
-use crate::routes::{Requirement, RouteConfig};
+use crate::routes::{Requirement, RouteConfig, StepUp};
 use validator::{toml_error, Validator};
 pub use validator::{ConfigError, FileStamp};
 
@@ -32,6 +32,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     pub routes: Vec<RouteConfig>,
     pub default_require: Requirement,
+    /// `[challenge].step_up`: for routes without their own, and requests that match none.
+    pub default_step_up: StepUp,
     /// The file this was loaded from (none for config text given directly, as the demo does).
     pub source: Option<PathBuf>,
     /// The config file and every file it names, each stamped before it was read. A stamp that
@@ -397,6 +399,8 @@ struct RawRoute {
     roles_any: Vec<String>,
     #[serde(default)]
     scopes_any: Vec<String>,
+    step_up: Option<StepUp>,
+    max_auth_age: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,15 +463,32 @@ impl Validator<'_> {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.filter) {
             return Err(self.err("log.filter", format!("bad filter {:?}: {e}", log.filter)));
         }
+        let step_up = raw.challenge.step_up.unwrap_or(StepUp::PartnerCenter);
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
-            routes.push(self.route(i, r, &routes)?);
+            routes.push(self.route(i, r, &routes, step_up)?);
         }
         // Build the table once here so a conflicting template fails `check`, not start-up.
-        crate::routes::RouteTable::new(&routes, Requirement::AppUserMfa)
+        crate::routes::RouteTable::new(&routes, Requirement::AppUserMfa, step_up)
             .map_err(|(i, e)| self.err(format!("route[{i}].path"), e))?;
         let auth = issuer::validate(self, raw.issuers, raw.mfa, raw.identity, raw.challenge, raw.cache)?;
         let default_require = raw.defaults.require.unwrap_or(Requirement::AppUserMfa);
+        // The Entra claims challenge asks for an auth context; without one it cannot be sent.
+        if auth.challenge.auth_context.is_none() {
+            let entra = |s: StepUp| s == StepUp::EntraClaims;
+            if let Some(i) = routes.iter().position(|r| entra(r.step_up) && r.require != Requirement::Public) {
+                return Err(self.err(
+                    "challenge.auth_context",
+                    format!("route[{i}] sends step_up = \"entra_claims\", which needs the auth context to request (e.g. \"c1\")"),
+                ));
+            }
+            if entra(step_up) {
+                return Err(self.err(
+                    "challenge.auth_context",
+                    "challenge.step_up = \"entra_claims\" needs the auth context to request (e.g. \"c1\")",
+                ));
+            }
+        }
         let needs_tokens =
             default_require != Requirement::Public || routes.iter().any(|r| r.require != Requirement::Public);
         if needs_tokens && auth.issuers.is_empty() {
@@ -487,6 +508,7 @@ impl Validator<'_> {
             auth,
             routes,
             default_require,
+            default_step_up: step_up,
             source: None,
             files: Vec::new(),
         })
@@ -670,7 +692,7 @@ impl Validator<'_> {
         })
     }
 
-    fn route(&self, i: usize, r: RawRoute, seen: &[RouteConfig]) -> Result<RouteConfig, ConfigError> {
+    fn route(&self, i: usize, r: RawRoute, seen: &[RouteConfig], step_up: StepUp) -> Result<RouteConfig, ConfigError> {
         let key = |k: &str| format!("route[{i}].{k}");
         let name_ok = !r.name.is_empty()
             && r.name.len() <= 64
@@ -698,6 +720,17 @@ impl Validator<'_> {
                 self.err(key("require"), "a public route looks at no token, so roles_any/scopes_any cannot apply")
             );
         }
+        let max_auth_age = match &r.max_auth_age {
+            Some(s) => Some(self.nonzero(&key("max_auth_age"), s)?),
+            None => None,
+        };
+        let mfa_route = matches!(r.require, Requirement::Mfa | Requirement::AppUserMfa);
+        if !mfa_route && (max_auth_age.is_some() || r.step_up.is_some()) {
+            return Err(self.err(
+                key(if max_auth_age.is_some() { "max_auth_age" } else { "step_up" }),
+                "applies to MFA routes only (require = \"mfa\" or \"app_user_mfa\")",
+            ));
+        }
         Ok(RouteConfig {
             name: r.name,
             path: r.path,
@@ -705,6 +738,8 @@ impl Validator<'_> {
             require: r.require,
             roles_any: r.roles_any,
             scopes_any: r.scopes_any,
+            step_up: r.step_up.unwrap_or(step_up),
+            max_auth_age,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! The admin port: `/healthz` (alive), `/readyz` (keys loaded, not draining), `/metrics` (Prometheus text),
-//! `/report` (this instance's MFA status report, JSON).
+//! `/report` (this instance's MFA status report: JSON, or an HTML page for a browser).
 //! Kept off the data port so probes and scrapes never meet the auth path.
 
 use std::convert::Infallible;
@@ -77,6 +77,16 @@ fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/report" => {
             let snapshot = stack.report.snapshot(crate::auth::unix_now());
+            // A browser asks for HTML first; scripts and Prometheus-side tooling get JSON.
+            let wants_html = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').next().is_some_and(|first| first.trim().starts_with("text/html")));
+            if wants_html {
+                let page = crate::report_page::render(&snapshot);
+                return reply(StatusCode::OK, "text/html; charset=utf-8", page.into());
+            }
             let body = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body.into())
         }

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod reload;
 pub mod report;
+pub mod report_page;
 pub mod routes;
 pub mod snapshot;
 pub mod stack;

@@ -61,6 +61,20 @@ async fn the_status_report_worked_example_gives_40_percent_in_metrics_and_report
     assert_eq!(r["users_without_mfa"][0]["user"], "Adminagent.csp@testtestpartner.onmicrosoft.com");
     assert_eq!(r["applications"][0]["app"], "00001111-aaaa-2222-bbbb-3333cccc4444");
     assert_eq!(r["applications"][0]["app_user_mfa_ratio"], 0.4);
+
+    // A browser gets the same report as a page: the ratio as a figure, tables, nothing external.
+    let req = http::Request::get(format!("http://{}/report", h.gw.admin_addr))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .body(full(""))
+        .unwrap();
+    let (status, headers, page) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(page.contains("<div class=\"ratio low\" id=\"ratio\">40.0 %</div>"), "{page}");
+    assert!(page.contains("<table>") && page.contains("<td>00001111-aaaa-2222-bbbb-3333cccc4444</td>"));
+    assert!(page.contains("<td>Adminagent.csp@testtestpartner.onmicrosoft.com</td>"));
+    assert!(!page.contains("<script") && !page.contains("src=") && !page.contains("href="), "self-contained");
 }
 
 #[tokio::test]

@@ -1,0 +1,184 @@
+//! Pure: the status report as one self-contained HTML page (inline style, no script, no external
+//! fonts or images), for a person to read at a glance: the App+User MFA ratio against the 95 %
+//! line, one bar per application, and the requests and users seen without MFA.
+
+use std::fmt::Write;
+
+use crate::report::Snapshot;
+
+/// The share of App+User requests with MFA the page draws its line at.
+const TARGET: f64 = 0.95;
+
+/// Text with `&`, `<`, `>`, `"` and `'` escaped: app ids, routes and users come from tokens.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn percent(r: Option<f64>) -> String {
+    r.map_or_else(|| "no App+User requests".to_string(), |r| format!("{:.1} %", r * 100.0))
+}
+
+/// UTC, to the second, from Unix seconds.
+fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The page for one instance's `/report`.
+pub fn render(s: &Snapshot) -> String {
+    let mut h = String::with_capacity(8 * 1024);
+    let ratio = s.app_user_mfa_ratio;
+    let verdict = match ratio {
+        Some(r) if r >= TARGET => ("ok", "at or above 95 %"),
+        Some(_) => ("low", "below 95 %"),
+        None => ("none", "nothing to measure yet"),
+    };
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>MFA status report</title><style>\
+         body{{font:15px/1.4 system-ui,sans-serif;margin:2rem;color:#1b1f23;max-width:60rem}}\
+         h1{{font-size:1.3rem;margin:0 0 .2rem}} .sub{{color:#57606a}}\
+         .ratio{{font-size:4rem;font-weight:700;margin:1rem 0 .3rem}}\
+         .ok{{color:#1a7f37}} .low{{color:#cf222e}} .none{{color:#57606a}}\
+         .bar{{position:relative;height:1.1rem;background:#eaeef2;border-radius:3px}}\
+         .fill{{height:100%;border-radius:3px}} .fill.ok{{background:#2da44e}} .fill.low{{background:#e5534b}}\
+         .line{{position:absolute;top:-3px;bottom:-3px;left:95%;border-left:2px dashed #1b1f23}}\
+         table{{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem}}\
+         th,td{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:middle}}\
+         th{{font-weight:600}} td.n{{text-align:right;font-variant-numeric:tabular-nums}} td.b{{width:35%}}\
+         </style></head><body>\
+         <h1>MFA status report: {scope}</h1>\
+         <div class=\"sub\">Last {days} days, generated {generated}. App+User requests with MFA over all \
+         App+User requests; app-only requests are not counted in the ratio.</div>\
+         <div class=\"ratio {class}\" id=\"ratio\">{ratio}</div>\
+         <div class=\"bar\" title=\"95 % line\"><div class=\"fill {class}\" style=\"width:{width:.1}%\"></div>\
+         <div class=\"line\"></div></div>\
+         <p class=\"sub\">{verdict}. With MFA {with}, without MFA {without}, app-only {app_only}.</p>",
+        scope = esc(s.scope),
+        days = s.window_days,
+        generated = utc(s.generated_at),
+        class = verdict.0,
+        ratio = percent(ratio),
+        width = ratio.unwrap_or(0.0) * 100.0,
+        verdict = verdict.1,
+        with = s.totals.app_user_with_mfa,
+        without = s.totals.app_user_without_mfa,
+        app_only = s.totals.app_only,
+    );
+
+    h.push_str(
+        "<h2>Applications</h2><table><tr><th>application</th><th>App+User with MFA</th><th>ratio</th>\
+         <th>requests</th><th>with MFA</th><th>without</th><th>app-only</th></tr>",
+    );
+    for a in &s.applications {
+        let class = match a.app_user_mfa_ratio {
+            Some(r) if r >= TARGET => "ok",
+            Some(_) => "low",
+            None => "none",
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{app}</td><td class=\"b\"><div class=\"bar\"><div class=\"fill {class}\" style=\"width:{w:.1}%\"></div>\
+             <div class=\"line\"></div></div></td><td class=\"n\">{r}</td><td class=\"n\">{req}</td><td class=\"n\">{with}</td>\
+             <td class=\"n\">{without}</td><td class=\"n\">{only}</td></tr>",
+            app = esc(&a.app),
+            w = a.app_user_mfa_ratio.unwrap_or(0.0) * 100.0,
+            r = a.app_user_mfa_ratio.map_or("-".to_string(), |r| format!("{:.1} %", r * 100.0)),
+            req = a.requests,
+            with = a.with_mfa,
+            without = a.without_mfa,
+            only = a.app_only,
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str(
+        "<h2>Users without MFA</h2><table><tr><th>user</th><th>last seen</th><th>requests without MFA</th></tr>",
+    );
+    for u in &s.users_without_mfa {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+            esc(&u.user),
+            utc(u.last_seen),
+            u.requests_without_mfa
+        );
+    }
+    h.push_str("</table><h2>Recent requests without MFA</h2><table><tr><th>time</th><th>route</th><th>application</th><th>user</th><th>tenant</th></tr>");
+    for r in &s.recent_without_mfa {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            utc(r.time),
+            esc(&r.route),
+            esc(&r.app),
+            esc(r.user.as_deref().unwrap_or("-")),
+            esc(r.tenant.as_deref().unwrap_or("-"))
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{AppSummary, Counts, Recent, UserSeen};
+
+    #[test]
+    fn the_page_escapes_what_tokens_supply_and_shows_the_ratio() {
+        let s = Snapshot {
+            scope: "instance",
+            window_days: 7,
+            generated_at: 1_795_000_000,
+            totals: Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5 },
+            app_user_mfa_ratio: Some(0.4),
+            applications: vec![AppSummary {
+                app: "<script>x</script>".into(),
+                requests: 10,
+                with_mfa: 2,
+                without_mfa: 3,
+                app_only: 5,
+                app_user_mfa_ratio: Some(0.4),
+            }],
+            recent_without_mfa: vec![Recent {
+                time: 1_795_000_000,
+                route: "customers".into(),
+                app: "a".into(),
+                user: Some("o'neil@x\"y".into()),
+                tenant: None,
+            }],
+            users_without_mfa: vec![UserSeen { user: "u&v".into(), last_seen: 0, requests_without_mfa: 3 }],
+        };
+        let page = render(&s);
+        assert!(page.contains("<div class=\"ratio low\" id=\"ratio\">40.0 %</div>"), "{page}");
+        assert!(page.contains("&lt;script&gt;x&lt;/script&gt;") && !page.contains("<script>"));
+        assert!(page.contains("o&#39;neil@x&quot;y") && page.contains("u&amp;v"));
+        assert!(page.contains("1970-01-01 00:00:00 UTC"));
+        assert!(!page.contains("http://") && !page.contains("https://"), "nothing external");
+        assert_eq!(utc(1_795_000_000), "2026-11-18 11:06:40 UTC");
+    }
+}

@@ -68,7 +68,7 @@ pub fn render(s: &Snapshot) -> String {
          .line{{position:absolute;top:-3px;bottom:-3px;left:95%;border-left:2px dashed #1b1f23}}\
          table{{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem}}\
          th,td{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:middle}}\
-         th{{font-weight:600}} td.n{{text-align:right;font-variant-numeric:tabular-nums}} td.b{{width:35%}}\
+         th{{font-weight:600}} td.n{{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}} td.b{{width:35%}}\
          </style></head><body>\
          <h1>MFA status report: {scope}</h1>\
          <div class=\"sub\">Last {days} days, generated {generated}. App+User requests with MFA over all \

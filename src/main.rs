@@ -34,6 +34,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The MFA status report across every replica, from the counters in Prometheus.
+    Report {
+        /// Prometheus base URL, e.g. http://prometheus:9090.
+        #[arg(long)]
+        prometheus: String,
+        /// The window, as a Prometheus duration (7d, 24h, 90m).
+        #[arg(long, default_value = "7d")]
+        window: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+        /// Write the report here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Exit 1 when the App+User MFA ratio is below this (0 to 1), or there is none.
+        #[arg(long)]
+        fail_below: Option<f64>,
+    },
     /// Run a self-contained demo: a dev issuer, an echo upstream and the gateway with the
     /// Partner Center profile; writes tokens and prints curl lines to try.
     Demo {
@@ -50,6 +67,13 @@ enum Command {
         #[arg(long)]
         tls: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+    Html,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +100,9 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(e),
         },
+        Command::Report { prometheus, window, format, out, fail_below } => {
+            fleet_report(&prometheus, &window, format, out.as_deref(), fail_below)
+        }
         Command::Demo { listen, admin, tokens_dir, tls } => {
             mfa_gateway::init_logging(&LogConfig { format: LogFormat::Pretty, filter: "info".into() });
             let tokens_dir = tokens_dir.unwrap_or_else(|| std::env::temp_dir().join("mfa-gateway-demo"));
@@ -89,6 +116,61 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Exit 0; 1 when `--fail-below` is not met; 2 when Prometheus cannot be asked; 64 for bad
+/// arguments.
+fn fleet_report(
+    prometheus: &str,
+    window: &str,
+    format: ReportFormat,
+    out: Option<&std::path::Path>,
+    fail_below: Option<f64>,
+) -> ExitCode {
+    use mfa_gateway::fleet::{self, Format};
+    if !fleet::valid_window(window) {
+        eprintln!("mfa-gateway report: --window {window:?} is not a Prometheus duration (e.g. 7d, 24h, 90m)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if fail_below.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        eprintln!("mfa-gateway report: --fail-below takes a ratio between 0 and 1 (0.95 for 95 %)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let now = mfa_gateway::auth::unix_now();
+    let report = match rt.block_on(fleet::fetch(prometheus, window, now)) {
+        Ok(r) => r,
+        Err(fleet::FleetError::Prometheus(why)) => {
+            eprintln!("mfa-gateway report: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = match format {
+        ReportFormat::Text => Format::Text,
+        ReportFormat::Json => Format::Json,
+        ReportFormat::Html => Format::Html,
+    };
+    let body = fleet::render(&report, format);
+    match out {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, body) {
+                eprintln!("mfa-gateway report: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+        None => print!("{body}"),
+    }
+    match (fail_below, report.app_user_mfa_ratio) {
+        (Some(min), Some(r)) if r < min => {
+            eprintln!("mfa-gateway report: App+User MFA ratio {:.1} % is below {:.1} %", r * 100.0, min * 100.0);
+            ExitCode::FAILURE
+        }
+        (Some(_), None) => {
+            eprintln!("mfa-gateway report: no App+User requests in the window; nothing to hold to --fail-below");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 

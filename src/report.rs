@@ -105,6 +105,9 @@ pub struct UserSeen {
 pub struct Snapshot {
     pub scope: &'static str,
     pub window_days: u32,
+    /// The window as given, when it is not whole days (the fleet report's `--window`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
     pub generated_at: i64,
     pub totals: Counts,
     /// App+User requests with MFA / all App+User requests; null when there were none.
@@ -115,6 +118,28 @@ pub struct Snapshot {
 }
 
 const OTHER: &str = "other";
+
+/// The scope of the report read from Prometheus (`mfa-gateway report --prometheus`).
+pub const FLEET_SCOPE: &str = "every replica Prometheus scrapes";
+
+/// Per-application counts -> the totals and one summary per application (unsorted).
+pub fn summarize(per_app: impl Iterator<Item = (String, Counts)>) -> (Counts, Vec<AppSummary>) {
+    let mut totals = Counts::default();
+    let applications = per_app
+        .map(|(app, c)| {
+            totals.add(&c);
+            AppSummary {
+                app,
+                requests: c.app_user_with_mfa + c.app_user_without_mfa + c.app_only,
+                with_mfa: c.app_user_with_mfa,
+                without_mfa: c.app_user_without_mfa,
+                app_only: c.app_only,
+                app_user_mfa_ratio: c.ratio(),
+            }
+        })
+        .collect();
+    (totals, applications)
+}
 
 impl Report {
     pub fn new(cfg: ReportConfig) -> Self {
@@ -182,21 +207,7 @@ impl Report {
                 per_app.entry(app).or_default().add(c);
             }
         }
-        let mut totals = Counts::default();
-        let mut applications: Vec<AppSummary> = per_app
-            .into_iter()
-            .map(|(app, c)| {
-                totals.add(&c);
-                AppSummary {
-                    app: app.to_string(),
-                    requests: c.app_user_with_mfa + c.app_user_without_mfa + c.app_only,
-                    with_mfa: c.app_user_with_mfa,
-                    without_mfa: c.app_user_without_mfa,
-                    app_only: c.app_only,
-                    app_user_mfa_ratio: c.ratio(),
-                }
-            })
-            .collect();
+        let (totals, mut applications) = summarize(per_app.into_iter().map(|(app, c)| (app.to_string(), c)));
         applications.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.app.cmp(&b.app)));
         let window_start = oldest * 86_400;
         let recent_without_mfa = s.recent.iter().take_while(|r| r.time >= window_start).cloned().collect();
@@ -210,6 +221,7 @@ impl Report {
         Snapshot {
             scope: "this instance; use the Prometheus recording rules for all replicas",
             window_days: self.cfg.window_days,
+            window: None,
             generated_at: now,
             totals,
             app_user_mfa_ratio: totals.ratio(),

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::report::Snapshot;
+use crate::report::{Snapshot, FLEET_SCOPE};
 
 /// The share of App+User requests with MFA the page draws its line at.
 const TARGET: f64 = 0.95;
@@ -71,14 +71,14 @@ pub fn render(s: &Snapshot) -> String {
          th{{font-weight:600}} td.n{{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}} td.b{{width:35%}}\
          </style></head><body>\
          <h1>MFA status report: {scope}</h1>\
-         <div class=\"sub\">Last {days} days, generated {generated}. App+User requests with MFA over all \
+         <div class=\"sub\">Last {days}, generated {generated}. App+User requests with MFA over all \
          App+User requests; app-only requests are not counted in the ratio.</div>\
          <div class=\"ratio {class}\" id=\"ratio\">{ratio}</div>\
          <div class=\"bar\" title=\"95 % line\"><div class=\"fill {class}\" style=\"width:{width:.1}%\"></div>\
          <div class=\"line\"></div></div>\
          <p class=\"sub\">{verdict}. With MFA {with}, without MFA {without}, app-only {app_only}.</p>",
         scope = esc(s.scope),
-        days = s.window_days,
+        days = s.window.clone().unwrap_or_else(|| format!("{} days", s.window_days)),
         generated = utc(s.generated_at),
         class = verdict.0,
         ratio = percent(ratio),
@@ -114,6 +114,11 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     h.push_str("</table>");
+    if s.scope == FLEET_SCOPE {
+        // Prometheus holds counters, not users: those are on each instance's /report.
+        h.push_str("<p class=\"sub\">Users and requests without MFA: see each instance's /report.</p></body></html>\n");
+        return h;
+    }
 
     h.push_str(
         "<h2>Users without MFA</h2><table><tr><th>user</th><th>last seen</th><th>requests without MFA</th></tr>",
@@ -153,6 +158,7 @@ mod tests {
         let s = Snapshot {
             scope: "instance",
             window_days: 7,
+            window: None,
             generated_at: 1_795_000_000,
             totals: Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5 },
             app_user_mfa_ratio: Some(0.4),

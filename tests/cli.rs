@@ -166,3 +166,21 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     // The access event never carries the Authorization header.
     assert!(!rest.iter().any(|l| l.to_lowercase().contains("authorization")));
 }
+
+#[test]
+fn the_fleet_report_says_when_prometheus_cannot_be_asked() {
+    let report = |args: &[&str]| {
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_mfa-gateway")).arg("report").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Nothing listens on port 1 of loopback.
+    let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("cannot query Prometheus at http://127.0.0.1:1"), "{msg}");
+    let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1", "--window", "seven days"]);
+    assert_eq!(code, Some(64), "{msg}");
+    assert!(msg.contains("--window"), "{msg}");
+    let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1", "--fail-below", "95"]);
+    assert_eq!(code, Some(64), "{msg}");
+}

@@ -174,9 +174,10 @@ where
 pub fn text(s: &Snapshot) -> String {
     let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1} %", r * 100.0));
     let mut out = format!(
-        "MFA status report, {}, last {}\nApp+User MFA ratio: {}\nApp+User with MFA {}, without MFA {}, app-only {}\n",
+        "MFA status report, {}, last {}, generated {}\nApp+User MFA ratio: {}\nApp+User with MFA {}, without MFA {}, app-only {}\n",
         s.scope,
         s.window.as_deref().unwrap_or("?"),
+        crate::report_page::utc(s.generated_at),
         match s.app_user_mfa_ratio {
             Some(r) => format!("{:.1} %", r * 100.0),
             None => "no App+User requests in the window (not a 0 % ratio)".to_string(),
@@ -236,7 +237,10 @@ mod tests {
         let apps: Vec<&str> = s.applications.iter().map(|a| a.app.as_str()).collect();
         assert_eq!(apps, ["b", "a"], "worst first; an application with nothing in the window is left out");
         let t = text(&s);
-        assert!(t.contains("App+User MFA ratio: 40.0 %") && t.contains("last 7d"), "{t}");
+        assert!(
+            t.contains("App+User MFA ratio: 40.0 %") && t.contains("last 7d, generated 1970-01-01 00:00:00 UTC"),
+            "{t}"
+        );
         let json: serde_json::Value = serde_json::from_str(&render(&s, Format::Json)).unwrap();
         assert_eq!(json["totals"]["app_user_without_mfa"], 3);
         assert_eq!(json["applications"][0]["app"], "b");

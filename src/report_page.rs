@@ -30,7 +30,7 @@ fn percent(r: Option<f64>) -> String {
 }
 
 /// UTC, to the second, from Unix seconds.
-fn utc(secs: i64) -> String {
+pub fn utc(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (proleptic Gregorian).

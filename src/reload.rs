@@ -104,9 +104,9 @@ fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(Pa
     let mut new = match Config::load(source) {
         Ok(c) => c,
         Err(e) => {
-            reloads.error.inc();
             tracing::error!(reason = why, file = %e.file, key = %e.key, problem = %e.problem,
                 "config reload failed; the previous config keeps serving");
+            reloads.error.inc();
             // Not retried until a file changes again (or SIGHUP): one error line per bad edit.
             return restamped();
         }
@@ -118,9 +118,8 @@ fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(Pa
         Ok((next, carried)) => {
             let files = next.config.files.clone();
             let routes = next.config.routes.len();
-            stack.swap(next);
-            reloads.ok.inc();
-            reloads.succeeded();
+            // Logged and counted just before the swap, so whoever sees the new behaviour also
+            // finds its record.
             tracing::info!(
                 reason = why,
                 routes,
@@ -130,11 +129,14 @@ fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(Pa
                 upstream_pool_kept = carried.upstream_pool,
                 "config reloaded"
             );
+            reloads.ok.inc();
+            reloads.succeeded();
+            stack.swap(next);
             files
         }
         Err(e) => {
-            reloads.error.inc();
             tracing::error!(reason = why, error = %e, "config reload failed; the previous config keeps serving");
+            reloads.error.inc();
             restamped()
         }
     }

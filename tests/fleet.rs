@@ -77,16 +77,6 @@ fn report(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mfa-gateway")).arg("report").args(args).output().unwrap()
 }
 
-async fn ready(gw: &Binary) {
-    for _ in 0..250 {
-        if get(gw.admin, "/readyz", None).await.0 == StatusCode::OK {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("not ready: {:?}", gw.lines());
-}
-
 #[tokio::test]
 #[ignore = "needs the prometheus binary"]
 async fn the_worked_example_across_two_gateways_survives_a_restart() {
@@ -101,8 +91,8 @@ async fn the_worked_example_across_two_gateways_survives_a_restart() {
     let (admin_a, admin_b) = (free_port(), free_port());
     let a = Binary::start(&text(admin_a), None);
     let b = Binary::start(&text(admin_b), None);
-    ready(&a).await;
-    ready(&b).await;
+    a.ready().await;
+    b.ready().await;
     let prom = prometheus(&[admin_a, admin_b]).await;
     scraped(&prom).await;
 
@@ -117,7 +107,7 @@ async fn the_worked_example_across_two_gateways_survives_a_restart() {
     scraped(&prom).await;
     drop(b);
     let b = Binary::start(&text(admin_b), None);
-    ready(&b).await;
+    b.ready().await;
     scraped(&prom).await;
     for _ in 0..2 {
         assert_eq!(get(b.addr, "/v1/offers", Some(&mfa)).await.0, StatusCode::OK);

@@ -49,16 +49,6 @@ impl Setup {
     }
 }
 
-async fn ready(gw: &Binary) {
-    for _ in 0..250 {
-        if get(gw.admin, "/readyz", None).await.0 == StatusCode::OK {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never ready: {:?}", gw.lines());
-}
-
 /// One HTTP/1.1 connection kept open across requests.
 async fn keep_alive(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
@@ -118,7 +108,7 @@ fn rewrite_unseen(file: &Path, text: &str) {
 async fn a_routes_requirement_changes_on_sighup_while_a_keep_alive_connection_stays_open() {
     let s = Setup::new().await;
     let gw = Binary::start(&s.text("token", "", ""), None);
-    ready(&gw).await;
+    gw.ready().await;
     let nomfa = s.token(NO_MFA);
     let mut conn = keep_alive(gw.addr).await;
     assert_eq!(status_on(&mut conn, &nomfa).await, StatusCode::OK);
@@ -156,7 +146,7 @@ async fn the_file_alone_is_picked_up_in_place_and_by_a_configmap_symlink_swap() 
     std::os::unix::fs::symlink("..2026_11_23_a", dir.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/gateway.toml", dir.join("gateway.toml")).unwrap();
     let gw = Binary::start_on(&dir.join("gateway.toml"), None);
-    ready(&gw).await;
+    gw.ready().await;
     let (mfa, nomfa) = (s.token("mfa"), s.token(NO_MFA));
     let status = |token: String| async move { get(gw.addr, "/v1/offers", Some(&token)).await.0 };
     assert_eq!(status(nomfa.clone()).await, StatusCode::OK);
@@ -188,7 +178,7 @@ async fn the_file_alone_is_picked_up_in_place_and_by_a_configmap_symlink_swap() 
 async fn a_broken_file_keeps_the_old_config_serving_and_counts_an_error() {
     let s = Setup::new().await;
     let gw = Binary::start(&s.text("mfa", "", ""), None);
-    ready(&gw).await;
+    gw.ready().await;
     let nomfa = s.token(NO_MFA);
     let stamp = "mfa_gateway_config_last_reload_success_timestamp_seconds";
     let started = gw.metric(stamp).await;
@@ -228,7 +218,7 @@ async fn a_broken_file_keeps_the_old_config_serving_and_counts_an_error() {
 async fn a_reload_keeps_key_sets_and_forgets_verified_tokens_only_when_their_rules_change() {
     let s = Setup::new().await;
     let gw = Binary::start(&s.text("token", "", ""), None);
-    ready(&gw).await;
+    gw.ready().await;
     let fetched = s.keys.fetches.load(std::sync::atomic::Ordering::SeqCst);
     let mfa = s.token("mfa");
     let misses = r#"mfa_gateway_token_cache_total{result="miss"}"#;
@@ -260,7 +250,7 @@ async fn a_reload_keeps_key_sets_and_forgets_verified_tokens_only_when_their_rul
 async fn settings_that_cannot_change_live_keep_their_values_with_a_warning() {
     let s = Setup::new().await;
     let gw = Binary::start(&s.text("token", "", ""), None);
-    ready(&gw).await;
+    gw.ready().await;
     let text = s.text("mfa", "max_connections = 7\n", "").replace("workers = 1", "workers = 2");
     std::fs::write(&gw.file, text).unwrap();
     let nomfa = s.token(NO_MFA);
@@ -280,7 +270,7 @@ async fn settings_that_cannot_change_live_keep_their_values_with_a_warning() {
 async fn lame_duck_readyz_says_draining_while_requests_are_still_served_then_exit_0() {
     let s = Setup::new().await;
     let mut gw = Binary::start(&s.text("token", "shutdown_delay = \"2s\"\n", ""), None);
-    ready(&gw).await;
+    gw.ready().await;
     let mfa = s.token("mfa");
     let mut kept = keep_alive(gw.addr).await;
     assert_eq!(status_on(&mut kept, &mfa).await, StatusCode::OK);
@@ -316,7 +306,7 @@ async fn lame_duck_readyz_says_draining_while_requests_are_still_served_then_exi
 async fn a_second_signal_skips_the_rest_of_the_delay() {
     let s = Setup::new().await;
     let mut gw = Binary::start(&s.text("token", "shutdown_delay = \"60s\"\n", ""), None);
-    ready(&gw).await;
+    gw.ready().await;
     let mfa = s.token("mfa");
     let mut kept = keep_alive(gw.addr).await;
     assert_eq!(status_on(&mut kept, &mfa).await, StatusCode::OK);
@@ -348,7 +338,7 @@ async fn a_second_signal_skips_the_rest_of_the_delay() {
 async fn traceparent_and_tracestate_reach_the_upstream_unchanged_and_the_audit_event_names_the_trace() {
     let s = Setup::new().await;
     let gw = Binary::start(&s.text("token", "", ""), None);
-    ready(&gw).await;
+    gw.ready().await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let tracestate = "vendor1=opaque,rojo=00f067aa0ba902b7";
     let req = Request::get(format!("http://{}/v1/offers", gw.addr))

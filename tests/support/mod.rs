@@ -335,6 +335,17 @@ impl Binary {
         status
     }
 
+    /// Waits until `/readyz` answers 200 (the issuer's keys are in).
+    pub async fn ready(&self) {
+        for _ in 0..250 {
+            if get(self.admin, "/readyz", None).await.0 == http::StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("never ready: {:?}", self.lines());
+    }
+
     /// Sends a signal (`"HUP"`, `"TERM"`) to the process.
     pub fn signal(&self, name: &str) {
         let ok = std::process::Command::new("kill")

@@ -5,9 +5,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
 use serde::Deserialize;
 
 use crate::report::{summarize, Counts, Snapshot, FLEET_SCOPE};
@@ -107,12 +104,8 @@ pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], windo
 
 /// Asks Prometheus at `base` for both counters' increase over `window`.
 pub async fn fetch(base: &str, window: &str, now: i64) -> Result<Snapshot, FleetError> {
-    let client: Client<_, Empty<Bytes>> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build(crate::tls::https_connector(
-            crate::tls::client_config(None, None).map_err(FleetError::Prometheus)?,
-            false,
-            Some(Duration::from_secs(5)),
-        ));
+    let tls = crate::tls::client_config(None, None).map_err(FleetError::Prometheus)?;
+    let client = crate::fetch::client(tls, Some(Duration::from_secs(5)));
     let user =
         query(&client, base, &format!("sum by (app, mfa) (increase(mfa_gateway_app_user_requests_total[{window}]))"))
             .await?
@@ -137,10 +130,7 @@ fn value(s: &Sample) -> f64 {
     s.value.1.parse().unwrap_or(0.0)
 }
 
-async fn query<C>(client: &Client<C, Empty<Bytes>>, base: &str, promql: &str) -> Result<Vec<Sample>, FleetError>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
+async fn query(client: &crate::fetch::Client, base: &str, promql: &str) -> Result<Vec<Sample>, FleetError> {
     let encoded: String = promql
         .bytes()
         .map(|b| match b {
@@ -150,18 +140,10 @@ where
         .collect();
     let url = format!("{}/api/v1/query?query={encoded}", base.trim_end_matches('/'));
     let uri: http::Uri = url.parse().map_err(|e| FleetError::Prometheus(format!("bad URL {base:?}: {e}")))?;
-    let req = http::Request::get(uri).body(Empty::new()).map_err(|e| FleetError::Prometheus(e.to_string()))?;
     let unreachable = |e: String| FleetError::Prometheus(format!("cannot query Prometheus at {base}: {e}"));
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
-        .await
-        .map_err(|_| unreachable("no answer within 30 s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), 16 * 1024 * 1024)
-        .collect()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .to_bytes();
+    // Prometheus answers errors (a bad query, say) with a JSON body too, so any status is read.
+    let (status, body) =
+        crate::fetch::get(client, &uri, 16 * 1024 * 1024, Duration::from_secs(30)).await.map_err(unreachable)?;
     let answer: ApiAnswer = serde_json::from_slice(&body)
         .map_err(|_| unreachable(format!("HTTP {status}, not a Prometheus API answer")))?;
     if answer.status != "success" {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod dev;
+pub mod fetch;
 pub mod fleet;
 pub mod headers;
 pub mod listener;

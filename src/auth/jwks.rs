@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
 use tokio::sync::watch;
 
 use super::keys::{parse_jwks, Key, Lookup};
+use crate::fetch;
 use crate::metrics::Metrics;
 
 /// Where an issuer's keys come from.
@@ -34,9 +33,6 @@ pub struct KeyTiming {
     pub max_stale: Duration,
     pub fetch_timeout: Duration,
 }
-
-pub type FetchClient =
-    Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>;
 
 struct Gate {
     /// When the last refetch for an unknown `kid` started. Only those start the rate limit:
@@ -64,7 +60,7 @@ pub struct IssuerKeys {
     epoch: AtomicU64,
     gate: Mutex<Gate>,
     health: Mutex<Health>,
-    client: FetchClient,
+    client: fetch::Client,
     metrics: Arc<Metrics>,
 }
 
@@ -76,7 +72,7 @@ impl IssuerKeys {
         source: KeySource,
         timing: KeyTiming,
         ca_file: Option<PathBuf>,
-        client: FetchClient,
+        client: fetch::Client,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.issuer_added(&name);
@@ -269,23 +265,11 @@ impl IssuerKeys {
     }
 
     async fn get(&self, uri: http::Uri) -> Result<Bytes, String> {
-        let req = http::Request::get(uri.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("mfa-gateway/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let fut = async {
-            let resp = self.client.request(req).await.map_err(|e| format!("GET {uri}: {}", error_chain(&e)))?;
-            if resp.status() != http::StatusCode::OK {
-                return Err(format!("GET {uri}: HTTP {}", resp.status()));
-            }
-            let body = Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("GET {uri}: body: {e}"))?;
-            Ok(body.to_bytes())
-        };
-        tokio::time::timeout(self.timing.fetch_timeout, fut).await.map_err(|_| format!("GET {uri}: timed out"))?
+        let (status, body) = fetch::get(&self.client, &uri, MAX_DOCUMENT_BYTES, self.timing.fetch_timeout).await?;
+        if status != http::StatusCode::OK {
+            return Err(format!("GET {uri}: HTTP {status}"));
+        }
+        Ok(body)
     }
 
     /// Keeps the set fresh: first fetch with backoff until it succeeds, then every
@@ -319,23 +303,6 @@ async fn wait_done(mut rx: watch::Receiver<Option<bool>>) -> bool {
     }
 }
 
-/// A client for key servers, http or https with the issuer's TLS settings.
-pub fn fetch_client(tls: rustls::ClientConfig) -> FetchClient {
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build(crate::tls::https_connector(tls, false, None))
-}
-
-/// All causes, outermost first, for logs.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        out.push_str(": ");
-        out.push_str(&next.to_string());
-        cur = next;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,7 +319,7 @@ mod tests {
             fetch_timeout: Duration::from_secs(5),
         };
         let tls = crate::tls::client_config(None, None).unwrap();
-        IssuerKeys::new("i".into(), KeySource::File("unused".into()), timing, None, fetch_client(tls), metrics)
+        IssuerKeys::new("i".into(), KeySource::File("unused".into()), timing, None, fetch::client(tls, None), metrics)
     }
 
     #[test]

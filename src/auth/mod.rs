@@ -179,7 +179,7 @@ impl Authenticator {
                         i.source.clone(),
                         i.timing.clone(),
                         i.ca_file.clone(),
-                        jwks::fetch_client(i.tls.clone()),
+                        crate::fetch::client(i.tls.clone(), None),
                         metrics.clone(),
                     ))
                 })

@@ -433,9 +433,8 @@ impl Config {
     }
 
     /// Files `newer` names that are new, or changed since `self` read them.
-    pub fn changed<'a>(&self, newer: &'a Config) -> impl Iterator<Item = &'a Path> + 'a {
-        let old: Vec<(PathBuf, Option<FileStamp>)> = self.files.clone();
-        newer.files.iter().filter(move |(p, s)| !old.iter().any(|(q, t)| q == p && t == s)).map(|(p, _)| p.as_path())
+    pub fn changed<'a>(&'a self, newer: &'a Config) -> impl Iterator<Item = &'a Path> + 'a {
+        newer.files.iter().filter(|(p, s)| !self.files.iter().any(|(q, t)| q == p && t == s)).map(|(p, _)| p.as_path())
     }
 }
 

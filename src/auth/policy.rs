@@ -149,46 +149,16 @@ mod tests {
 
     #[test]
     fn roles_and_scopes() {
+        let caller =
+            |kind, roles, scopes| Caller { kind, mfa: kind == TokenKind::AppUser, roles, scopes, auth_time: None };
         let mut r = route(Requirement::Token);
         r.roles_any = vec!["Partner.Read.All".into()];
         let roles = vec!["Partner.Read.All".to_string()];
-        assert_eq!(
-            decide(&r, &Caller { kind: TokenKind::AppOnly, mfa: false, roles: &roles, scopes: "", auth_time: None }, 0),
-            Ok(())
-        );
-        assert_eq!(
-            decide(&r, &Caller { kind: TokenKind::AppOnly, mfa: false, roles: &[], scopes: "", auth_time: None }, 0),
-            Err(Deny::MissingRole)
-        );
+        assert_eq!(decide(&r, &caller(TokenKind::AppOnly, &roles, ""), 0), Ok(()));
+        assert_eq!(decide(&r, &caller(TokenKind::AppOnly, &[], ""), 0), Err(Deny::MissingRole));
         let mut r = route(Requirement::Token);
         r.scopes_any = vec!["user_impersonation".into()];
-        assert_eq!(
-            decide(
-                &r,
-                &Caller {
-                    kind: TokenKind::AppUser,
-                    mfa: true,
-                    roles: &[],
-                    scopes: "a user_impersonation",
-                    auth_time: None
-                },
-                0
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            decide(
-                &r,
-                &Caller {
-                    kind: TokenKind::AppUser,
-                    mfa: true,
-                    roles: &[],
-                    scopes: "user_impersonation2",
-                    auth_time: None
-                },
-                0
-            ),
-            Err(Deny::MissingScope)
-        );
+        assert_eq!(decide(&r, &caller(TokenKind::AppUser, &[], "a user_impersonation"), 0), Ok(()));
+        assert_eq!(decide(&r, &caller(TokenKind::AppUser, &[], "user_impersonation2"), 0), Err(Deny::MissingScope));
     }
 }

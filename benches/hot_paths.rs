@@ -1,5 +1,5 @@
 //! Criterion benches for the per-request hot functions: token verification (new and cached),
-//! route matching, policy, and header rewriting.
+//! route matching, policy, header rewriting, and the status report's bookkeeping.
 
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -8,12 +8,13 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use mfa_gateway::auth::jwks::IssuerKeys;
+use mfa_gateway::auth::metrics::AuthMetrics;
 use mfa_gateway::auth::policy::{self, Caller, TokenKind};
 use mfa_gateway::auth::profile;
 use mfa_gateway::auth::{keys, token, Authenticator};
 use mfa_gateway::config::Config;
 use mfa_gateway::demo::{entra_claims, DevIssuer};
-use mfa_gateway::metrics::Metrics;
+use mfa_gateway::report::{Observation, Report, ReportConfig};
 use mfa_gateway::routes::RouteTable;
 
 /// Polls a future that is expected to be ready at once (the cached path never awaits).
@@ -76,7 +77,7 @@ fn bench_tokens(c: &mut Criterion) {
     }
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let metrics = Arc::new(Metrics::new(&config.metrics));
+    let metrics = Arc::new(AuthMetrics::register(&prometheus::Registry::new()));
     let auth = rt.block_on(async {
         let auth = Authenticator::new(&config.auth, metrics, &[]);
         tokio::spawn(IssuerKeys::maintain(Arc::downgrade(&auth.issuers[0])));
@@ -150,5 +151,38 @@ fn bench_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_tokens, bench_routes_and_policy, bench_headers);
+/// The status report's table of users without MFA, at its cap: a user it knows, against a
+/// stream of 100 000 users it has never seen (each one evicts the user seen longest ago).
+fn bench_report(c: &mut Criterion) {
+    let cfg = ReportConfig::default();
+    let report = Report::new(cfg.clone());
+    let record = |user: &str, t: i64| {
+        report.record(&Observation {
+            unix_secs: t,
+            route: "customers",
+            kind: TokenKind::AppUser,
+            mfa: false,
+            app: "11111111-2222-3333-4444-555555555555",
+            user: Some(user),
+            tenant: Some("aaaabbbb-0000-cccc-1111-dddd2222eeee"),
+        })
+    };
+    let t = 1_700_000_000;
+    for i in 0..cfg.max_users {
+        record(&format!("filler{i}@contoso.example"), t);
+    }
+    let new_users: Vec<String> = (0..100_000).map(|i| format!("user{i}@contoso.example")).collect();
+    c.bench_function("report/record (known user, table full)", |b| {
+        b.iter(|| record(black_box("filler9999@contoso.example"), t))
+    });
+    let mut next = 0;
+    c.bench_function("report/record (new user each time, table full)", |b| {
+        b.iter(|| {
+            record(black_box(&new_users[next % new_users.len()]), t);
+            next += 1;
+        })
+    });
+}
+
+criterion_group!(benches, bench_tokens, bench_routes_and_policy, bench_headers, bench_report);
 criterion_main!(benches);

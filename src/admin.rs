@@ -67,13 +67,9 @@ fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             // Ages are computed at scrape time, so a stuck refresher still shows as stale.
             for i in &stack.snapshot().auth.issuers {
-                match i.age_secs() {
-                    Some(age) => stack.metrics.key_set_age.with_label_values(&[&i.name]).set(age),
-                    // Never fetched: no sample (keys_held is 0 and /readyz says why).
-                    None => drop(stack.metrics.key_set_age.remove_label_values(&[&i.name])),
-                }
+                stack.auth_metrics.key_set_age(&i.name, i.age_secs());
             }
-            reply(StatusCode::OK, "text/plain; version=0.0.4", stack.metrics.render().into())
+            reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render(&stack.registry).into())
         }
         "/report" => {
             let snapshot = stack.report.snapshot(crate::auth::unix_now());

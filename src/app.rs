@@ -9,11 +9,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::listener::{self, Drain};
-use crate::metrics::Metrics;
+use crate::listener::{self, ConnectionMetrics, Drain};
 use crate::reload::Reloads;
-use crate::report::Report;
-use crate::snapshot::Snapshot;
 use crate::stack::Stack;
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -41,19 +38,19 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
-    let metrics = Arc::new(Metrics::new(&config.metrics));
-    let reloads = Reloads::register(&metrics.registry);
-    let report = Report::new(config.report.clone());
+    let registry = crate::metrics::registry();
+    let reloads = Reloads::register(&registry);
+    let connections = Arc::new(ConnectionMetrics::register(&registry));
     let max_connections = config.server.max_connections;
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
-    let (first, _) = Snapshot::build(config, None, &metrics)?;
-    let stack = Arc::new(Stack::new(first, metrics, report));
+    let stack = Arc::new(Stack::new(config, &registry)?);
 
     let (shutdown, rx) = watch::channel(false);
     let drain = Arc::new(Drain::default());
     tokio::spawn(crate::admin::serve(admin, stack.clone(), rx.clone()));
-    let listener = tokio::spawn(listener::serve(listener, stack.clone(), max_connections, rx, drain.clone()));
+    let listener =
+        tokio::spawn(listener::serve(listener, stack.clone(), connections, max_connections, rx, drain.clone()));
     let background = vec![tokio::spawn(crate::reload::watch(stack.clone(), reloads))];
     tracing::info!(%addr, admin = %admin_addr, scheme, "listening");
     Ok(Running { addr, admin_addr, stack, shutdown, listener, background, drain })

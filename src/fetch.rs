@@ -30,23 +30,11 @@ pub async fn get(
         .body(Empty::new())
         .map_err(|e| format!("GET {uri}: {e}"))?;
     let fut = async {
-        let resp = client.request(req).await.map_err(|e| format!("GET {uri}: {}", error_chain(&e)))?;
+        let resp = client.request(req).await.map_err(|e| format!("GET {uri}: {}", crate::error_chain::describe(&e)))?;
         let status = resp.status();
         let body =
             Limited::new(resp.into_body(), limit).collect().await.map_err(|e| format!("GET {uri}: body: {e}"))?;
         Ok((status, body.to_bytes()))
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| format!("GET {uri}: timed out"))?
-}
-
-/// All causes, outermost first: "client error (Connect): tcp connect error: Connection refused".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        out.push_str(": ");
-        out.push_str(&next.to_string());
-        cur = next;
-    }
-    out
 }

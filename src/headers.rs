@@ -6,7 +6,10 @@
 //! `x-mfa-gateway-upn` to them, and `X_Forwarded_For` is `X-Forwarded-For`. The screen compares
 //! names in that folded form.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use prometheus::Registry;
+
+use crate::metrics::KindCounters;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), besides `Proxy-*` and whatever `Connection` names.
 pub const HOP_BY_HOP: [HeaderName; 6] = [
@@ -40,6 +43,26 @@ pub const REMOVED_REASONS: [&str; 3] = ["identity", "owned_twin", "underscore"];
 impl Removed {
     pub fn as_str(self) -> &'static str {
         REMOVED_REASONS[self as usize]
+    }
+}
+
+/// `client_headers_removed_total`, by reason.
+pub struct RemovedCounters(KindCounters);
+
+impl RemovedCounters {
+    pub fn register(reg: &Registry) -> Self {
+        Self(KindCounters::labelled(
+            reg,
+            "mfa_gateway_client_headers_removed_total",
+            "Client request headers removed before routing: any spelling of an identity header, an \
+             underscore twin of a header the gateway sets, or any underscore name (drop_underscore_headers).",
+            "reason",
+            &REMOVED_REASONS,
+        ))
+    }
+
+    pub fn inc(&self, why: Removed) {
+        self.0.inc(why.as_str());
     }
 }
 
@@ -110,14 +133,34 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and whatever
-/// `Connection` names.
+/// `Connection` names. `TE: trailers` stays (as that one value): HTTP/2 allows it, and gRPC
+/// servers require it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     let named: Vec<HeaderName> =
         connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
     remove_prefixed(headers, "proxy-");
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// A gRPC request: `content-type: application/grpc`, `application/grpc+proto` and the like.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
 }
 
 /// Removes every header whose (lowercase) name starts with `prefix`; allocates only when one does.
@@ -133,7 +176,6 @@ pub fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn map(names: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -208,7 +250,7 @@ mod tests {
             ("x-secret", "1"),
             ("proxy-authorization", "Basic x"),
             ("proxy-foo", "1"),
-            ("te", "trailers"),
+            ("te", "gzip, Trailers"),
             ("trailer", "x"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
@@ -220,6 +262,26 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
-        assert_eq!(left, ["authorization", "x-keep"]);
+        assert_eq!(left, ["authorization", "te", "x-keep"]);
+        assert_eq!(h["te"], "trailers", "only the one value HTTP/2 allows");
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key(header::TE));
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let grpc = |ct: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            is_grpc(&h)
+        };
+        for yes in ["application/grpc", "application/grpc+proto", "Application/GRPC+json", "application/grpc;x=1"] {
+            assert!(grpc(yes), "{yes}");
+        }
+        for no in ["application/grpc-web", "application/json", "application/grp", "text/plain"] {
+            assert!(!grpc(no), "{no}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
     }
 }

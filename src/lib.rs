@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod dev;
+pub mod error_chain;
 pub mod fetch;
 pub mod fleet;
 pub mod headers;
@@ -20,10 +21,13 @@ pub mod refusal;
 pub mod reload;
 pub mod report;
 pub mod report_page;
+pub mod request_end;
+pub mod request_id;
 pub mod routes;
 pub mod snapshot;
 pub mod stack;
 pub mod tls;
+pub mod tunnel;
 
 use config::{Config, LogConfig, LogFormat};
 

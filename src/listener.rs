@@ -1,5 +1,6 @@
 //! Accept loop: connection cap, HTTP/1.1 and HTTP/2 (prior knowledge) on one port, header and
-//! idle timeouts, and a graceful drain on shutdown.
+//! idle timeouts, and a graceful drain on shutdown. An upgraded connection stays this
+//! connection's: its slot, drain guard and idle timeout hold until the tunnel closes.
 
 use std::convert::Infallible;
 use std::io;
@@ -9,15 +10,51 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::header;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::{counter, gauge, KindCounters};
 use crate::stack::{Conn, Stack};
+use crate::tunnel::{self, TunnelMetrics};
+
+/// Connection failure kinds; the `kind` label of `connection_errors_total`.
+pub const CONNECTION_ERROR_KINDS: [&str; 6] =
+    ["header_too_large", "header_timeout", "bad_request", "incomplete", "io", "accept"];
+
+/// The connection families.
+pub struct ConnectionMetrics {
+    open: IntGauge,
+    errors: KindCounters,
+    tls_handshake_errors: IntCounter,
+    tunnels: TunnelMetrics,
+}
+
+impl ConnectionMetrics {
+    pub fn register(reg: &Registry) -> Self {
+        Self {
+            open: gauge(reg, "mfa_gateway_connections_open", "Client connections open."),
+            errors: KindCounters::new(
+                reg,
+                "mfa_gateway_connection_errors_total",
+                "Client connections that ended in an error, by kind (oversized request head: 431).",
+                &CONNECTION_ERROR_KINDS,
+            ),
+            tls_handshake_errors: counter(
+                reg,
+                "mfa_gateway_tls_handshake_errors_total",
+                "Client TLS handshakes that failed or timed out (plain HTTP on the TLS port included).",
+            ),
+            tunnels: TunnelMetrics::register(reg),
+        }
+    }
+}
 
 /// Counts open connections so shutdown can wait for them to finish.
 #[derive(Default)]
@@ -83,6 +120,7 @@ impl AcceptEpisode {
 pub async fn serve(
     listener: TcpListener,
     stack: Arc<Stack>,
+    metrics: Arc<ConnectionMetrics>,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
     drain: Arc<Drain>,
@@ -108,7 +146,7 @@ pub async fn serve(
                 Err(e) => {
                     // EMFILE and friends: back off briefly and keep serving. One warning per
                     // episode (not one per retry); every failure is counted.
-                    stack.metrics.connection_error("accept");
+                    metrics.errors.inc("accept");
                     match accept_failures.as_mut().filter(|ep| !ep.over()) {
                         Some(episode) => episode.failed(),
                         None => {
@@ -126,33 +164,29 @@ pub async fn serve(
         drain.open.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(drain.clone());
         let stack = stack.clone();
+        let metrics = metrics.clone();
         let shutdown = shutdown.clone();
-        let (builder, tls, idle_timeout) = {
+        let (builder, tls, limits) = {
             let snap = stack.snapshot();
             let tls = snap.tls.clone().zip(snap.config.server.tls.as_ref().map(|t| t.handshake_timeout));
-            (snap.http.clone(), tls, snap.config.server.idle_timeout)
+            let limits = Limits { idle: snap.config.server.idle_timeout, grace: snap.config.server.shutdown_grace };
+            (snap.http.clone(), tls, limits)
         };
         tokio::spawn(async move {
             let _permit = permit;
             let _guard = guard;
-            stack.metrics.connections_open.inc();
+            metrics.open.inc();
             let activity = Arc::new(AtomicBool::new(false));
             let io = Tracked { inner: stream, active: activity.clone() };
+            let conn = Connection { activity, builder: &builder, stack, metrics: &metrics, limits, shutdown };
             match tls {
-                None => {
-                    let conn_info = Conn { peer, tls: false };
-                    serve_connection(io, activity, &builder, stack.clone(), conn_info, idle_timeout, shutdown).await;
-                }
-                Some((tls, limit)) => match handshake(io, tls, limit, &stack).await {
-                    Some(io) => {
-                        let conn_info = Conn { peer, tls: true };
-                        serve_connection(io, activity, &builder, stack.clone(), conn_info, idle_timeout, shutdown)
-                            .await;
-                    }
+                None => conn.serve(io, Conn { peer, tls: false }).await,
+                Some((tls, limit)) => match handshake(io, tls, limit, &metrics).await {
+                    Some(io) => conn.serve(io, Conn { peer, tls: true }).await,
                     None => tracing::debug!(client = %peer, "TLS handshake did not complete"),
                 },
             }
-            stack.metrics.connections_open.dec();
+            metrics.open.dec();
         });
     }
     tracing::info!("listener closed; draining connections");
@@ -164,7 +198,7 @@ async fn handshake(
     mut io: Tracked<tokio::net::TcpStream>,
     tls: TlsAcceptor,
     limit: Duration,
-    stack: &Stack,
+    metrics: &ConnectionMetrics,
 ) -> Option<tokio_rustls::server::TlsStream<Tracked<tokio::net::TcpStream>>> {
     let work = async {
         let mut first = [0u8; 1];
@@ -185,72 +219,148 @@ async fn handshake(
     match tokio::time::timeout(limit, work).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
-            stack.metrics.tls_handshake_errors.inc();
+            metrics.tls_handshake_errors.inc();
             tracing::debug!(error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            stack.metrics.tls_handshake_errors.inc();
+            metrics.tls_handshake_errors.inc();
             tracing::debug!(timeout = ?limit, "TLS handshake timed out");
             None
         }
     }
 }
 
-async fn serve_connection<I>(
-    io: I,
+/// A connection's time limits, from the snapshot current when it was accepted.
+#[derive(Clone, Copy)]
+struct Limits {
+    idle: Duration,
+    /// How long a tunnel may stay open once shutdown begins.
+    grace: Duration,
+}
+
+/// One accepted connection, served to its end (its tunnel's end, if it is upgraded).
+struct Connection<'a> {
     activity: Arc<AtomicBool>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &'a auto::Builder<TokioExecutor>,
     stack: Arc<Stack>,
-    conn_info: Conn,
-    idle_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let io = TokioIo::new(io);
-    let metrics = stack.metrics.clone();
-    let svc = service_fn(move |req| {
-        let stack = stack.clone();
-        async move { Ok::<_, Infallible>(stack.handle(req, conn_info).await) }
-    });
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
-    let mut closing = false;
-    // Idle check without a clock read per I/O: every half timeout, see whether any byte moved.
-    // A connection is closed after between one and one and a half `idle_timeout`s of silence.
-    let tick = idle_timeout / 2;
-    let mut next = tokio::time::Instant::now() + tick;
-    let mut quiet = Duration::ZERO;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    // Client faults (oversized head, header timeout, bad framing) are answered
-                    // by hyper itself; count them here so they show up.
-                    let kind = connection_error_kind(&*e);
-                    metrics.connection_error(kind);
-                    tracing::debug!(client = %conn_info.peer, kind, error = %e, "connection ended with an error");
+    metrics: &'a ConnectionMetrics,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection<'_> {
+    async fn serve<I>(self, io: I, conn_info: Conn)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { activity, builder, stack, metrics, limits, mut shutdown } = self;
+        let io = TokioIo::new(io);
+        let slot = tunnel::Slot::new(metrics.tunnels.clone());
+        let lender = slot.clone();
+        let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            // Only a request that may become a tunnel carries a lease back to this connection.
+            if req.headers().contains_key(header::UPGRADE) {
+                req.extensions_mut().insert(lender.lease());
+            }
+            let stack = stack.clone();
+            async move { Ok::<_, Infallible>(stack.handle(req, conn_info).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn);
+        let mut idle = IdleClock::new(limits.idle);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        // Client faults (oversized head, header timeout, bad framing) are answered
+                        // by hyper itself; count them here so they show up.
+                        let kind = connection_error_kind(&*e);
+                        metrics.errors.inc(kind);
+                        tracing::debug!(client = %conn_info.peer, kind, error = %e, "connection ended with an error");
+                    }
+                    break;
                 }
-                return;
-            }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep_until(next), if !closing => {
-                next += tick;
-                if activity.swap(false, Ordering::Relaxed) {
-                    quiet = Duration::ZERO;
-                } else {
-                    quiet += tick;
-                    if quiet >= idle_timeout {
+                _ = shutdown.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = idle.tick(), if !closing => {
+                    if idle.expired(&activity) {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
                 }
             }
         }
+        // hyper's part ends at an upgrade; the tunnel is still this connection's.
+        if slot.in_use() {
+            hold_tunnel(&slot, &activity, idle, limits.grace, shutdown).await;
+        }
+    }
+}
+
+/// Waits for the connection's tunnel to close, closing it when the connection has been idle
+/// for `idle_timeout`, or `grace` after shutdown begins.
+async fn hold_tunnel(
+    slot: &tunnel::Slot,
+    activity: &AtomicBool,
+    mut idle: IdleClock,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut deadline: Option<tokio::time::Instant> = (*shutdown.borrow()).then(|| tokio::time::Instant::now() + grace);
+    loop {
+        tokio::select! {
+            _ = slot.released() => return,
+            _ = shutdown.changed(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + grace);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                tracing::debug!("shutdown grace over; closing a tunnel");
+                slot.close();
+                slot.released().await;
+                return;
+            }
+            _ = idle.tick() => {
+                if idle.expired(activity) {
+                    tracing::debug!("tunnel idle; closing it");
+                    slot.close();
+                    slot.released().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Idle check without a clock read per I/O: every half timeout, see whether any byte moved. A
+/// connection is closed after between one and one and a half `idle_timeout`s of silence.
+struct IdleClock {
+    timeout: Duration,
+    next: tokio::time::Instant,
+    quiet: Duration,
+}
+
+impl IdleClock {
+    fn new(timeout: Duration) -> Self {
+        Self { timeout, next: tokio::time::Instant::now() + timeout / 2, quiet: Duration::ZERO }
+    }
+
+    async fn tick(&mut self) {
+        tokio::time::sleep_until(self.next).await;
+        self.next += self.timeout / 2;
+    }
+
+    /// After a tick: whether the connection has been silent for the whole timeout.
+    fn expired(&mut self, activity: &AtomicBool) -> bool {
+        if activity.swap(false, Ordering::Relaxed) {
+            self.quiet = Duration::ZERO;
+        } else {
+            self.quiet += self.timeout / 2;
+        }
+        self.quiet >= self.timeout
     }
 }
 

@@ -1,5 +1,5 @@
-//! Forwarding with a pooled client: URI rewrite, hop-by-hop headers, `X-Forwarded-*`, upgrades.
-//! Bodies stream both ways; nothing here buffers a body.
+//! Forwarding with a pooled client: URI rewrite, hop-by-hop headers, `X-Forwarded-*`, upgrades,
+//! gRPC. Bodies (and their trailers) stream both ways; nothing here buffers a body.
 
 use std::net::IpAddr;
 
@@ -8,15 +8,49 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::{Histogram, Registry};
 
 use crate::config::UpstreamConfig;
-use crate::headers::{connection_tokens, strip_hop_by_hop};
+use crate::error_chain;
+use crate::headers::{connection_tokens, is_grpc, strip_hop_by_hop};
+use crate::metrics::{latency, KindCounters};
+use crate::tunnel::{self, Lease};
 
-/// Why the upstream gave no response.
+/// Upstream failure kinds; the `kind` label of `upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["dns", "connect", "timeout", "tls", "protocol"];
+
+/// The upstream families: failures by kind, and time to response headers.
+pub struct UpstreamMetrics {
+    errors: KindCounters,
+    pub duration: Histogram,
+}
+
+impl UpstreamMetrics {
+    pub fn register(reg: &Registry) -> Self {
+        Self {
+            errors: KindCounters::new(
+                reg,
+                "mfa_gateway_upstream_errors_total",
+                "Requests the upstream failed, by kind.",
+                &UPSTREAM_ERROR_KINDS,
+            ),
+            duration: latency(reg, "mfa_gateway_upstream_duration_seconds", "Upstream time to response headers."),
+        }
+    }
+
+    pub fn failed(&self, e: &UpstreamError) {
+        self.errors.inc(e.kind());
+    }
+}
+
+/// Why the upstream gave no response. The texts are for the log line only; a client is told
+/// the status and a fixed sentence.
 #[derive(Debug)]
 pub enum UpstreamError {
-    /// Could not connect (refused, unreachable, DNS, connect timeout).
+    /// The upstream's host name did not resolve.
+    Dns(String),
+    /// Could not connect (refused, unreachable, connect timeout).
     Connect(String),
     /// No response headers within `upstream.timeout`.
     Timeout,
@@ -30,6 +64,7 @@ impl UpstreamError {
     /// Metric label (`crate::metrics::UPSTREAM_ERROR_KINDS`).
     pub fn kind(&self) -> &'static str {
         match self {
+            UpstreamError::Dns(_) => "dns",
             UpstreamError::Connect(_) => "connect",
             UpstreamError::Timeout => "timeout",
             UpstreamError::Tls(_) => "tls",
@@ -50,14 +85,16 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 pub struct Proxy {
     client: Client<Connector, Incoming>,
+    /// HTTP/2 only, for gRPC: prior knowledge to an `http://` upstream, ALPN `h2` over TLS.
+    grpc: Client<Connector, Incoming>,
     upstream: UpstreamConfig,
 }
 
 impl Proxy {
     pub fn new(upstream: &UpstreamConfig) -> Self {
-        let connector = match &upstream.tls {
+        let connector = |http2: bool| match &upstream.tls {
             // HTTP/2 to the upstream when its ALPN offers it.
-            Some(tls) => crate::tls::https_connector(tls.clone(), true, Some(upstream.connect_timeout)),
+            Some(tls) => crate::tls::https_connector(tls.clone(), http2, Some(upstream.connect_timeout)),
             None => {
                 let mut http = HttpConnector::new();
                 http.set_connect_timeout(Some(upstream.connect_timeout));
@@ -65,12 +102,22 @@ impl Proxy {
                 hyper_rustls::HttpsConnector::from((http, std::sync::Arc::new(empty_tls())))
             }
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
-            .build(connector);
-        Self { client, upstream: upstream.clone() }
+        let builder = |http2_only: bool| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_timer(TokioTimer::new())
+                .pool_idle_timeout(upstream.pool_idle_timeout)
+                .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
+                .http2_only(http2_only);
+            if http2_only {
+                b.timer(TokioTimer::new());
+            }
+            b
+        };
+        Self {
+            client: builder(false).build(connector(true)),
+            grpc: builder(true).build(connector(true)),
+            upstream: upstream.clone(),
+        }
     }
 
     /// Sends the request upstream and returns its response headers (the body still streaming).
@@ -79,8 +126,11 @@ impl Proxy {
         mut req: Request<Incoming>,
         origin: &Origin,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        // The listener lends a lease to every request that asks to upgrade; it must not travel on.
+        let lease = req.extensions_mut().remove::<Lease>();
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let grpc = is_grpc(req.headers());
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
             // HTTP/2 carries the host in :authority.
             req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -107,20 +157,24 @@ impl Proxy {
         // Path and query go through byte for byte.
         parts = parts.path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()));
         *req.uri_mut() = parts.build().map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-        *req.version_mut() = Version::HTTP_11;
+        let client = if grpc {
+            *req.version_mut() = Version::HTTP_2;
+            &self.grpc
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            &self.client
+        };
 
-        let mut resp = match tokio::time::timeout(self.upstream.timeout, self.client.request(req)).await {
+        let mut resp = match tokio::time::timeout(self.upstream.timeout, client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(e)) if is_tls(&e) => return Err(UpstreamError::Tls(root_cause(&e))),
-            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(root_cause(&e))),
-            Ok(Err(e)) => return Err(UpstreamError::Protocol(root_cause(&e))),
+            Ok(Err(e)) => return Err(classify(&e)),
             Ok(Ok(resp)) => resp,
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
+            if let (Some(client_upgrade), Some(lease)) = (client_upgrade, lease) {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, origin.request_id.clone()));
+                tokio::spawn(tunnel::run(client_upgrade, upstream_upgrade, lease, origin.request_id.clone()));
                 // Keep Connection/Upgrade: the client needs them to complete the switch.
                 return Ok(resp);
             }
@@ -169,20 +223,6 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, request_id: HeaderValue) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(?request_id, error = %e, "upgrade did not complete");
-            return;
-        }
-    };
-    let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-        tracing::debug!(?request_id, error = %e, "upgraded connection ended with an error");
-    }
-}
-
 /// A plain-http upstream never uses this; it only satisfies the connector's type.
 fn empty_tls() -> rustls::ClientConfig {
     rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -192,35 +232,18 @@ fn empty_tls() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// Whether a rustls error is anywhere in the chain. The connector nests it in `io::Error`s, whose
-/// `source()` skips the wrapped error, so each node is unwrapped too.
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    fn node(e: &(dyn std::error::Error + 'static)) -> bool {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            return node(inner);
-        }
-        false
+/// The kind of a failed exchange; the whole chain of causes goes to the log line.
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let why = error_chain::describe(e);
+    if error_chain::any(e, &|c| c.is::<rustls::Error>()) {
+        UpstreamError::Tls(why)
+    } else if e.is_connect() && error_chain::any(e, &|c| c.to_string() == "dns error") {
+        UpstreamError::Dns(why)
+    } else if e.is_connect() {
+        UpstreamError::Connect(why)
+    } else {
+        UpstreamError::Protocol(why)
     }
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if node(err) {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// The innermost cause: "connection refused" says more than "client error (Connect)".
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

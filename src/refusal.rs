@@ -1,5 +1,7 @@
 //! The one place where a refusal becomes a response. Bodies are short JSON that say what is
-//! wrong and never repeat any part of the request's token.
+//! wrong and never repeat any part of the request's token; an upstream failure is told in a
+//! fixed sentence with the request id (its detail is for the log). A gRPC client gets the same
+//! status as a gRPC trailers-only answer.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -9,9 +11,9 @@ use hyper::body::Incoming;
 
 use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings};
 use crate::auth::policy::Deny;
-use crate::metrics::Decision;
 use crate::path::PathFlaw;
 use crate::proxy::UpstreamError;
+use crate::request_end::Decision;
 
 /// Response body: the upstream's, streamed, or a short one of ours.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -59,8 +61,8 @@ impl Refusal {
         }
     }
 
-    pub fn into_response(self, style: &RefusalStyle) -> Response<Body> {
-        match self {
+    pub fn into_response(self, style: &RefusalStyle, request_id: &HeaderValue, grpc: bool) -> Response<Body> {
+        let (mut resp, message) = match self {
             Refusal::Auth(a) => {
                 let c = challenge(a, &style.challenge);
                 let mut resp = json(c.status, c.error, c.description);
@@ -78,22 +80,55 @@ impl Refusal {
                         resp.headers_mut().insert("request-context", rc.clone());
                     }
                 }
-                resp
+                (resp, c.description)
             }
-            Refusal::BadPath(flaw) => json(StatusCode::BAD_REQUEST, "bad_request", flaw.description()),
-            Refusal::Upstream(UpstreamError::Connect(why)) => {
-                text(StatusCode::BAD_GATEWAY, &format!("upstream unreachable: {why}\n"))
+            Refusal::BadPath(flaw) => {
+                (json(StatusCode::BAD_REQUEST, "bad_request", flaw.description()), flaw.description())
             }
-            Refusal::Upstream(UpstreamError::Tls(why)) => {
-                text(StatusCode::BAD_GATEWAY, &format!("upstream TLS handshake failed: {why}\n"))
-            }
-            Refusal::Upstream(UpstreamError::Protocol(why)) => {
-                text(StatusCode::BAD_GATEWAY, &format!("upstream failed: {why}\n"))
-            }
+            // Which request, never why: DNS names, addresses and certificate problems are the
+            // operator's to read in the log line.
             Refusal::Upstream(UpstreamError::Timeout) => {
-                text(StatusCode::GATEWAY_TIMEOUT, "upstream did not respond in time\n")
+                const WHAT: &str = "the upstream did not answer in time";
+                (text(StatusCode::GATEWAY_TIMEOUT, WHAT, request_id), WHAT)
             }
+            Refusal::Upstream(_) => {
+                const WHAT: &str = "the upstream could not be reached";
+                (text(StatusCode::BAD_GATEWAY, WHAT, request_id), WHAT)
+            }
+        };
+        if grpc {
+            trailers_only(&mut resp, message);
         }
+        resp
+    }
+}
+
+/// gRPC status for an HTTP status, as gRPC's HTTP mapping gives it.
+fn grpc_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "16",             // UNAUTHENTICATED
+        403 => "7",              // PERMISSION_DENIED
+        404 => "12",             // UNIMPLEMENTED
+        429 | 502..=504 => "14", // UNAVAILABLE
+        _ => "13",               // INTERNAL
+    }
+}
+
+/// Makes a refusal a gRPC trailers-only answer: headers only, with `grpc-status` and
+/// `grpc-message`. The HTTP status and `WWW-Authenticate` stay.
+fn trailers_only(resp: &mut Response<Body>, message: &str) {
+    let status = grpc_status(resp.status());
+    *resp.body_mut() = Either::Right(Full::new(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from_static(status));
+    // grpc-message is percent-encoded; our messages are plain ASCII but for the odd quote.
+    let encoded: String = message
+        .bytes()
+        .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        resp.headers_mut().insert("grpc-message", v);
     }
 }
 
@@ -106,8 +141,9 @@ fn json(status: StatusCode, error: &str, description: &str) -> Response<Body> {
     resp
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::copy_from_slice(body.as_bytes()))));
+fn text(status: StatusCode, what: &str, request_id: &HeaderValue) -> Response<Body> {
+    let body = format!("{what} (request id {})\n", request_id.to_str().unwrap_or("-"));
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::config::{Config, FileStamp};
-use crate::snapshot::Snapshot;
 use crate::stack::Stack;
 
 const POLL: Duration = Duration::from_secs(1);
@@ -114,7 +113,7 @@ fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(Pa
     for key in keep_fixed(&old.config, &mut new) {
         tracing::warn!(key, "this setting cannot change without a restart; the running value is kept");
     }
-    match Snapshot::build(new, Some(&old), &stack.metrics) {
+    match stack.build(new, &old) {
         Ok((next, carried)) => {
             let files = next.config.files.clone();
             let routes = next.config.routes.len();

@@ -3,12 +3,103 @@
 //! App+User requests without MFA, and the users seen without MFA. In memory and bounded;
 //! Prometheus (`rules.yml`) is the view across replicas.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
+use prometheus::{IntCounter, IntCounterVec, Registry};
 use serde::Serialize;
 
 use crate::auth::policy::TokenKind;
+use crate::metrics::counter_vec;
+
+/// Settings for the per-application MFA counters (`[metrics]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// App ids that always get their own `app` label.
+    pub apps: Vec<String>,
+    /// Other app ids labelled as first seen, up to this many; the rest are `other`.
+    pub max_apps: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { apps: Vec::new(), max_apps: 50 }
+    }
+}
+
+pub const OTHER_APP: &str = "other";
+
+/// The status report's ratios as Prometheus counters, so that every replica's share adds up
+/// in Prometheus (`rules.yml`, `mfa-gateway report --prometheus`).
+pub struct RatioCounters {
+    app_user: IntCounterVec,
+    app_only: IntCounterVec,
+    apps: AppLabels,
+}
+
+impl RatioCounters {
+    pub fn register(reg: &Registry, cfg: &MetricsConfig) -> Self {
+        let app_user = counter_vec(
+            reg,
+            "mfa_gateway_app_user_requests_total",
+            "Requests with a verified App+User token, by application and whether the token carried MFA. \
+             The status report's App+User MFA ratio is mfa=\"true\" over the sum (app-only excluded).",
+            &["app", "mfa"],
+        );
+        let app_only = counter_vec(
+            reg,
+            "mfa_gateway_app_only_requests_total",
+            "Requests with a verified app-only token, by application.",
+            &["app"],
+        );
+        for app in cfg.apps.iter().map(String::as_str).chain([OTHER_APP]) {
+            app_user.with_label_values(&[app, "true"]);
+            app_user.with_label_values(&[app, "false"]);
+            app_only.with_label_values(&[app]);
+        }
+        let apps = AppLabels { allow: cfg.apps.clone(), max_dynamic: cfg.max_apps, seen: Mutex::new(HashSet::new()) };
+        Self { app_user, app_only, apps }
+    }
+
+    /// The counter for one verified token (resolve once, increment per request).
+    pub fn counter(&self, app: Option<&str>, kind: TokenKind, mfa: bool) -> IntCounter {
+        let label = self.apps.label(app);
+        match kind {
+            TokenKind::AppUser => self.app_user.with_label_values(&[label, if mfa { "true" } else { "false" }]),
+            TokenKind::AppOnly => self.app_only.with_label_values(&[label]),
+        }
+    }
+}
+
+/// The `app` label: app ids on the allowlist, then the first `max_dynamic` other ids seen, then
+/// `other`. Resolved once per verified token, never per request.
+struct AppLabels {
+    allow: Vec<String>,
+    max_dynamic: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl AppLabels {
+    fn label<'a>(&self, app: Option<&'a str>) -> &'a str {
+        let Some(app) = app else { return "none" };
+        if self.allow.iter().any(|a| a == app) {
+            return app;
+        }
+        // Only GUID-shaped ids become labels: a label is never free text from a token.
+        if !crate::auth::token::is_guid(app) {
+            return OTHER_APP;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(app) {
+            return app;
+        }
+        if seen.len() < self.max_dynamic {
+            seen.insert(app.to_string());
+            return app;
+        }
+        OTHER_APP
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportConfig {
@@ -75,8 +166,50 @@ pub struct Recent {
 struct State {
     days: VecDeque<Day>,
     recent: VecDeque<Recent>,
-    /// user -> (last seen, requests without MFA)
-    users: HashMap<String, (i64, u64)>,
+    users: Users,
+}
+
+/// Users seen without MFA, each with when it was last seen and how often. Full, the table
+/// forgets the user seen longest ago; a queue ordered by last touch finds that user in
+/// O(log n), so a flood of new users costs no more per request than a known one.
+#[derive(Default)]
+struct Users {
+    by_name: HashMap<Arc<str>, UserSeenAt>,
+    /// Touch sequence -> user; the first entry is the least recently seen.
+    order: BTreeMap<u64, Arc<str>>,
+    next: u64,
+}
+
+struct UserSeenAt {
+    last_seen: i64,
+    requests: u64,
+    touch: u64,
+}
+
+impl Users {
+    fn seen(&mut self, user: &str, at: i64, cap: usize) {
+        let touch = self.next;
+        self.next += 1;
+        if let Some(u) = self.by_name.get_mut(user) {
+            let name = self.order.remove(&u.touch).expect("every user has its place in the order");
+            self.order.insert(touch, name);
+            u.last_seen = at;
+            u.requests += 1;
+            u.touch = touch;
+            return;
+        }
+        if cap == 0 {
+            return;
+        }
+        if self.by_name.len() >= cap {
+            if let Some((_, stale)) = self.order.pop_first() {
+                self.by_name.remove(&stale);
+            }
+        }
+        let name: Arc<str> = Arc::from(user);
+        self.order.insert(touch, name.clone());
+        self.by_name.insert(name, UserSeenAt { last_seen: at, requests: 1, touch });
+    }
 }
 
 pub struct Report {
@@ -117,8 +250,6 @@ pub struct Snapshot {
     pub users_without_mfa: Vec<UserSeen>,
 }
 
-const OTHER: &str = "other";
-
 /// The scope of the report read from Prometheus (`mfa-gateway report --prometheus`).
 pub const FLEET_SCOPE: &str = "every replica Prometheus scrapes";
 
@@ -143,7 +274,10 @@ pub fn summarize(per_app: impl Iterator<Item = (String, Counts)>) -> (Counts, Ve
 
 impl Report {
     pub fn new(cfg: ReportConfig) -> Self {
-        Self { cfg, state: Mutex::new(State { days: VecDeque::new(), recent: VecDeque::new(), users: HashMap::new() }) }
+        Self {
+            cfg,
+            state: Mutex::new(State { days: VecDeque::new(), recent: VecDeque::new(), users: Users::default() }),
+        }
     }
 
     pub fn record(&self, o: &Observation<'_>) {
@@ -161,7 +295,7 @@ impl Report {
         let counts = if let Some(c) = bucket.apps.get_mut(o.app) {
             c
         } else {
-            let key = if bucket.apps.len() < self.cfg.max_apps { o.app } else { OTHER };
+            let key = if bucket.apps.len() < self.cfg.max_apps { o.app } else { OTHER_APP };
             bucket.apps.entry(key.to_string()).or_default()
         };
         match (o.kind, o.mfa) {
@@ -183,17 +317,7 @@ impl Report {
                 });
             }
             if let Some(user) = o.user {
-                if let Some(seen) = s.users.get_mut(user) {
-                    *seen = (o.unix_secs, seen.1 + 1);
-                } else if self.cfg.max_users > 0 {
-                    if s.users.len() >= self.cfg.max_users {
-                        // Full: forget the user seen longest ago.
-                        if let Some(stale) = s.users.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| k.clone()) {
-                            s.users.remove(&stale);
-                        }
-                    }
-                    s.users.insert(user.to_string(), (o.unix_secs, 1));
-                }
+                s.users.seen(user, o.unix_secs, self.cfg.max_users);
             }
         }
     }
@@ -213,9 +337,10 @@ impl Report {
         let recent_without_mfa = s.recent.iter().take_while(|r| r.time >= window_start).cloned().collect();
         let mut users_without_mfa: Vec<UserSeen> = s
             .users
+            .by_name
             .iter()
-            .filter(|(_, v)| v.0 >= window_start)
-            .map(|(u, v)| UserSeen { user: u.clone(), last_seen: v.0, requests_without_mfa: v.1 })
+            .filter(|(_, v)| v.last_seen >= window_start)
+            .map(|(u, v)| UserSeen { user: u.to_string(), last_seen: v.last_seen, requests_without_mfa: v.requests })
             .collect();
         users_without_mfa.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.user.cmp(&b.user)));
         Snapshot {
@@ -299,5 +424,18 @@ mod tests {
         assert_eq!(names.len(), 3, "two apps and other: {names:?}");
         assert!(names.contains(&"other"));
         assert_eq!(s.totals.app_user_without_mfa, 10, "nothing lost to the caps");
+    }
+
+    #[test]
+    fn a_full_user_table_forgets_the_user_seen_longest_ago() {
+        let r = Report::new(ReportConfig { max_users: 2, ..ReportConfig::default() });
+        let t = 1_700_000_000;
+        for (i, u) in ["u1", "u2", "u1", "u3"].into_iter().enumerate() {
+            r.record(&obs(t + i as i64, TokenKind::AppUser, false, "a", Some(u)));
+        }
+        let s = r.snapshot(t + 10);
+        let kept: Vec<(&str, u64)> =
+            s.users_without_mfa.iter().map(|u| (u.user.as_str(), u.requests_without_mfa)).collect();
+        assert_eq!(kept, [("u3", 1), ("u1", 2)], "u2 was seen longest ago; u1 was seen again after it");
     }
 }

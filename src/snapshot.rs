@@ -11,12 +11,13 @@ use hyper_util::server::conn::auto;
 
 use crate::audit::UserIds;
 use crate::auth::jwks::IssuerKeys;
+use crate::auth::metrics::AuthMetrics;
 use crate::auth::Authenticator;
 use crate::config::{Config, ServerConfig};
 use crate::headers::Screen;
-use crate::metrics::{Metrics, RouteCounters};
 use crate::proxy::Proxy;
 use crate::refusal::RefusalStyle;
+use crate::request_end::{RequestMetrics, RouteCounters};
 use crate::routes::RouteTable;
 
 pub struct Snapshot {
@@ -54,11 +55,12 @@ impl Snapshot {
     pub fn build(
         config: Config,
         previous: Option<&Snapshot>,
-        metrics: &Arc<Metrics>,
+        requests: &RequestMetrics,
+        metrics: &Arc<AuthMetrics>,
     ) -> Result<(Snapshot, Carried), String> {
         let routes = RouteTable::new(&config.routes, config.default_require, config.default_step_up)
             .map_err(|(i, e)| format!("route[{i}]: {e}"))?;
-        let counters = routes.names().map(|n| metrics.route_counters(n)).collect();
+        let counters = routes.names().map(|n| requests.route_counters(n)).collect();
         let changed: Vec<&Path> = previous.map(|p| p.config.changed(&config).collect()).unwrap_or_default();
         let untouched = |path: Option<&Path>| path.is_none_or(|p| !changed.contains(&p));
         let mut carried = Carried::default();

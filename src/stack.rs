@@ -1,29 +1,31 @@
-//! The request path, in order. `auth` and `proxy` never see each other; they meet here.
+//! The request path, in order. `auth` and `proxy` never see each other; they meet here. Every
+//! request's records are written by its `RequestEnd`, however the request ends.
 
-use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, AUTHORIZATION};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-
-use arc_swap::ArcSwap;
+use prometheus::Registry;
 
 use crate::audit;
 use crate::auth::challenge::AuthRefusal;
+use crate::auth::metrics::AuthMetrics;
 use crate::auth::Verified;
-use crate::metrics::{Decision, Metrics};
-use crate::proxy::Origin;
+use crate::config::Config;
+use crate::headers::{is_grpc, RemovedCounters};
+use crate::proxy::{Origin, UpstreamMetrics};
 use crate::refusal::{Body, Refusal};
-use crate::report::{Observation, Report};
+use crate::report::{Observation, RatioCounters, Report};
+use crate::request_end::{Asked, Decision, Derived, RequestEnd, RequestMetrics, Sinks};
+use crate::request_id::{RequestIds, REQUEST_ID};
 use crate::routes::{Requirement, Route};
-use crate::snapshot::Snapshot;
-
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::snapshot::{Carried, Snapshot};
 
 /// The connection a request came in on.
 #[derive(Debug, Clone, Copy)]
@@ -32,54 +34,41 @@ pub struct Conn {
     pub tls: bool,
 }
 
-/// What outlives a config: the current snapshot (swapped whole on reload), metrics, the status
-/// report, request ids, and whether the gateway is draining.
+/// What outlives a config: the current snapshot (swapped whole on reload), the metric families
+/// of the request path, the status report, request ids, and whether the gateway is draining.
 pub struct Stack {
     current: ArcSwap<Snapshot>,
-    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    requests: RequestMetrics,
+    pub auth_metrics: Arc<AuthMetrics>,
+    upstream: UpstreamMetrics,
+    screened: RemovedCounters,
+    ratios: RatioCounters,
     pub report: Report,
-    pub request_ids: RequestIds,
+    request_ids: RequestIds,
     draining: AtomicBool,
 }
 
-/// What one request learned on its way through, for metrics and the audit event. Three clock
-/// reads at most: arrival, end of the gateway's own work, upstream response headers.
-struct Trace {
-    verified: Option<Arc<Verified>>,
-    start: Instant,
-    auth_done: Option<Instant>,
-    upstream_done: Option<Instant>,
-}
-
-/// Redacted (user, oid), as audit events and the report may show them.
-type RedactedIds = (Option<Box<str>>, Option<Box<str>>);
-
-/// Per-token values derived once and kept on the cached token (`Verified::annotations`).
-struct Derived {
-    ratio: prometheus::IntCounter,
-    /// `None` in plain mode, where the claims are used as they are.
-    redacted: Option<RedactedIds>,
-}
-
-impl Derived {
-    /// (user, oid) as logs and the report may show them.
-    fn ids<'v>(&'v self, v: &'v Verified) -> (Option<&'v str>, Option<&'v str>) {
-        match &self.redacted {
-            None => (v.user(), v.oid()),
-            Some((user, oid)) => (user.as_deref(), oid.as_deref()),
-        }
-    }
-}
-
 impl Stack {
-    pub fn new(first: Snapshot, metrics: Arc<Metrics>, report: Report) -> Self {
-        Self {
+    /// Registers the request path's metric families in `registry` and builds the first snapshot.
+    pub fn new(config: Config, registry: &Registry) -> Result<Self, String> {
+        let requests = RequestMetrics::register(registry);
+        let auth_metrics = Arc::new(AuthMetrics::register(registry));
+        let ratios = RatioCounters::register(registry, &config.metrics);
+        let report = Report::new(config.report.clone());
+        let (first, _) = Snapshot::build(config, None, &requests, &auth_metrics)?;
+        Ok(Self {
             current: ArcSwap::from_pointee(first),
-            metrics,
+            registry: registry.clone(),
+            requests,
+            auth_metrics,
+            upstream: UpstreamMetrics::register(registry),
+            screened: RemovedCounters::register(registry),
+            ratios,
             report,
             request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The snapshot new requests and connections get.
@@ -87,10 +76,15 @@ impl Stack {
         self.current.load_full()
     }
 
-    /// Puts `next` in place for every request that starts from now on; returns the one it
-    /// replaced, which requests in flight keep until they end.
-    pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
-        self.current.swap(Arc::new(next))
+    /// Builds the next snapshot from `config`, keeping what it can of `previous`.
+    pub fn build(&self, config: Config, previous: &Snapshot) -> Result<(Snapshot, Carried), String> {
+        Snapshot::build(config, Some(previous), &self.requests, &self.auth_metrics)
+    }
+
+    /// Puts `next` in place for every request that starts from now on; requests in flight keep
+    /// the one they started with until they end.
+    pub fn swap(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
     }
 
     /// Lame duck: `/readyz` says so from now on; serving goes on.
@@ -103,8 +97,7 @@ impl Stack {
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
-        let mut trace = Trace { verified: None, start: Instant::now(), auth_done: None, upstream_done: None };
-        self.metrics.requests_in_flight.inc();
+        let start = Instant::now();
         // One load per request: the whole request sees one config, old or new.
         let snap = self.current.load_full();
         let snap = &*snap;
@@ -114,81 +107,71 @@ impl Stack {
         // No client header may pass for one the gateway sets, in any spelling an upstream stack
         // folds to the same name.
         snap.screen.apply(req.headers_mut(), |name, why| {
-            self.metrics.client_header_removed(why);
+            self.screened.inc(why);
             tracing::debug!(?request_id, header = %name, reason = why.as_str(), "client header removed");
         });
         req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
-        // `traceparent` and `tracestate` go upstream untouched; the audit event names the trace.
-        let trace_id =
-            if snap.config.audit.enabled { audit::trace_id(req.headers()).map(Box::<str>::from) } else { None };
         // Route on method + raw path; the route names the requirement.
         let route = snap.routes.resolve(req.method(), req.uri().path());
-        let method = req.method().clone();
+        let grpc = is_grpc(req.headers());
+        // From here on the request's records are written however it ends: the first await below
+        // is where a client that leaves drops this future.
+        let mut end = RequestEnd::begin(
+            Sinks {
+                metrics: &self.requests,
+                counters: &snap.counters[route.index],
+                ratios: &self.ratios,
+                audit: snap.config.audit.enabled.then_some(&*snap.user_ids),
+            },
+            Asked {
+                request_id: request_id.clone(),
+                // `traceparent` and `tracestate` go upstream untouched; the audit event names the trace.
+                trace_id: if snap.config.audit.enabled { audit::trace_id(req.headers()).map(Box::from) } else { None },
+                client: conn.peer,
+                method: req.method().clone(),
+                route: &route.name,
+            },
+            start,
+        );
 
-        let result = self.pass(snap, req, route, conn, &request_id, &mut trace).await;
-
-        let (mut resp, decision, reason) = match result {
-            Ok(resp) => (resp.map(Either::Left), Decision::Allowed, None),
+        let mut resp = match self.pass(snap, req, route, conn, &request_id, &mut end).await {
+            Ok(resp) => {
+                end.answered(resp.status().as_u16(), Decision::Allowed, "-");
+                resp.map(Either::Left)
+            }
             Err(refusal) => {
-                let (d, r) = (refusal.decision(), refusal.reason());
-                match &refusal {
-                    Refusal::Auth(a @ (AuthRefusal::Denied(_) | AuthRefusal::StepUp(_))) => {
-                        if let Some(kind) = a.step_up_kind() {
-                            self.metrics.step_up_challenge(kind);
-                        }
-                    }
-                    Refusal::Auth(AuthRefusal::Invalid(i)) => {
-                        self.metrics.invalid_token(*i);
-                        tracing::debug!(request_id = ?request_id, route = %route.name, reason = r, "token refused");
-                    }
-                    Refusal::Auth(AuthRefusal::KeysUnavailable) => {
-                        tracing::warn!(request_id = ?request_id, route = %route.name, "no signing keys for the token's issuer");
-                    }
-                    Refusal::Upstream(e) => {
-                        self.metrics.upstream_error(e.kind());
-                        tracing::warn!(request_id = ?request_id, route = %route.name, error = ?e, "upstream failed");
-                    }
-                    _ => {}
-                }
-                (refusal.into_response(&snap.style), d, Some(r))
+                let (decision, reason) = (refusal.decision(), refusal.reason());
+                self.note(&refusal, &request_id, route);
+                let resp = refusal.into_response(&snap.style, &request_id, grpc);
+                end.answered(resp.status().as_u16(), decision, reason);
+                resp
             }
         };
-        resp.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
-
-        let end = trace.upstream_done.or(trace.auth_done).unwrap_or_else(Instant::now);
-        let elapsed = end - trace.start;
-        let auth = trace.auth_done.map_or(Duration::ZERO, |t| t - trace.start);
-        let upstream = match (trace.auth_done, trace.upstream_done) {
-            (Some(a), Some(u)) => u - a,
-            _ => Duration::ZERO,
-        };
-        let v = trace.verified.as_deref();
-        let kind = v.map(|v| v.kind);
-        snap.counters[route.index].count(decision, kind);
-        self.metrics.request_duration.observe(elapsed.as_secs_f64());
-        self.metrics.requests_in_flight.dec();
-        if snap.config.audit.enabled {
-            let derived = v.map(|v| self.derived(snap, v));
-            audit::emit(&audit::Event {
-                request_id: request_id.to_str().unwrap_or("-"),
-                trace_id: trace_id.as_deref(),
-                client: conn.peer,
-                method: method.as_str(),
-                route: &route.name,
-                status: resp.status().as_u16(),
-                decision: decision.as_str(),
-                reason: reason.unwrap_or("-"),
-                token_kind: crate::metrics::kind_label(kind),
-                tenant: v.and_then(|v| v.tid()),
-                app: v.and_then(|v| v.app_id()),
-                user: v.zip(derived).and_then(|(v, d)| d.ids(v).0),
-                object_id: v.zip(derived).and_then(|(v, d)| d.ids(v).1),
-                duration_us: elapsed.as_micros() as u64,
-                auth_us: auth.as_micros() as u64,
-                upstream_us: upstream.as_micros() as u64,
-            });
-        }
+        resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
         resp
+    }
+
+    /// The counter and log line a refusal gets besides `requests_total`.
+    fn note(&self, refusal: &Refusal, request_id: &HeaderValue, route: &Route) {
+        match refusal {
+            Refusal::Auth(a @ (AuthRefusal::Denied(_) | AuthRefusal::StepUp(_))) => {
+                if let Some(kind) = a.step_up_kind() {
+                    self.auth_metrics.step_up_challenge(kind);
+                }
+            }
+            Refusal::Auth(AuthRefusal::Invalid(i)) => {
+                self.auth_metrics.invalid_token(*i);
+                tracing::debug!(?request_id, route = %route.name, reason = refusal.reason(), "token refused");
+            }
+            Refusal::Auth(AuthRefusal::KeysUnavailable) => {
+                tracing::warn!(?request_id, route = %route.name, "no signing keys for the token's issuer");
+            }
+            Refusal::Upstream(e) => {
+                self.upstream.failed(e);
+                tracing::warn!(?request_id, route = %route.name, kind = e.kind(), error = ?e, "upstream failed");
+            }
+            _ => {}
+        }
     }
 
     async fn pass(
@@ -198,15 +181,15 @@ impl Stack {
         route: &Route,
         conn: Conn,
         request_id: &HeaderValue,
-        trace: &mut Trace,
+        end: &mut RequestEnd<'_>,
     ) -> Result<Response<Incoming>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
         crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
-        let admitted = self.admit(snap, &mut req, route, trace).await;
+        let admitted = self.admit(snap, &mut req, route, end).await;
         // The gateway's own work ends here, admitted or not: the auth histogram.
         let upstream_start = Instant::now();
-        trace.auth_done = Some(upstream_start);
-        self.metrics.auth_duration.observe((upstream_start - trace.start).as_secs_f64());
+        end.auth_done = Some(upstream_start);
+        self.requests.auth_duration.observe((upstream_start - end.start()).as_secs_f64());
         admitted?;
         let origin = Origin {
             client_ip: conn.peer.ip(),
@@ -215,9 +198,9 @@ impl Stack {
         };
         let resp = snap.proxy.forward(req, &origin).await;
         let done = Instant::now();
-        trace.upstream_done = Some(done);
+        end.upstream_done = Some(done);
         let resp = resp.map_err(Refusal::Upstream)?;
-        self.metrics.upstream_duration.observe((done - upstream_start).as_secs_f64());
+        self.upstream.duration.observe((done - upstream_start).as_secs_f64());
         Ok(resp)
     }
 
@@ -227,7 +210,7 @@ impl Stack {
         snap: &Snapshot,
         req: &mut Request<Incoming>,
         route: &Route,
-        trace: &mut Trace,
+        end: &mut RequestEnd<'_>,
     ) -> Result<(), Refusal> {
         if route.require == Requirement::Public {
             return Ok(());
@@ -236,7 +219,7 @@ impl Stack {
         let v = snap.auth.verify(req.headers()).await.map_err(Refusal::Auth)?;
         // ...count it for the MFA status report whatever the route decides...
         self.observe(snap, &v, route);
-        trace.verified = Some(v.clone());
+        end.verified = Some(v.clone());
         // ...then apply the route's requirement.
         snap.auth.authorize(route, &v).map_err(Refusal::Auth)?;
         // Tell the upstream who called, from verified claims only.
@@ -252,7 +235,7 @@ impl Stack {
 
     /// The status report's inputs: one App+User (with or without MFA) or app-only request.
     fn observe(&self, snap: &Snapshot, v: &Verified, route: &Route) {
-        let d = self.derived(snap, v);
+        let d = Derived::of(v, &self.ratios, &snap.user_ids);
         d.ratio.inc();
         self.report.record(&Observation {
             unix_secs: crate::auth::unix_now(),
@@ -263,46 +246,5 @@ impl Stack {
             user: d.ids(v).0,
             tenant: v.tid(),
         });
-    }
-
-    /// The cached token's derived values. A snapshot whose `[audit]` differs has its own cache
-    /// (see `Snapshot::build`), so redaction always follows the snapshot's settings.
-    fn derived<'v>(&self, snap: &Snapshot, v: &'v Verified) -> &'v Derived {
-        let any = v.annotations.get_or_init(|| {
-            Box::new(Derived {
-                ratio: self.metrics.ratio_counter(v.app_id(), v.kind, v.mfa),
-                redacted: (!snap.user_ids.is_plain()).then(|| {
-                    let show = |id: Option<&str>| snap.user_ids.show(id).map(String::into_boxed_str);
-                    (show(v.user()), show(v.oid()))
-                }),
-            })
-        });
-        any.downcast_ref::<Derived>().expect("only the stack sets annotations")
-    }
-}
-
-/// Request ids: the caller's when it is sane, else a process-unique one.
-pub struct RequestIds {
-    seed: u64,
-    counter: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self { seed: RandomState::new().hash_one(std::process::id()), counter: AtomicU64::new(0) }
-    }
-}
-
-impl RequestIds {
-    pub fn take_or_mint(&self, headers: &http::HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get(&REQUEST_ID) {
-            let b = v.as_bytes();
-            if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-                return v.clone();
-            }
-        }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:016x}{:016x}", self.seed, n);
-        HeaderValue::from_str(&id).expect("hex is a valid header value")
     }
 }

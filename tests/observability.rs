@@ -187,7 +187,7 @@ async fn label_values_stay_within_their_sets_under_random_paths() {
         send(&client(), req).await;
     }
     let routes: HashSet<&str> = ["health", "offers", "customers", "reports", "unmatched"].into();
-    let decisions: HashSet<&str> = mfa_gateway::metrics::Decision::ALL.iter().map(|d| d.as_str()).collect();
+    let decisions: HashSet<&str> = mfa_gateway::request_end::Decision::ALL.iter().map(|d| d.as_str()).collect();
     let kinds: HashSet<&str> = ["app_user", "app_only", "none"].into();
     let label = |labels: &str, name: &str| -> String {
         let start = labels.find(&format!("{name}=\"")).unwrap() + name.len() + 2;

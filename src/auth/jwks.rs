@@ -14,8 +14,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::keys::{parse_jwks, Key, Lookup};
+use super::metrics::AuthMetrics;
 use crate::fetch;
-use crate::metrics::Metrics;
 
 /// Where an issuer's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub struct IssuerKeys {
     gate: Mutex<Gate>,
     health: Mutex<Health>,
     client: fetch::Client,
-    metrics: Arc<Metrics>,
+    metrics: Arc<AuthMetrics>,
 }
 
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -73,7 +73,7 @@ impl IssuerKeys {
         timing: KeyTiming,
         ca_file: Option<PathBuf>,
         client: fetch::Client,
-        metrics: Arc<Metrics>,
+        metrics: Arc<AuthMetrics>,
     ) -> Self {
         metrics.issuer_added(&name);
         Self {
@@ -136,13 +136,13 @@ impl IssuerKeys {
     /// succeed.
     pub async fn refetch_for_unknown_kid(self: &Arc<Self>) -> bool {
         let rx = {
-            let mut gate = self.gate.lock().unwrap();
+            let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
             match &gate.inflight {
                 Some(rx) => rx.clone(),
                 None if gate.last_unknown_kid.is_some_and(|t| t.elapsed() < self.timing.refetch_min_interval) => {
                     drop(gate);
                     tracing::debug!(issuer = %self.name, interval = ?self.timing.refetch_min_interval, "unknown kid: refetch held back by refetch_min_interval");
-                    self.metrics.key_refetches.with_label_values(&[&self.name, "limited"]).inc();
+                    self.metrics.key_refetch(&self.name, "limited");
                     return false;
                 }
                 None => {
@@ -166,20 +166,20 @@ impl IssuerKeys {
         drop(gate);
         let this = self.clone();
         tokio::spawn(async move {
-            let ok = this.fetch_and_store().await;
+            // The gate opens however the task ends: a panic in the fetch must not leave every
+            // later refetch waiting on a fetch that will never finish.
+            let mut open = OpenGate { keys: &this, tx, ok: false };
+            open.ok = open.keys.fetch_and_store().await;
             if refetch {
-                let result = if ok { "ok" } else { "error" };
-                this.metrics.key_refetches.with_label_values(&[&this.name, result]).inc();
+                open.keys.metrics.key_refetch(&open.keys.name, if open.ok { "ok" } else { "error" });
             }
-            this.gate.lock().unwrap().inflight = None;
-            let _ = tx.send(Some(ok));
         });
         rx
     }
 
     /// The background refresh: joins a fetch that is running, or starts one. Never rate-limited.
     fn refresh(self: &Arc<Self>) -> watch::Receiver<Option<bool>> {
-        let gate = self.gate.lock().unwrap();
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         match &gate.inflight {
             Some(rx) => rx.clone(),
             None => self.start_fetch(gate, false),
@@ -195,12 +195,12 @@ impl IssuerKeys {
                 let mut h = self.health.lock().unwrap();
                 h.last_success = Some(Instant::now());
                 h.last_error = None;
-                self.metrics.key_fetches.with_label_values(&[&self.name, "ok"]).inc();
+                self.metrics.key_fetch(&self.name, true);
                 true
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.name, error = %e, "key set fetch failed");
-                self.metrics.key_fetches.with_label_values(&[&self.name, "error"]).inc();
+                self.metrics.key_fetch(&self.name, false);
                 let mut h = self.health.lock().unwrap();
                 h.last_error = Some(e);
                 let stale = h.last_success.is_some_and(|t| t.elapsed() > self.timing.max_stale);
@@ -209,7 +209,7 @@ impl IssuerKeys {
                     tracing::error!(issuer = %self.name, max_stale = ?self.timing.max_stale, "key set is stale past max_stale; dropping it, tokens of this issuer get 503 until a fetch succeeds");
                     self.keys.store(Arc::new(Vec::new()));
                     self.epoch.fetch_add(1, Ordering::AcqRel);
-                    self.metrics.keys_held.with_label_values(&[&self.name]).set(0);
+                    self.metrics.keys_held(&self.name, 0);
                 }
                 false
             }
@@ -231,7 +231,7 @@ impl IssuerKeys {
         if removed {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
-        self.metrics.keys_held.with_label_values(&[&self.name]).set(count as i64);
+        self.metrics.keys_held(&self.name, count);
         tracing::info!(issuer = %self.name, keys = count, removed, "key set loaded");
     }
 
@@ -296,6 +296,21 @@ impl IssuerKeys {
     }
 }
 
+/// Ends a fetch: clears the gate's fetch in flight and tells its waiters the result (`false`
+/// when the task panicked before setting it), from `Drop` so that it always happens.
+struct OpenGate<'a> {
+    keys: &'a IssuerKeys,
+    tx: watch::Sender<Option<bool>>,
+    ok: bool,
+}
+
+impl Drop for OpenGate<'_> {
+    fn drop(&mut self) {
+        self.keys.gate.lock().unwrap_or_else(|p| p.into_inner()).inflight = None;
+        let _ = self.tx.send(Some(self.ok));
+    }
+}
+
 async fn wait_done(mut rx: watch::Receiver<Option<bool>>) -> bool {
     match rx.wait_for(Option::is_some).await {
         Ok(v) => v.unwrap_or(false),
@@ -311,7 +326,7 @@ mod tests {
     const TID: &str = "aaaabbbb-0000-cccc-1111-dddd2222eeee";
 
     fn issuer_keys() -> IssuerKeys {
-        let metrics = Arc::new(Metrics::new(&Default::default()));
+        let metrics = Arc::new(AuthMetrics::register(&prometheus::Registry::new()));
         let timing = KeyTiming {
             refresh_interval: Duration::from_secs(3600),
             refetch_min_interval: Duration::from_secs(300),
@@ -353,5 +368,21 @@ mod tests {
         assert_eq!(keys.epoch(), e0, "the same set again voids nothing");
         keys.store(set(vec![b.jwk()]));
         assert_eq!(keys.epoch(), e0 + 1, "a removed key voids cached verifications");
+    }
+
+    #[tokio::test]
+    async fn a_fetch_task_that_panics_still_opens_the_gate() {
+        let keys = Arc::new(issuer_keys());
+        let (tx, rx) = watch::channel(None);
+        keys.gate.lock().unwrap().inflight = Some(rx.clone());
+        let task = keys.clone();
+        let ended = tokio::spawn(async move {
+            let _open = OpenGate { keys: &task, tx, ok: false };
+            panic!("a fetch that panics");
+        })
+        .await;
+        assert!(ended.is_err_and(|e| e.is_panic()));
+        assert!(keys.gate.lock().unwrap().inflight.is_none(), "the next refetch may start");
+        assert!(!wait_done(rx).await, "waiters wake, told the fetch failed");
     }
 }

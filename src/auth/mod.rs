@@ -5,6 +5,7 @@
 pub mod challenge;
 pub mod jwks;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod profile;
 pub mod token;
@@ -15,11 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::metrics::Metrics;
 use crate::routes::{Route, StepUp};
 use challenge::{AuthRefusal, ChallengeSettings, StepUpNeeded};
 use jwks::{IssuerKeys, KeySource, KeyTiming};
 use keys::Lookup;
+use metrics::AuthMetrics;
 use policy::{Caller, Deny, TokenKind};
 use profile::Profile;
 use token::{Invalid, IssuerRules};
@@ -160,14 +161,14 @@ pub struct Authenticator {
     header_names: [HeaderName; 7],
     max_token_bytes: usize,
     cache: moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::RandomState>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<AuthMetrics>,
 }
 
 impl Authenticator {
     /// A new authenticator with an empty token cache. Key sets in `keep` that are fetched as an
     /// issuer of `cfg` says are taken over, keys and all; the others are new and empty (their
     /// `IssuerKeys::maintain` task is the caller's to start).
-    pub fn new(cfg: &AuthConfig, metrics: Arc<Metrics>, keep: &[Arc<IssuerKeys>]) -> Self {
+    pub fn new(cfg: &AuthConfig, metrics: Arc<AuthMetrics>, keep: &[Arc<IssuerKeys>]) -> Self {
         let issuers = cfg
             .issuers
             .iter()

@@ -27,7 +27,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: crate::report::MetricsConfig,
     pub report: crate::report::ReportConfig,
     pub auth: crate::auth::AuthConfig,
     pub routes: Vec<RouteConfig>,
@@ -513,9 +513,9 @@ impl Validator<'_> {
         })
     }
 
-    fn metrics(&self, m: RawMetrics) -> Result<crate::metrics::MetricsConfig, ConfigError> {
+    fn metrics(&self, m: RawMetrics) -> Result<crate::report::MetricsConfig, ConfigError> {
         for a in &m.apps {
-            if a.is_empty() || a.len() > 64 || a == crate::metrics::OTHER_APP || a == "none" {
+            if a.is_empty() || a.len() > 64 || a == crate::report::OTHER_APP || a == "none" {
                 return Err(self.err("metrics.apps", format!("{a:?} cannot be an app label")));
             }
         }
@@ -523,7 +523,7 @@ impl Validator<'_> {
         if max_apps > 1000 {
             return Err(self.err("metrics.max_apps", "must be at most 1000 (each app adds three series)"));
         }
-        Ok(crate::metrics::MetricsConfig { apps: m.apps, max_apps })
+        Ok(crate::report::MetricsConfig { apps: m.apps, max_apps })
     }
 
     fn report(&self, r: RawReport) -> Result<crate::report::ReportConfig, ConfigError> {

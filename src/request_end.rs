@@ -1,0 +1,258 @@
+//! The end of a request: its `requests_total` count, its duration, the in-flight gauge and its
+//! audit event. They are written from a guard's `Drop`, so they happen however the request ends,
+//! including when the client leaves and hyper drops the request's future mid-way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+
+use crate::audit::{self, UserIds};
+use crate::auth::policy::TokenKind;
+use crate::auth::Verified;
+use crate::metrics::{counter_vec, gauge, latency};
+use crate::report::RatioCounters;
+
+/// What became of a request; the `decision` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    Allowed,
+    MfaRequired,
+    MissingToken,
+    InvalidToken,
+    Forbidden,
+    KeysUnavailable,
+    UpstreamError,
+    BadRequest,
+    /// The client went away before the answer.
+    ClientClosed,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 9] = [
+        Decision::Allowed,
+        Decision::MfaRequired,
+        Decision::MissingToken,
+        Decision::InvalidToken,
+        Decision::Forbidden,
+        Decision::KeysUnavailable,
+        Decision::UpstreamError,
+        Decision::BadRequest,
+        Decision::ClientClosed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::MfaRequired => "mfa_required",
+            Decision::MissingToken => "missing_token",
+            Decision::InvalidToken => "invalid_token",
+            Decision::Forbidden => "forbidden",
+            Decision::KeysUnavailable => "keys_unavailable",
+            Decision::UpstreamError => "upstream_error",
+            Decision::BadRequest => "bad_request",
+            Decision::ClientClosed => "client_closed",
+        }
+    }
+}
+
+/// The status an audit event gives a request whose client left first (nginx's 499).
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
+
+/// `token_kind` label: `None` when no token was verified.
+pub fn kind_label(kind: Option<TokenKind>) -> &'static str {
+    kind.map_or("none", TokenKind::as_str)
+}
+
+const KINDS: [Option<TokenKind>; 3] = [Some(TokenKind::AppUser), Some(TokenKind::AppOnly), None];
+
+/// The request families: counted by route, decision and token kind, timed, and in flight.
+pub struct RequestMetrics {
+    requests: IntCounterVec,
+    duration: Histogram,
+    pub auth_duration: Histogram,
+    in_flight: IntGauge,
+}
+
+impl RequestMetrics {
+    pub fn register(reg: &Registry) -> Self {
+        Self {
+            requests: counter_vec(
+                reg,
+                "mfa_gateway_requests_total",
+                "Requests by route name, decision and token kind.",
+                &["route", "decision", "token_kind"],
+            ),
+            duration: latency(
+                reg,
+                "mfa_gateway_request_duration_seconds",
+                "Whole request time, to response headers (or to the client leaving).",
+            ),
+            auth_duration: latency(
+                reg,
+                "mfa_gateway_auth_duration_seconds",
+                "The gateway's own time per request before the upstream: routing, token verification, policy.",
+            ),
+            in_flight: gauge(reg, "mfa_gateway_requests_in_flight", "Requests being handled."),
+        }
+    }
+
+    /// One route's `requests_total` series, resolved when a config is built so a request never
+    /// hashes a label set. The series of a route that a reload removes stay (counters never go
+    /// back).
+    pub fn route_counters(&self, route: &str) -> RouteCounters {
+        let mut handles = Vec::with_capacity(Decision::ALL.len() * KINDS.len());
+        for d in Decision::ALL {
+            for k in KINDS {
+                handles.push(self.requests.with_label_values(&[route, d.as_str(), kind_label(k)]));
+            }
+        }
+        RouteCounters(handles)
+    }
+}
+
+/// `requests_total` handles for one route, by decision and token kind.
+pub struct RouteCounters(Vec<IntCounter>);
+
+impl RouteCounters {
+    pub fn count(&self, decision: Decision, kind: Option<TokenKind>) {
+        let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
+        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2);
+        self.0[d * KINDS.len() + k].inc();
+    }
+}
+
+/// Redacted (user, oid), as audit events and the report may show them.
+type RedactedIds = (Option<Box<str>>, Option<Box<str>>);
+
+/// Per-token values derived once and kept on the cached token (`Verified::annotations`).
+pub struct Derived {
+    pub ratio: IntCounter,
+    /// `None` in plain mode, where the claims are used as they are.
+    redacted: Option<RedactedIds>,
+}
+
+impl Derived {
+    /// The cached token's derived values. A snapshot whose `[audit]` differs has its own token
+    /// cache, so redaction always follows the settings of the snapshot that verified it.
+    pub fn of<'v>(v: &'v Verified, ratios: &RatioCounters, user_ids: &UserIds) -> &'v Derived {
+        let any = v.annotations.get_or_init(|| {
+            Box::new(Derived {
+                ratio: ratios.counter(v.app_id(), v.kind, v.mfa),
+                redacted: (!user_ids.is_plain()).then(|| {
+                    let show = |id: Option<&str>| user_ids.show(id).map(String::into_boxed_str);
+                    (show(v.user()), show(v.oid()))
+                }),
+            })
+        });
+        any.downcast_ref::<Derived>().expect("only request_end sets annotations")
+    }
+
+    /// (user, oid) as logs and the report may show them.
+    pub fn ids<'v>(&'v self, v: &'v Verified) -> (Option<&'v str>, Option<&'v str>) {
+        match &self.redacted {
+            None => (v.user(), v.oid()),
+            Some((user, oid)) => (user.as_deref(), oid.as_deref()),
+        }
+    }
+}
+
+/// Where the records of a request go; borrowed from the stack and the request's snapshot.
+pub struct Sinks<'a> {
+    pub metrics: &'a RequestMetrics,
+    pub counters: &'a RouteCounters,
+    pub ratios: &'a RatioCounters,
+    /// `Some` when `[audit]` is on.
+    pub audit: Option<&'a UserIds>,
+}
+
+/// Who asked for what, as the audit event names it.
+pub struct Asked<'a> {
+    pub request_id: HeaderValue,
+    pub trace_id: Option<Box<str>>,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub route: &'a str,
+}
+
+/// One request from the moment it is routed. Whatever else happens, dropping it writes the
+/// request's records exactly once; without an outcome, the client left first.
+pub struct RequestEnd<'a> {
+    sinks: Sinks<'a>,
+    asked: Asked<'a>,
+    start: Instant,
+    /// End of the gateway's own work (routing, token, policy), admitted or not.
+    pub auth_done: Option<Instant>,
+    /// Upstream response headers (or the upstream's failure).
+    pub upstream_done: Option<Instant>,
+    pub verified: Option<Arc<Verified>>,
+    outcome: Option<(u16, Decision, &'static str)>,
+}
+
+impl<'a> RequestEnd<'a> {
+    pub fn begin(sinks: Sinks<'a>, asked: Asked<'a>, start: Instant) -> Self {
+        sinks.metrics.in_flight.inc();
+        Self { sinks, asked, start, auth_done: None, upstream_done: None, verified: None, outcome: None }
+    }
+
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The answer is ready: its status, decision and reason (`"-"` when allowed).
+    pub fn answered(&mut self, status: u16, decision: Decision, reason: &'static str) {
+        self.outcome = Some((status, decision, reason));
+    }
+}
+
+impl Drop for RequestEnd<'_> {
+    fn drop(&mut self) {
+        let (status, decision, reason) = match self.outcome {
+            Some(o) => o,
+            None => {
+                tracing::debug!(request_id = ?self.asked.request_id, route = %self.asked.route, "client left before the answer");
+                (CLIENT_CLOSED_STATUS, Decision::ClientClosed, "client_closed")
+            }
+        };
+        let now_or = |t: Option<Instant>| t.unwrap_or_else(Instant::now);
+        let end = if decision == Decision::ClientClosed {
+            Instant::now()
+        } else {
+            now_or(self.upstream_done.or(self.auth_done))
+        };
+        let elapsed = end - self.start;
+        let v = self.verified.as_deref();
+        let kind = v.map(|v| v.kind);
+        self.sinks.counters.count(decision, kind);
+        self.sinks.metrics.duration.observe(elapsed.as_secs_f64());
+        self.sinks.metrics.in_flight.dec();
+        let Some(user_ids) = self.sinks.audit else { return };
+        let auth = self.auth_done.map_or(Duration::ZERO, |t| t - self.start);
+        let upstream = match (self.auth_done, self.upstream_done) {
+            (Some(a), Some(u)) => u - a,
+            _ => Duration::ZERO,
+        };
+        let derived = v.map(|v| Derived::of(v, self.sinks.ratios, user_ids));
+        let ids = v.zip(derived).map(|(v, d)| d.ids(v));
+        audit::emit(&audit::Event {
+            request_id: self.asked.request_id.to_str().unwrap_or("-"),
+            trace_id: self.asked.trace_id.as_deref(),
+            client: self.asked.client,
+            method: self.asked.method.as_str(),
+            route: self.asked.route,
+            status,
+            decision: decision.as_str(),
+            reason,
+            token_kind: kind_label(kind),
+            tenant: v.and_then(|v| v.tid()),
+            app: v.and_then(|v| v.app_id()),
+            user: ids.and_then(|i| i.0),
+            object_id: ids.and_then(|i| i.1),
+            duration_us: elapsed.as_micros() as u64,
+            auth_us: auth.as_micros() as u64,
+            upstream_us: upstream.as_micros() as u64,
+        });
+    }
+}

@@ -1,6 +1,11 @@
 //! The admin port: `/healthz` (alive), `/readyz` (keys loaded, not draining), `/metrics` (Prometheus text),
 //! `/report` (this instance's MFA status report: JSON, or an HTML page for a browser).
 //! Kept off the data port so probes and scrapes never meet the auth path.
+//!
+//! The first three hold no user data and are open. `/report` lists users without MFA, so it asks
+//! for `Authorization: Bearer <secret>` when `[report].token_file` is set; without one it answers
+//! only on a loopback admin address (in a pod the admin port listens on the pod address, which
+//! the whole cluster network can reach).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -72,6 +77,9 @@ fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
             reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render(&stack.registry).into())
         }
         "/report" => {
+            if let Some(refused) = report_refusal(stack, &req) {
+                return refused;
+            }
             let snapshot = stack.report.snapshot(crate::auth::unix_now());
             // A browser asks for HTML first; scripts and Prometheus-side tooling get JSON.
             let wants_html = req
@@ -88,6 +96,38 @@ fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz, /readyz, /metrics, /report\n".into()),
     }
+}
+
+/// The refusal for a request that may not read `/report`; `None` when it may.
+fn report_refusal(stack: &Stack, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let snap = stack.snapshot();
+    let Some(token) = &snap.config.report_token else {
+        if snap.config.admin.listen.ip().is_loopback() {
+            return None;
+        }
+        return Some(reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "/report lists users without MFA and is closed on a non-loopback admin address; \
+             set [report].token_file to a file holding a secret and send it as Authorization: Bearer <secret>\n"
+                .into(),
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii);
+    // Compared in constant time: the answer's timing says nothing about the secret.
+    let matches = presented.is_some_and(|p| aws_lc_rs::constant_time::verify_slices_are_equal(p, &token.0).is_ok());
+    if matches {
+        return None;
+    }
+    let mut r =
+        reply(StatusCode::UNAUTHORIZED, "text/plain", "/report needs Authorization: Bearer <report secret>\n".into());
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"mfa-gateway report\""));
+    Some(r)
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {

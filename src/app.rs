@@ -28,6 +28,9 @@ pub struct Running {
 pub async fn start(config: Config) -> Result<Running, String> {
     // One TLS provider for the process (key fetches now, TLS listeners later).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
 
     let listener = TcpListener::bind(config.server.listen)
         .await

@@ -81,6 +81,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                for w in c.warnings() {
+                    println!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} routes, {} issuers, upstream {}://{})",
                     config.display(),

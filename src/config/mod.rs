@@ -29,6 +29,9 @@ pub struct Config {
     pub audit: AuditConfig,
     pub metrics: crate::report::MetricsConfig,
     pub report: crate::report::ReportConfig,
+    /// `[report].token_file`: the bearer secret `/report` asks for. Kept apart from `report`
+    /// so that a rotated secret takes effect on reload.
+    pub report_token: Option<ReportToken>,
     pub auth: crate::auth::AuthConfig,
     pub routes: Vec<RouteConfig>,
     pub default_require: Requirement,
@@ -39,6 +42,16 @@ pub struct Config {
     /// The config file and every file it names, each stamped before it was read. A stamp that
     /// differs now means the file changed since.
     pub files: Vec<(PathBuf, Option<FileStamp>)>,
+}
+
+/// The secret of `/report`; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReportToken(pub Vec<u8>);
+
+impl std::fmt::Debug for ReportToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReportToken(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +379,7 @@ struct RawReport {
     max_recent: Option<usize>,
     max_users: Option<usize>,
     max_apps: Option<usize>,
+    token_file: Option<String>,
 }
 
 impl Default for RawLog {
@@ -432,6 +446,20 @@ impl Config {
         Ok(config)
     }
 
+    /// Settings that are valid but probably not what was meant; `check` prints them and the
+    /// gateway logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.report_token.is_none() && !self.admin.listen.ip().is_loopback() {
+            w.push(format!(
+                "admin.listen = \"{}\" is not a loopback address and [report].token_file is not set: /report \
+                 (which lists users without MFA) answers 403 until a token file is set",
+                self.admin.listen
+            ));
+        }
+        w
+    }
+
     /// Files `newer` names that are new, or changed since `self` read them.
     pub fn changed<'a>(&'a self, newer: &'a Config) -> impl Iterator<Item = &'a Path> + 'a {
         newer.files.iter().filter(|(p, s)| !self.files.iter().any(|(q, t)| q == p && t == s)).map(|(p, _)| p.as_path())
@@ -458,6 +486,10 @@ impl Validator<'_> {
             );
         }
         let metrics = self.metrics(raw.metrics)?;
+        let report_token = match raw.report.token_file.as_deref() {
+            Some(f) => Some(self.report_token(f)?),
+            None => None,
+        };
         let report = self.report(raw.report)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.filter) {
             return Err(self.err("log.filter", format!("bad filter {:?}: {e}", log.filter)));
@@ -504,6 +536,7 @@ impl Validator<'_> {
             audit,
             metrics,
             report,
+            report_token,
             auth,
             routes,
             default_require,
@@ -524,6 +557,20 @@ impl Validator<'_> {
             return Err(self.err("metrics.max_apps", "must be at most 1000 (each app adds three series)"));
         }
         Ok(crate::report::MetricsConfig { apps: m.apps, max_apps })
+    }
+
+    fn report_token(&self, file: &str) -> Result<ReportToken, ConfigError> {
+        let path = self.path(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.err("report.token_file", format!("cannot read {}: {e}", path.display())))?;
+        let secret = text.trim();
+        if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(self.err(
+                "report.token_file",
+                format!("{} must hold one secret of at least 16 printable characters", path.display()),
+            ));
+        }
+        Ok(ReportToken(secret.as_bytes().to_vec()))
     }
 
     fn report(&self, r: RawReport) -> Result<crate::report::ReportConfig, ConfigError> {
@@ -648,8 +695,14 @@ impl Validator<'_> {
     fn upstream(&self, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
         let uri = self.url("upstream.url", &u.url)?;
         let https = uri.scheme_str() == Some("https");
-        if !https && (u.ca_file.is_some() || u.client_cert.is_some()) {
-            return Err(self.err("upstream.ca_file", "TLS settings need an https:// upstream.url"));
+        for (key, set) in [
+            ("upstream.ca_file", u.ca_file.is_some()),
+            ("upstream.client_cert", u.client_cert.is_some()),
+            ("upstream.client_key", u.client_key.is_some()),
+        ] {
+            if set && !https {
+                return Err(self.err(key, "TLS settings need an https:// upstream.url"));
+            }
         }
         let tls = if https {
             Some(self.client_tls(
@@ -704,6 +757,10 @@ impl Validator<'_> {
         }
         if seen.iter().any(|s| s.name == r.name) {
             return Err(self.err(key("name"), format!("duplicate route name {:?}", r.name)));
+        }
+        if r.name == crate::routes::UNMATCHED {
+            return Err(self
+                .err(key("name"), format!("{:?} is the name of requests that match no route; pick another", r.name)));
         }
         if !r.path.starts_with('/') {
             return Err(self.err(key("path"), format!("{:?} must start with '/'", r.path)));

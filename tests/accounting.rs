@@ -1,0 +1,287 @@
+//! Every request accounted for, over the real binary: clients that leave mid-request, upgraded
+//! tunnels held to the connection limits, upstream failures told without their detail, and a
+//! status report only its readers can open.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use mfa_gateway::demo::entra_claims;
+use serde_json::Value;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Polls `metric` on the binary until it reads `want`, for up to `within`.
+async fn settles(gw: &Binary, metric: &str, want: f64, within: Duration) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = gw.metric(metric).await;
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn audit_events(gw: &Binary) -> Vec<Value> {
+    gw.lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "mfa_gateway::audit")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_mid_request_are_counted_and_audited() {
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let slow = upstream(|_req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let text = config_text(
+        slow,
+        &format!(
+            "[log]\nformat = \"json\"\n[audit]\nenabled = true\n{}\n\
+             [[route]]\nname = \"offers\"\npath = \"/v1/offers\"\nrequire = \"app_user_mfa\"\n",
+            issuer_table(TEMPLATE_ISSUER, &keys)
+        ),
+    );
+    let gw = Binary::start(&text, None);
+    gw.ready().await;
+    let token = issuer.mint(&entra_claims("mfa", 600));
+
+    // Three HTTP/1.1 clients give up after 300 ms and close their connections...
+    let mut h1 = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!("GET /v1/offers HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        h1.push(s);
+    }
+    // ...and one HTTP/2 client resets its stream.
+    let h2 = h2_client();
+    let req = Request::get(format!("http://{}/v1/offers", gw.addr))
+        .header("authorization", format!("Bearer {token}"))
+        .body(full(""))
+        .unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), h2.request(req)).await;
+    assert!(gave_up.is_err(), "the upstream answers in 3 s, not 300 ms");
+    assert_eq!(gw.metric("mfa_gateway_requests_in_flight").await, 3.0, "the three HTTP/1.1 requests are in flight");
+    drop(h1);
+
+    // All four are over long before the upstream would have answered.
+    let in_flight = settles(&gw, "mfa_gateway_requests_in_flight", 0.0, Duration::from_secs(2)).await;
+    assert_eq!(in_flight, 0.0);
+    let closed = r#"mfa_gateway_requests_total{decision="client_closed",route="offers",token_kind="app_user"}"#;
+    assert_eq!(gw.metric(closed).await, 4.0);
+    let events: Vec<Value> = audit_events(&gw).into_iter().filter(|e| e["decision"] == "client_closed").collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    for e in &events {
+        assert_eq!(e["status"], 499);
+        assert_eq!(e["route"], "offers");
+        assert_eq!(e["token_kind"], "app_user", "what was known: the token was verified");
+        assert_eq!(e["reason"], "client_closed");
+    }
+}
+
+/// An upstream that switches a request that asks to an echo tunnel, and answers others `ok`.
+async fn tunnel_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                if !String::from_utf8_lossy(&head).to_lowercase().contains("upgrade: websocket") {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+                    return;
+                }
+                let reply = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+                if s.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a tunnel through the gateway and checks that it echoes.
+async fn open_tunnel(gw: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(gw).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed before the 101: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    echo(&mut s, b"ping").await;
+    s
+}
+
+async fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut back)).await.expect("echo in time").unwrap();
+    assert_eq!(back, msg);
+}
+
+/// Reads until the gateway closes the tunnel; how long that took.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(limit, s.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "still open after {limit:?}: {r:?}");
+    t.elapsed()
+}
+
+fn tunnel_config(up: SocketAddr, server: &str) -> String {
+    public_config(up, "").replace("[server]\n", &format!("[server]\n{server}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_counts_against_max_connections() {
+    let up = tunnel_upstream().await;
+    let gw = Binary::start(&tunnel_config(up, "max_connections = 1\n"), None);
+    let mut tunnel = open_tunnel(gw.addr).await;
+    assert_eq!(gw.metric("mfa_gateway_tunnels_open").await, 1.0);
+    assert_eq!(gw.metric("mfa_gateway_connections_open").await, 1.0);
+    // The one slot is the tunnel's: a second client waits in the backlog, unserved.
+    let waiting = tokio::spawn(raw(
+        gw.addr,
+        b"GET /plain HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a second connection was served while the tunnel held the only slot");
+    echo(&mut tunnel, b"still mine").await;
+    drop(tunnel);
+    let answer = waiting.await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "served once the tunnel closed: {}", String::from_utf8_lossy(&answer));
+    assert_eq!(settles(&gw, "mfa_gateway_tunnels_open", 0.0, Duration::from_secs(2)).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_silent_tunnel_and_spares_a_busy_one() {
+    let up = tunnel_upstream().await;
+    let gw = Binary::start(&tunnel_config(up, "idle_timeout = \"1s\"\n"), None);
+    let mut busy = open_tunnel(gw.addr).await;
+    let mut silent = open_tunnel(gw.addr).await;
+    let talk = tokio::spawn(async move {
+        for _ in 0..10 {
+            echo(&mut busy, b"x").await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        busy
+    });
+    let took = closed_within(&mut silent, Duration::from_secs(3)).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the idle timeout");
+    let mut busy = talk.await.unwrap();
+    echo(&mut busy, b"alive after 2.5 s of traffic").await;
+    assert_eq!(gw.metric("mfa_gateway_tunnels_open").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_tunnels_at_the_end_of_the_grace_period() {
+    let up = tunnel_upstream().await;
+    let server = "shutdown_delay = \"0s\"\nidle_timeout = \"60s\"\n";
+    let mut gw =
+        Binary::start(&tunnel_config(up, server).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"2s\""), None);
+    let mut tunnel = open_tunnel(gw.addr).await;
+    let t = Instant::now();
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    echo(&mut tunnel, b"during the grace period").await;
+    closed_within(&mut tunnel, Duration::from_secs(4)).await;
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(1800), "closed {took:?} after SIGTERM, before the 2 s grace");
+    assert!(took < Duration::from_secs(4), "closed {took:?} after SIGTERM");
+    let status = tokio::task::spawn_blocking(move || gw.wait()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_upstream_is_502_without_the_name_or_the_resolver_text() {
+    // `.invalid` never resolves (RFC 6761), with or without a network.
+    let up = closed_port().await;
+    let text = public_config(up, "[log]\nformat = \"json\"\n")
+        .replace(&format!("url = \"http://{up}\""), "url = \"http://upstream.mfa-gateway-test.invalid:8080\"");
+    let gw = Binary::start(&text, None);
+    let (status, headers, body) = get(gw.addr, "/dns", None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert_eq!(body, format!("the upstream could not be reached (request id {id})\n"));
+    for secret in ["invalid", "mfa-gateway-test", "lookup", "name", "dns", "8080"] {
+        assert!(!body.to_lowercase().contains(secret), "{secret:?} in {body:?}");
+    }
+    assert_eq!(gw.metric("mfa_gateway_upstream_errors_total{kind=\"dns\"}").await, 1.0);
+    // The operator's log line has what the client was not told.
+    let line = gw.lines().into_iter().find(|l| l.contains("upstream failed")).expect("a log line");
+    assert!(line.contains(id) && line.contains("dns error"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_needs_its_secret_off_loopback() {
+    let up = echo_upstream().await;
+    let open = public_config(up, "").replace("[admin]\nlisten = \"127.0.0.1:0\"", "[admin]\nlisten = \"0.0.0.0:0\"");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_mfa-gateway"))
+        .args(["check", "--config"])
+        .arg({
+            let f = temp_dir("report-check").join("gw.toml");
+            std::fs::write(&f, &open).unwrap();
+            f
+        })
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success());
+    assert!(said.contains("warning: admin.listen") && said.contains("token_file"), "{said}");
+
+    let gw = Binary::start(&open, None);
+    let admin = SocketAddr::from(([127, 0, 0, 1], gw.admin.port()));
+    let (status, _, body) = get(admin, "/report", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("[report].token_file"), "{body}");
+    for open_path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(get(admin, open_path, None).await.0, StatusCode::OK, "{open_path}");
+    }
+    drop(gw);
+
+    let dir = temp_dir("report-token");
+    std::fs::write(dir.join("report.secret"), "s3cret-for-the-report-readers\n").unwrap();
+    let guarded = open.clone() + "[report]\ntoken_file = \"report.secret\"\n";
+    std::fs::write(dir.join("gw.toml"), guarded).unwrap();
+    let gw = Binary::start_on(&dir.join("gw.toml"), None);
+    let admin = SocketAddr::from(([127, 0, 0, 1], gw.admin.port()));
+    let report = |bearer: Option<&'static str>| async move {
+        let mut req = Request::get(format!("http://{admin}/report"));
+        if let Some(b) = bearer {
+            req = req.header("authorization", format!("Bearer {b}"));
+        }
+        send(&client(), req.body(full("")).unwrap()).await
+    };
+    let (status, headers, _) = report(None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert_eq!(report(Some("s3cret-for-the-report-reader")).await.0, StatusCode::UNAUTHORIZED, "a prefix is not it");
+    let (status, _, body) = report(Some("s3cret-for-the-report-readers")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["totals"].is_object());
+    assert_eq!(get(admin, "/metrics", None).await.0, StatusCode::OK);
+}

@@ -72,6 +72,15 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
             format!("{base}[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nreload_interval = \"30s\"\n"),
             vec!["server.tls.reload_interval", "no longer used"],
         ),
+        (
+            format!("{base}[[route]]\nname = \"unmatched\"\npath = \"/a\"\nrequire = \"public\"\n"),
+            vec!["route[0].name", "match no route"],
+        ),
+        (
+            base.replace("url = \"http://127.0.0.1:1\"\n", "url = \"http://127.0.0.1:1\"\nclient_key = \"k.pem\"\n"),
+            vec!["upstream.client_key", "https://"],
+        ),
+        (format!("{base}[report]\ntoken_file = \"missing.secret\"\n"), vec!["report.token_file", "cannot read"]),
     ];
     for (text, needles) in cases {
         let (code, msg) = check(&text);

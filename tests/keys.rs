@@ -45,9 +45,13 @@ async fn a_removed_key_is_refused_after_the_next_refresh_even_if_cached() {
     assert_eq!(get(h.gw.addr, "/v1/offers", Some(&old)).await.0, StatusCode::OK, "now cached");
     let next = DevIssuer::generate("k2");
     h.keys.set_jwks(json!({"keys": [next.jwk()]}));
-    let start = h.keys.fetches.load(Ordering::SeqCst);
-    wait_until("a refresh", async || h.keys.fetches.load(Ordering::SeqCst) > start).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A fetch is counted once its keys are stored. One fetch may have been served the old set
+    // before the swap; the one after it was served the new set, so two stored fetches from now
+    // mean the new set is in.
+    let stored =
+        || metric(&h.gw, "mfa_gateway_key_fetches_total{issuer=\"https://sts.windows.net/{tenantid}/\",result=\"ok\"}");
+    let start = stored().await;
+    wait_until("a refresh that stored the new set", async || stored().await >= start + 2.0).await;
     let (status, headers, _) = get(h.gw.addr, "/v1/offers", Some(&old)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers["www-authenticate"].to_str().unwrap().contains("signing key not found"));

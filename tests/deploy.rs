@@ -46,18 +46,23 @@ fn the_sidecar_manifests_agree_with_the_config_they_carry() {
     let map = of_kind(&docs, "ConfigMap");
     let text = map["data"]["gateway.toml"].as_str().expect("gateway.toml in the ConfigMap");
 
-    // The embedded config passes `check`, run as an operator would.
+    // The embedded config passes `check`, run as an operator would (with the report's secret
+    // where the pod mounts it, here in a temporary folder), and warns of nothing.
+    let config: toml::Table = text.parse().unwrap();
+    let token_file = setting(&config, "report", "token_file");
     let dir = std::env::temp_dir().join(format!("mfa-gateway-deploy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("report-token"), "a-secret-for-the-report-readers").unwrap();
     let file = dir.join("gateway.toml");
-    std::fs::write(&file, text).unwrap();
+    std::fs::write(&file, text.replace(&token_file, &dir.join("report-token").display().to_string())).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mfa-gateway"))
         .args(["check", "--config"])
         .arg(&file)
         .output()
         .unwrap();
     assert!(out.status.success(), "check refused it: {}", String::from_utf8_lossy(&out.stderr));
-    let config: toml::Table = text.parse().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("warning"), "{said}");
     let (listen, admin) =
         (port_of(&setting(&config, "server", "listen")), port_of(&setting(&config, "admin", "listen")));
     assert!(setting(&config, "admin", "listen").starts_with("0.0.0.0:"), "kubelet probes the pod IP");
@@ -116,6 +121,15 @@ fn the_sidecar_manifests_agree_with_the_config_they_carry() {
     assert_eq!(config_path.rsplit('/').next(), Some("gateway.toml"));
     let volume = list(&spec["volumes"]).iter().find(|v| v["name"] == mount["name"]).expect("the mounted volume");
     assert_eq!(volume["configMap"]["name"], map["metadata"]["name"]);
+
+    // The report's secret comes from a Secret, mounted where token_file looks.
+    let mount = list(&sidecar["volumeMounts"])
+        .iter()
+        .find(|m| token_file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .expect("report.token_file is on a mounted volume");
+    let volume = list(&spec["volumes"]).iter().find(|v| v["name"] == mount["name"]).expect("the mounted volume");
+    assert!(volume["secret"]["secretName"].as_str().is_some(), "the report's secret is a Secret: {volume:?}");
+    assert_eq!(token_file.rsplit('/').next(), Some("token"), "the Secret's key names the file");
 
     // The grace period covers the lame-duck delay and the drain.
     let delay = duration(&setting(&config, "server", "shutdown_delay"));

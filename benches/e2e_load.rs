@@ -19,7 +19,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mfa_gateway::demo::{entra_claims, DevIssuer, KeyServer};
+use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -13,7 +13,7 @@ use mfa_gateway::auth::policy::{self, Caller, TokenKind};
 use mfa_gateway::auth::profile;
 use mfa_gateway::auth::{keys, token, Authenticator};
 use mfa_gateway::config::Config;
-use mfa_gateway::demo::{entra_claims, DevIssuer};
+use mfa_gateway::dev::{entra_claims, DevIssuer};
 use mfa_gateway::report::{Observation, Report, ReportConfig};
 use mfa_gateway::routes::RouteTable;
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-pub use crate::dev::{entra_claims, start_echo_upstream, DevIssuer, KeyServer, DEMO_AUDIENCE, DEMO_TENANT};
+use crate::dev::{entra_claims, start_echo_upstream, DevIssuer, KeyServer};
 
 const PROFILE: &str = include_str!("../config/partner-center.toml");
 /// The demo's one route with the RFC 9470 challenge (the profile keeps the mandated 401).

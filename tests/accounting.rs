@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use mfa_gateway::demo::entra_claims;
+use mfa_gateway::dev::entra_claims;
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use mfa_gateway::demo::{entra_claims, DEMO_TENANT};
+use mfa_gateway::dev::{entra_claims, DEMO_TENANT};
 use serde_json::{json, Value};
 use support::*;
 
@@ -107,7 +107,7 @@ async fn keys_unavailable_is_503_with_retry_after() {
         ),
     );
     let gw = start(&text).await;
-    let token = mfa_gateway::demo::DevIssuer::generate("k1").mint(&entra_claims("mfa", 600));
+    let token = mfa_gateway::dev::DevIssuer::generate("k1").mint(&entra_claims("mfa", 600));
     let (status, headers, body) = get(gw.addr, "/v1/offers", Some(&token)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "5");
@@ -279,7 +279,7 @@ async fn hostile_tokens_are_refused_with_the_right_reason() {
         URL_SAFE_NO_PAD.encode([0u8; 64])
     );
     let valid = h.issuer.mint(&claims);
-    let other_key = mfa_gateway::demo::DevIssuer::generate("k1").mint(&claims);
+    let other_key = mfa_gateway::dev::DevIssuer::generate("k1").mint(&claims);
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "alg none",

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use http::StatusCode;
-use mfa_gateway::demo::entra_claims;
+use mfa_gateway::dev::entra_claims;
 use serde_json::Value;
 use support::*;
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use mfa_gateway::demo::entra_claims;
+use mfa_gateway::dev::entra_claims;
 use serde_json::Value;
 use support::*;
 
@@ -51,7 +51,7 @@ async fn grpc_call(target: String, token: String, ca: Option<std::path::PathBuf>
 
 fn config(
     upstream: u16,
-    keys: &mfa_gateway::demo::KeyServer,
+    keys: &mfa_gateway::dev::KeyServer,
     tls: Option<(&std::path::Path, &std::path::Path)>,
 ) -> String {
     let tls = tls.map_or(String::new(), |(c, k)| {

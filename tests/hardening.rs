@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use mfa_gateway::demo::{entra_claims, DevIssuer, KeyServer};
+use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
 use support::*;
 use tokio::net::TcpStream;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::StatusCode;
-use mfa_gateway::demo::{entra_claims, DevIssuer};
+use mfa_gateway::dev::{entra_claims, DevIssuer};
 use serde_json::json;
 use support::*;
 
@@ -113,7 +113,7 @@ async fn a_hundred_concurrent_unknown_kid_requests_cause_one_fetch() {
 #[tokio::test]
 async fn key_server_down_at_start_then_up_flips_readyz() {
     let issuer = DevIssuer::generate("k1");
-    let keys = mfa_gateway::demo::KeyServer::start(
+    let keys = mfa_gateway::dev::KeyServer::start(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         json!({"keys": [issuer.jwk()]}),
         TEMPLATE_ISSUER,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use mfa_gateway::demo::{entra_claims, DevIssuer, KeyServer};
+use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
 use serde_json::{json, Value};
 use support::*;
 
@@ -269,7 +269,7 @@ async fn audit_events_carry_decisions_and_identity_but_never_token_bytes() {
     }
     let mfa_refusal = audit.iter().find(|l| l["request_id"] == ids[2].as_str()).unwrap();
     assert_eq!(mfa_refusal["decision"], "mfa_required");
-    assert_eq!(mfa_refusal["tid"], mfa_gateway::demo::DEMO_TENANT);
+    assert_eq!(mfa_refusal["tid"], mfa_gateway::dev::DEMO_TENANT);
     assert_eq!(mfa_refusal["user"], "Adminagent.csp@testtestpartner.onmicrosoft.com");
     let all = String::from_utf8(logs().lock().unwrap().clone()).unwrap();
     for t in &tokens {

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use mfa_gateway::demo::{entra_claims, DEMO_AUDIENCE, DEMO_TENANT};
+use mfa_gateway::dev::{entra_claims, DEMO_AUDIENCE, DEMO_TENANT};
 use serde_json::{json, Value};
 use support::*;
 

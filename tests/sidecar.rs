@@ -14,7 +14,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use mfa_gateway::demo::{entra_claims, DevIssuer, KeyServer};
+use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
 use support::*;
 use tokio::net::TcpStream;
 

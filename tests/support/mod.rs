@@ -16,7 +16,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mfa_gateway::app::{self, Running};
 use mfa_gateway::config::Config;
-use mfa_gateway::demo::{DevIssuer, KeyServer};
+use mfa_gateway::dev::{DevIssuer, KeyServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

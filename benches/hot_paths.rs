@@ -96,7 +96,7 @@ fn bench_tokens(c: &mut Criterion) {
 
 fn bench_routes_and_policy(c: &mut Criterion) {
     let (_issuer, config, _dir) = setup();
-    let table = RouteTable::new(&config.routes, config.default_require, config.default_step_up).unwrap();
+    let table = RouteTable::new(&config.routes, config.defaults).unwrap();
     c.bench_function("routes/resolve (partner-center table)", |b| {
         b.iter(|| {
             table.resolve(

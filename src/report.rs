@@ -61,6 +61,11 @@ impl RatioCounters {
         Self { app_user, app_only, apps }
     }
 
+    /// The `app` label for an app id.
+    pub fn app_label<'a>(&self, app: Option<&'a str>) -> &'a str {
+        self.apps.label(app)
+    }
+
     /// The counter for one verified token (resolve once, increment per request).
     pub fn counter(&self, app: Option<&str>, kind: TokenKind, mfa: bool) -> IntCounter {
         let label = self.apps.label(app);
@@ -152,6 +157,14 @@ impl Counts {
 struct Day {
     day: i64,
     apps: HashMap<String, Counts>,
+    /// Report-only routes: (route, app, reason) -> requests their rules would have refused.
+    would_refuse: HashMap<(String, String, &'static str), u64>,
+}
+
+impl Day {
+    fn new(day: i64) -> Self {
+        Self { day, apps: HashMap::new(), would_refuse: HashMap::new() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -248,6 +261,17 @@ pub struct Snapshot {
     pub applications: Vec<AppSummary>,
     pub recent_without_mfa: Vec<Recent>,
     pub users_without_mfa: Vec<UserSeen>,
+    /// What report-only routes let through that enforcing would refuse, per route, app and
+    /// reason, most first: what switching a route to `enforce = true` would break.
+    pub would_refuse: Vec<WouldRefuse>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WouldRefuse {
+    pub route: String,
+    pub app: String,
+    pub reason: &'static str,
+    pub requests: u64,
 }
 
 /// The scope of the report read from Prometheus (`mfa-gateway report --prometheus`).
@@ -280,18 +304,38 @@ impl Report {
         }
     }
 
-    pub fn record(&self, o: &Observation<'_>) {
-        let day = o.unix_secs.div_euclid(86_400);
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    /// The day bucket for `unix_secs`, opening it (and closing days past the window) as needed.
+    /// A clock step backwards lands in the newest bucket rather than reopening an old one.
+    fn bucket<'s>(&self, s: &'s mut State, unix_secs: i64) -> &'s mut Day {
+        let day = unix_secs.div_euclid(86_400);
         if s.days.back().is_none_or(|d| d.day < day) {
-            s.days.push_back(Day { day, apps: HashMap::new() });
+            s.days.push_back(Day::new(day));
         }
         let oldest = day - i64::from(self.cfg.window_days) + 1;
         while s.days.front().is_some_and(|d| d.day < oldest) {
             s.days.pop_front();
         }
-        // A clock step backwards lands in the newest bucket rather than reopening an old one.
-        let bucket = s.days.back_mut().expect("pushed above");
+        s.days.back_mut().expect("pushed above")
+    }
+
+    /// A request a report-only route forwarded although `reason` would have refused it.
+    pub fn would_refuse(&self, unix_secs: i64, route: &str, app: &str, reason: &'static str) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let max_apps = self.cfg.max_apps;
+        let bucket = self.bucket(&mut s, unix_secs);
+        let key = (route.to_string(), app.to_string(), reason);
+        if let Some(n) = bucket.would_refuse.get_mut(&key) {
+            *n += 1;
+            return;
+        }
+        // Bounded like the per-app counts: past max_apps entries, new apps count as "other".
+        let key = if bucket.would_refuse.len() < max_apps { key } else { (key.0, OTHER_APP.to_string(), reason) };
+        *bucket.would_refuse.entry(key).or_default() += 1;
+    }
+
+    pub fn record(&self, o: &Observation<'_>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = self.bucket(&mut s, o.unix_secs);
         let counts = if let Some(c) = bucket.apps.get_mut(o.app) {
             c
         } else {
@@ -343,6 +387,24 @@ impl Report {
             .map(|(u, v)| UserSeen { user: u.to_string(), last_seen: v.last_seen, requests_without_mfa: v.requests })
             .collect();
         users_without_mfa.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.user.cmp(&b.user)));
+        let mut would: HashMap<(&str, &str, &'static str), u64> = HashMap::new();
+        for d in s.days.iter().filter(|d| d.day >= oldest) {
+            for ((route, app, reason), n) in &d.would_refuse {
+                *would.entry((route, app, reason)).or_default() += n;
+            }
+        }
+        let mut would_refuse: Vec<WouldRefuse> = would
+            .into_iter()
+            .map(|((route, app, reason), requests)| WouldRefuse {
+                route: route.to_string(),
+                app: app.to_string(),
+                reason,
+                requests,
+            })
+            .collect();
+        would_refuse.sort_by(|a, b| {
+            b.requests.cmp(&a.requests).then_with(|| (&a.route, &a.app, a.reason).cmp(&(&b.route, &b.app, b.reason)))
+        });
         Snapshot {
             scope: "this instance; use the Prometheus recording rules for all replicas",
             window_days: self.cfg.window_days,
@@ -353,6 +415,7 @@ impl Report {
             applications,
             recent_without_mfa,
             users_without_mfa,
+            would_refuse,
         }
     }
 }
@@ -424,6 +487,32 @@ mod tests {
         assert_eq!(names.len(), 3, "two apps and other: {names:?}");
         assert!(names.contains(&"other"));
         assert_eq!(s.totals.app_user_without_mfa, 10, "nothing lost to the caps");
+    }
+
+    #[test]
+    fn would_refuse_is_kept_per_route_app_and_reason_in_the_window() {
+        let r = Report::new(ReportConfig { window_days: 2, ..ReportConfig::default() });
+        let day = 86_400;
+        let t = 1_700_000_000 - 1_700_000_000 % day;
+        r.would_refuse(t, "customers", "portal", "mfa_required");
+        r.would_refuse(t + day, "customers", "portal", "mfa_required");
+        r.would_refuse(t + day, "customers", "daemon", "app_only_not_allowed");
+        r.would_refuse(t + day, "customers", "portal", "mfa_required");
+        let w = |route: &str, app: &str, reason: &'static str, requests| WouldRefuse {
+            route: route.into(),
+            app: app.into(),
+            reason,
+            requests,
+        };
+        assert_eq!(
+            r.snapshot(t + day).would_refuse,
+            [w("customers", "portal", "mfa_required", 3), w("customers", "daemon", "app_only_not_allowed", 1)]
+        );
+        assert_eq!(
+            r.snapshot(t + 2 * day).would_refuse,
+            [w("customers", "portal", "mfa_required", 2), w("customers", "daemon", "app_only_not_allowed", 1)],
+            "day 0 left the two-day window"
+        );
     }
 
     #[test]

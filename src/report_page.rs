@@ -103,6 +103,24 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     h.push_str("</table>");
+    if !s.would_refuse.is_empty() {
+        h.push_str(
+            "<h2>Report-only routes: would refuse</h2><p class=\"sub\">Requests forwarded because their route has \
+             enforce = false; with enforce = true each would have been refused for this reason.</p>\
+             <table><tr><th>route</th><th>application</th><th>reason</th><th>requests</th></tr>",
+        );
+        for w in &s.would_refuse {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+                esc(&w.route),
+                esc(&w.app),
+                w.reason,
+                w.requests
+            );
+        }
+        h.push_str("</table>");
+    }
     if s.scope == FLEET_SCOPE {
         // Prometheus holds counters, not users: those are on each instance's /report.
         h.push_str("<p class=\"sub\">Users and requests without MFA: see each instance's /report.</p></body></html>\n");
@@ -140,7 +158,7 @@ pub fn render(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{AppSummary, Counts, Recent, UserSeen};
+    use crate::report::{AppSummary, Counts, Recent, UserSeen, WouldRefuse};
 
     #[test]
     fn the_page_escapes_what_tokens_supply_and_shows_the_ratio() {
@@ -167,12 +185,21 @@ mod tests {
                 tenant: None,
             }],
             users_without_mfa: vec![UserSeen { user: "u&v".into(), last_seen: 0, requests_without_mfa: 3 }],
+            would_refuse: vec![WouldRefuse {
+                route: "customers".into(),
+                app: "<b>".into(),
+                reason: "app_only_not_allowed",
+                requests: 7,
+            }],
         };
         let page = render(&s);
         assert!(page.contains("<div class=\"ratio low\" id=\"ratio\">40.0 %</div>"), "{page}");
         assert!(page.contains("&lt;script&gt;x&lt;/script&gt;") && !page.contains("<script>"));
         assert!(page.contains("o&#39;neil@x&quot;y") && page.contains("u&amp;v"));
         assert!(page.contains("1970-01-01 00:00:00 UTC"));
+        assert!(
+            page.contains("<td>customers</td><td>&lt;b&gt;</td><td>app_only_not_allowed</td><td class=\"n\">7</td>")
+        );
         assert!(!page.contains("http://") && !page.contains("https://"), "nothing external");
         assert_eq!(utc(1_795_000_000), "2026-11-18 11:06:40 UTC");
     }

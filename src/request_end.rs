@@ -28,10 +28,12 @@ pub enum Decision {
     BadRequest,
     /// The client went away before the answer.
     ClientClosed,
+    /// Forwarded by a report-only route whose rules would have refused it.
+    WouldRefuse,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 9] = [
+    pub const ALL: [Decision; 10] = [
         Decision::Allowed,
         Decision::MfaRequired,
         Decision::MissingToken,
@@ -41,6 +43,7 @@ impl Decision {
         Decision::UpstreamError,
         Decision::BadRequest,
         Decision::ClientClosed,
+        Decision::WouldRefuse,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Decision {
             Decision::UpstreamError => "upstream_error",
             Decision::BadRequest => "bad_request",
             Decision::ClientClosed => "client_closed",
+            Decision::WouldRefuse => "would_refuse",
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct RequestMetrics {
     duration: Histogram,
     pub auth_duration: Histogram,
     in_flight: IntGauge,
+    would_refuse: IntCounterVec,
+    pub report_only_routes: IntGauge,
 }
 
 impl RequestMetrics {
@@ -96,7 +102,25 @@ impl RequestMetrics {
                 "The gateway's own time per request before the upstream: routing, token verification, policy.",
             ),
             in_flight: gauge(reg, "mfa_gateway_requests_in_flight", "Requests being handled."),
+            would_refuse: counter_vec(
+                reg,
+                "mfa_gateway_would_refuse_total",
+                "Requests a report-only route (enforce = false) forwarded although its rules would refuse \
+                 them, by route, reason, application and token kind.",
+                &["route", "reason", "app", "token_kind"],
+            ),
+            report_only_routes: gauge(
+                reg,
+                "mfa_gateway_routes_report_only",
+                "Routes (and the unmatched default) that are report-only: enforce = false.",
+            ),
         }
+    }
+
+    /// One request a report-only route let through. Every label is from a bounded set: route
+    /// names from the config, policy reasons, app labels as the MFA ratio counters give them.
+    pub fn would_refuse(&self, route: &str, reason: &str, app: &str, kind: TokenKind) {
+        self.would_refuse.with_label_values(&[route, reason, app, kind.as_str()]).inc();
     }
 
     /// One route's `requests_total` series, resolved when a config is built so a request never
@@ -188,13 +212,24 @@ pub struct RequestEnd<'a> {
     /// Upstream response headers (or the upstream's failure).
     pub upstream_done: Option<Instant>,
     pub verified: Option<Arc<Verified>>,
+    /// A report-only route's rules would have refused it, for this reason.
+    pub would_refuse: Option<&'static str>,
     outcome: Option<(u16, Decision, &'static str)>,
 }
 
 impl<'a> RequestEnd<'a> {
     pub fn begin(sinks: Sinks<'a>, asked: Asked<'a>, start: Instant) -> Self {
         sinks.metrics.in_flight.inc();
-        Self { sinks, asked, start, auth_done: None, upstream_done: None, verified: None, outcome: None }
+        Self {
+            sinks,
+            asked,
+            start,
+            auth_done: None,
+            upstream_done: None,
+            verified: None,
+            would_refuse: None,
+            outcome: None,
+        }
     }
 
     pub fn start(&self) -> Instant {

@@ -2,8 +2,8 @@
 //!
 //! Matching rule: the most specific template wins (static segments beat `{param}`, which beats
 //! `{*catch_all}`); among routes that share one template, the first in the file whose `methods`
-//! admit the request wins. A request that matches nothing gets `[defaults].require` under the
-//! route name `unmatched`.
+//! admit the request wins. A request that matches nothing gets `[defaults]` under the route
+//! name `unmatched`.
 
 use std::sync::Arc;
 
@@ -73,6 +73,24 @@ pub struct Route {
     pub step_up: StepUp,
     /// Seconds since `auth_time` past which the route's MFA requirement fails.
     pub max_auth_age: Option<u64>,
+    /// `false`: report-only. A request the route's rules would refuse is forwarded, marked and
+    /// counted as `would_refuse`; a token that does not verify is refused all the same.
+    pub enforce: bool,
+}
+
+/// `[defaults]`: for routes that do not say, and for requests that match no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    pub require: Requirement,
+    /// `[challenge].step_up`.
+    pub step_up: StepUp,
+    pub enforce: bool,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self { require: Requirement::AppUserMfa, step_up: StepUp::PartnerCenter, enforce: true }
+    }
 }
 
 /// One `[[route]]` table, validated.
@@ -88,6 +106,8 @@ pub struct RouteConfig {
     /// The route's own, or `[challenge].step_up`.
     pub step_up: StepUp,
     pub max_auth_age: Option<std::time::Duration>,
+    /// The route's own, or `[defaults].enforce`.
+    pub enforce: bool,
 }
 
 pub const UNMATCHED: &str = "unmatched";
@@ -100,8 +120,8 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table; on a template matchit refuses, returns the route's index and why.
-    /// Requests that match no route get `default` and `step_up`.
-    pub fn new(configs: &[RouteConfig], default: Requirement, step_up: StepUp) -> Result<Self, (usize, String)> {
+    /// Requests that match no route get `defaults`.
+    pub fn new(configs: &[RouteConfig], defaults: Defaults) -> Result<Self, (usize, String)> {
         let mut router = matchit::Router::new();
         let mut templates: Vec<(String, Vec<usize>)> = Vec::new();
         let mut routes = Vec::with_capacity(configs.len());
@@ -115,6 +135,7 @@ impl RouteTable {
                 scopes_any: c.scopes_any.clone(),
                 step_up: c.step_up,
                 max_auth_age: c.max_auth_age.map(|d| d.as_secs()),
+                enforce: c.enforce,
             });
             match templates.iter_mut().find(|(p, _)| *p == c.path) {
                 Some((_, ids)) => ids.push(i),
@@ -128,12 +149,13 @@ impl RouteTable {
         let unmatched = Route {
             index: configs.len(),
             name: UNMATCHED.into(),
-            require: default,
+            require: defaults.require,
             methods: Vec::new(),
             roles_any: Vec::new(),
             scopes_any: Vec::new(),
-            step_up,
+            step_up: defaults.step_up,
             max_auth_age: None,
+            enforce: defaults.enforce,
         };
         Ok(Self { router, routes, unmatched })
     }
@@ -148,6 +170,11 @@ impl RouteTable {
             }
         }
         &self.unmatched
+    }
+
+    /// Routes in label order (file order, then `unmatched`).
+    pub fn all(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().chain(std::iter::once(&self.unmatched))
     }
 
     /// Route names in label order (file order, then `unmatched`).
@@ -170,6 +197,7 @@ mod tests {
             scopes_any: vec![],
             step_up: StepUp::PartnerCenter,
             max_auth_age: None,
+            enforce: true,
         }
     }
 
@@ -182,8 +210,7 @@ mod tests {
                 route("offers-read", "/v1/offers", &["GET"], Requirement::Mfa),
                 route("offers-write", "/v1/offers", &[], Requirement::AppUserMfa),
             ],
-            Requirement::Token,
-            StepUp::PartnerCenter,
+            Defaults { require: Requirement::Token, ..Defaults::default() },
         )
         .unwrap();
         assert_eq!(&*t.resolve(&Method::GET, "/v1/customers/c1/orders").name, "orders");
@@ -199,8 +226,7 @@ mod tests {
     fn conflicting_templates_name_the_route() {
         let err = RouteTable::new(
             &[route("a", "/v1/{x}", &[], Requirement::Token), route("b", "/v1/{y}", &[], Requirement::Token)],
-            Requirement::Token,
-            StepUp::PartnerCenter,
+            Defaults { require: Requirement::Token, ..Defaults::default() },
         )
         .err()
         .unwrap();

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub auth: Arc<Authenticator>,
     pub proxy: Arc<Proxy>,
     pub screen: Screen,
+    /// `<identity prefix>would-refuse`: set on requests a report-only route lets through.
+    pub would_refuse: http::HeaderName,
     pub style: RefusalStyle,
     pub user_ids: Arc<UserIds>,
     /// The HTTP/1.1 and HTTP/2 server settings new connections are served with.
@@ -58,9 +60,10 @@ impl Snapshot {
         requests: &RequestMetrics,
         metrics: &Arc<AuthMetrics>,
     ) -> Result<(Snapshot, Carried), String> {
-        let routes = RouteTable::new(&config.routes, config.default_require, config.default_step_up)
-            .map_err(|(i, e)| format!("route[{i}]: {e}"))?;
+        let routes = RouteTable::new(&config.routes, config.defaults).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
         let counters = routes.names().map(|n| requests.route_counters(n)).collect();
+        let report_only =
+            routes.all().filter(|r| !r.enforce && r.require != crate::routes::Requirement::Public).count();
         let changed: Vec<&Path> = previous.map(|p| p.config.changed(&config).collect()).unwrap_or_default();
         let untouched = |path: Option<&Path>| path.is_none_or(|p| !changed.contains(&p));
         let mut carried = Carried::default();
@@ -112,6 +115,8 @@ impl Snapshot {
             routes,
             counters,
             screen: Screen::new(auth.header_prefix(), config.server.drop_underscore_headers),
+            would_refuse: http::HeaderName::from_bytes(format!("{}would-refuse", auth.header_prefix()).as_bytes())
+                .map_err(|e| format!("identity.header_prefix: {e}"))?,
             auth,
             proxy,
             style: RefusalStyle {
@@ -123,6 +128,7 @@ impl Snapshot {
             tls: config.server.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.built.clone())),
             config,
         };
+        requests.report_only_routes.set(report_only as i64);
         Ok((snapshot, carried))
     }
 }

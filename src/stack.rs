@@ -136,7 +136,10 @@ impl Stack {
 
         let mut resp = match self.pass(snap, req, route, conn, &request_id, &mut end).await {
             Ok(resp) => {
-                end.answered(resp.status().as_u16(), Decision::Allowed, "-");
+                match end.would_refuse {
+                    Some(why) => end.answered(resp.status().as_u16(), Decision::WouldRefuse, why),
+                    None => end.answered(resp.status().as_u16(), Decision::Allowed, "-"),
+                }
                 resp.map(Either::Left)
             }
             Err(refusal) => {
@@ -220,12 +223,32 @@ impl Stack {
         // ...count it for the MFA status report whatever the route decides...
         self.observe(snap, &v, route);
         end.verified = Some(v.clone());
-        // ...then apply the route's requirement.
-        snap.auth.authorize(route, &v).map_err(Refusal::Auth)?;
+        // ...then apply the route's requirement; a report-only route lets a refusal through,
+        // marked and counted.
+        let would_refuse = match snap.auth.authorize(route, &v) {
+            Ok(()) => None,
+            Err(refusal) if !route.enforce => {
+                let why = refusal.deny().expect("authorize refuses with a policy reason");
+                self.requests.would_refuse(&route.name, why.reason(), self.ratios.app_label(v.app_id()), v.kind);
+                self.report.would_refuse(
+                    crate::auth::unix_now(),
+                    &route.name,
+                    v.app_id().unwrap_or("none"),
+                    why.reason(),
+                );
+                tracing::debug!(route = %route.name, reason = why.reason(), "report-only route: would refuse");
+                end.would_refuse = Some(why.reason());
+                Some(why.reason())
+            }
+            Err(refusal) => return Err(Refusal::Auth(refusal)),
+        };
         // Tell the upstream who called, from verified claims only.
         let headers = req.headers_mut();
         for (name, value) in snap.auth.identity_headers(&v) {
             headers.insert(name.clone(), value);
+        }
+        if let Some(why) = would_refuse {
+            headers.insert(snap.would_refuse.clone(), HeaderValue::from_static(why));
         }
         if !snap.config.auth.forward_authorization {
             headers.remove(AUTHORIZATION);

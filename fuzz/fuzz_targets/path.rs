@@ -9,7 +9,7 @@ use http::Method;
 use libfuzzer_sys::fuzz_target;
 use mfa_gateway::routes::RouteConfig;
 use mfa_gateway::path;
-use mfa_gateway::routes::{Requirement, RouteTable, StepUp};
+use mfa_gateway::routes::{Defaults, Requirement, RouteTable, StepUp};
 
 fn table() -> &'static RouteTable {
     static T: OnceLock<RouteTable> = OnceLock::new();
@@ -23,6 +23,7 @@ fn table() -> &'static RouteTable {
             scopes_any: vec![],
             step_up: StepUp::PartnerCenter,
             max_auth_age: None,
+            enforce: true,
         };
         RouteTable::new(
             &[
@@ -30,8 +31,7 @@ fn table() -> &'static RouteTable {
                 route("customers", "/v1/customers/{id}/{*rest}", Requirement::AppUserMfa),
                 route("health", "/healthz", Requirement::Public),
             ],
-            Requirement::AppUserMfa,
-            StepUp::PartnerCenter,
+            Defaults::default(),
         )
         .unwrap()
     })

@@ -42,6 +42,15 @@ impl AuthRefusal {
             _ => None,
         }
     }
+
+    /// The route rule that refused, when a rule did (not the token).
+    pub fn deny(&self) -> Option<Deny> {
+        match self {
+            AuthRefusal::Denied(d) => Some(*d),
+            AuthRefusal::StepUp(s) => Some(s.why),
+            _ => None,
+        }
+    }
 }
 
 /// `[challenge]`: how refusals present themselves.

@@ -109,6 +109,7 @@ mod tests {
             scopes_any: vec![],
             step_up: crate::routes::StepUp::PartnerCenter,
             max_auth_age: None,
+            enforce: true,
         }
     }
 

@@ -13,7 +13,7 @@ use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 use serde::Deserialize;
 
-use crate::routes::{Requirement, RouteConfig, StepUp};
+use crate::routes::{Defaults, Requirement, RouteConfig, StepUp};
 use validator::{toml_error, Validator};
 pub use validator::{ConfigError, FileStamp};
 
@@ -34,9 +34,9 @@ pub struct Config {
     pub report_token: Option<ReportToken>,
     pub auth: crate::auth::AuthConfig,
     pub routes: Vec<RouteConfig>,
-    pub default_require: Requirement,
-    /// `[challenge].step_up`: for routes without their own, and requests that match none.
-    pub default_step_up: StepUp,
+    /// `[defaults]` (with `[challenge].step_up`): for routes that do not say, and requests that
+    /// match none.
+    pub defaults: Defaults,
     /// The file this was loaded from (none for config text given directly, as the demo does).
     pub source: Option<PathBuf>,
     /// The config file and every file it names, each stamped before it was read. A stamp that
@@ -399,6 +399,7 @@ fn default_log_filter() -> String {
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     require: Option<Requirement>,
+    enforce: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +416,7 @@ struct RawRoute {
     scopes_any: Vec<String>,
     step_up: Option<StepUp>,
     max_auth_age: Option<String>,
+    enforce: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,6 +452,17 @@ impl Config {
     /// gateway logs them at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        // Report-only is for a rollout; one left in place by accident lets refusals through.
+        let report_only = self.routes.iter().filter(|r| !r.enforce && r.require != Requirement::Public);
+        for r in report_only {
+            w.push(format!(
+                "route {:?} is report-only (enforce = false): requests its rules would refuse are forwarded",
+                r.name
+            ));
+        }
+        if !self.defaults.enforce && self.defaults.require != Requirement::Public {
+            w.push("[defaults].enforce = false: requests that match no route are report-only".to_string());
+        }
         if self.report_token.is_none() && !self.admin.listen.ip().is_loopback() {
             w.push(format!(
                 "admin.listen = \"{}\" is not a loopback address and [report].token_file is not set: /report \
@@ -494,16 +507,20 @@ impl Validator<'_> {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.filter) {
             return Err(self.err("log.filter", format!("bad filter {:?}: {e}", log.filter)));
         }
-        let step_up = raw.challenge.step_up.unwrap_or(StepUp::PartnerCenter);
+        let defaults = Defaults {
+            require: raw.defaults.require.unwrap_or(Requirement::AppUserMfa),
+            step_up: raw.challenge.step_up.unwrap_or(StepUp::PartnerCenter),
+            enforce: raw.defaults.enforce.unwrap_or(true),
+        };
+        let step_up = defaults.step_up;
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
-            routes.push(self.route(i, r, &routes, step_up)?);
+            routes.push(self.route(i, r, &routes, defaults)?);
         }
         // Build the table once here so a conflicting template fails `check`, not start-up.
-        crate::routes::RouteTable::new(&routes, Requirement::AppUserMfa, step_up)
-            .map_err(|(i, e)| self.err(format!("route[{i}].path"), e))?;
+        crate::routes::RouteTable::new(&routes, defaults).map_err(|(i, e)| self.err(format!("route[{i}].path"), e))?;
         let auth = issuer::validate(self, raw.issuers, raw.mfa, raw.identity, raw.challenge, raw.cache)?;
-        let default_require = raw.defaults.require.unwrap_or(Requirement::AppUserMfa);
+        let default_require = defaults.require;
         // The Entra claims challenge asks for an auth context; without one it cannot be sent.
         if auth.challenge.auth_context.is_none() {
             let entra = |s: StepUp| s == StepUp::EntraClaims;
@@ -539,8 +556,7 @@ impl Validator<'_> {
             report_token,
             auth,
             routes,
-            default_require,
-            default_step_up: step_up,
+            defaults,
             source: None,
             files: Vec::new(),
         })
@@ -744,7 +760,14 @@ impl Validator<'_> {
         })
     }
 
-    fn route(&self, i: usize, r: RawRoute, seen: &[RouteConfig], step_up: StepUp) -> Result<RouteConfig, ConfigError> {
+    fn route(
+        &self,
+        i: usize,
+        r: RawRoute,
+        seen: &[RouteConfig],
+        defaults: Defaults,
+    ) -> Result<RouteConfig, ConfigError> {
+        let step_up = defaults.step_up;
         let key = |k: &str| format!("route[{i}].{k}");
         let name_ok = !r.name.is_empty()
             && r.name.len() <= 64
@@ -796,6 +819,7 @@ impl Validator<'_> {
             scopes_any: r.scopes_any,
             step_up: r.step_up.unwrap_or(step_up),
             max_auth_age,
+            enforce: r.enforce.unwrap_or(defaults.enforce),
         })
     }
 }

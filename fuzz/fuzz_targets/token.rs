@@ -59,6 +59,7 @@ fn fixed() -> &'static Fixed {
             scopes_any: scopes.iter().map(|s| s.to_string()).collect(),
             step_up: StepUp::PartnerCenter,
             max_auth_age: (i == 1).then_some(600),
+            enforce: true,
         };
         Fixed {
             signer,

@@ -11,15 +11,18 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::listener::{self, ConnectionMetrics, Drain};
 use crate::reload::Reloads;
+use crate::request_end::Mode;
 use crate::stack::Stack;
 
 /// A started gateway: its bound addresses and the handle to stop it.
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The decision listener of authorization-only mode, when `[authz]` turns it on.
+    pub authz_addr: Option<SocketAddr>,
     pub stack: Arc<Stack>,
     shutdown: watch::Sender<bool>,
-    listener: JoinHandle<()>,
+    listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     drain: Arc<Drain>,
 }
@@ -38,8 +41,18 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let admin = TcpListener::bind(config.admin.listen)
         .await
         .map_err(|e| format!("cannot listen on {} (admin.listen): {e}", config.admin.listen))?;
+    let decisions = match &config.authz {
+        Some(a) => Some(
+            TcpListener::bind(a.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {} (authz.listen): {e}", a.listen))?,
+        ),
+        None => None,
+    };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+    let authz_addr = decisions.as_ref().map(TcpListener::local_addr).transpose().map_err(|e| e.to_string())?;
+    let front = config.authz.as_ref().map_or("-", |a| a.front.kind().as_str());
 
     let registry = crate::metrics::registry();
     let reloads = Reloads::register(&registry);
@@ -52,11 +65,20 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let (shutdown, rx) = watch::channel(false);
     let drain = Arc::new(Drain::default());
     tokio::spawn(crate::admin::serve(admin, stack.clone(), rx.clone()));
-    let listener =
-        tokio::spawn(listener::serve(listener, stack.clone(), connections, max_connections, rx, drain.clone()));
+    let serve = |l, mode| {
+        let (stack, connections, rx, drain) = (stack.clone(), connections.clone(), rx.clone(), drain.clone());
+        tokio::spawn(listener::serve(l, stack, connections, max_connections, rx, drain, mode))
+    };
+    let mut listeners = vec![serve(listener, Mode::Proxy)];
+    if let Some(decisions) = decisions {
+        listeners.push(serve(decisions, Mode::Authz));
+    }
     let background = vec![tokio::spawn(crate::reload::watch(stack.clone(), reloads))];
-    tracing::info!(%addr, admin = %admin_addr, scheme, "listening");
-    Ok(Running { addr, admin_addr, stack, shutdown, listener, background, drain })
+    match authz_addr {
+        Some(authz) => tracing::info!(%addr, admin = %admin_addr, %authz, front, scheme, "listening"),
+        None => tracing::info!(%addr, admin = %admin_addr, scheme, "listening"),
+    }
+    Ok(Running { addr, admin_addr, authz_addr, stack, shutdown, listeners, background, drain })
 }
 
 impl Running {
@@ -80,7 +102,9 @@ impl Running {
         self.stack.start_draining();
         let grace = self.stack.snapshot().config.server.shutdown_grace;
         let _ = self.shutdown.send(true);
-        let _ = self.listener.await;
+        for l in self.listeners {
+            let _ = l.await;
+        }
         let left = self.drain.wait(grace).await;
         if left > 0 {
             tracing::warn!(connections = left, ?grace, "grace period over; closing remaining connections");

@@ -38,6 +38,8 @@ impl UserIds {
 
 /// Everything one audit event says.
 pub struct Event<'a> {
+    /// `proxy`, or `authz` for a front proxy's question.
+    pub mode: &'static str,
     pub request_id: &'a str,
     /// The W3C trace id of the request's `traceparent`, when it carries a valid one.
     pub trace_id: Option<&'a str>,
@@ -60,6 +62,7 @@ pub struct Event<'a> {
 pub fn emit(e: &Event<'_>) {
     tracing::info!(
         target: "mfa_gateway::audit",
+        mode = e.mode,
         request_id = e.request_id,
         trace_id = e.trace_id.unwrap_or("-"),
         client = %e.client,

@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{counter, gauge, KindCounters};
+use crate::request_end::Mode;
 use crate::stack::{Conn, Stack};
 use crate::tunnel::{self, TunnelMetrics};
 
@@ -124,6 +125,7 @@ pub async fn serve(
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
     drain: Arc<Drain>,
+    mode: Mode,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut accept_failures: Option<AcceptEpisode> = None;
@@ -168,7 +170,9 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let (builder, tls, limits) = {
             let snap = stack.snapshot();
+            // The decision listener speaks plain HTTP to its front proxy on the same host or pod.
             let tls = snap.tls.clone().zip(snap.config.server.tls.as_ref().map(|t| t.handshake_timeout));
+            let tls = tls.filter(|_| mode == Mode::Proxy);
             let limits = Limits { idle: snap.config.server.idle_timeout, grace: snap.config.server.shutdown_grace };
             (snap.http.clone(), tls, limits)
         };
@@ -178,7 +182,7 @@ pub async fn serve(
             metrics.open.inc();
             let activity = Arc::new(AtomicBool::new(false));
             let io = Tracked { inner: stream, active: activity.clone() };
-            let conn = Connection { activity, builder: &builder, stack, metrics: &metrics, limits, shutdown };
+            let conn = Connection { activity, builder: &builder, stack, metrics: &metrics, limits, shutdown, mode };
             match tls {
                 None => conn.serve(io, Conn { peer, tls: false }).await,
                 Some((tls, limit)) => match handshake(io, tls, limit, &metrics).await {
@@ -247,6 +251,7 @@ struct Connection<'a> {
     metrics: &'a ConnectionMetrics,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
+    mode: Mode,
 }
 
 impl Connection<'_> {
@@ -254,17 +259,22 @@ impl Connection<'_> {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { activity, builder, stack, metrics, limits, mut shutdown } = self;
+        let Connection { activity, builder, stack, metrics, limits, mut shutdown, mode } = self;
         let io = TokioIo::new(io);
         let slot = tunnel::Slot::new(metrics.tunnels.clone());
         let lender = slot.clone();
         let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             // Only a request that may become a tunnel carries a lease back to this connection.
-            if req.headers().contains_key(header::UPGRADE) {
+            if mode == Mode::Proxy && req.headers().contains_key(header::UPGRADE) {
                 req.extensions_mut().insert(lender.lease());
             }
             let stack = stack.clone();
-            async move { Ok::<_, Infallible>(stack.handle(req, conn_info).await) }
+            async move {
+                Ok::<_, Infallible>(match mode {
+                    Mode::Proxy => stack.handle(req, conn_info).await,
+                    Mode::Authz => stack.decide(req, conn_info).await,
+                })
+            }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings};
 use crate::auth::policy::Deny;
+use crate::authz::Flaw;
 use crate::path::PathFlaw;
 use crate::proxy::UpstreamError;
 use crate::request_end::Decision;
@@ -23,6 +24,9 @@ pub enum Refusal {
     Auth(AuthRefusal),
     /// The path is not in normal form (`crate::path`).
     BadPath(PathFlaw),
+    /// Authorization-only mode: the front proxy's account of the original request is missing
+    /// or malformed.
+    BadOriginal(Flaw),
     Upstream(UpstreamError),
 }
 
@@ -43,7 +47,7 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::StepUp(_)) => Decision::MfaRequired,
             Refusal::Auth(AuthRefusal::Denied(_)) => Decision::Forbidden,
             Refusal::Auth(AuthRefusal::KeysUnavailable) => Decision::KeysUnavailable,
-            Refusal::BadPath(_) => Decision::BadRequest,
+            Refusal::BadPath(_) | Refusal::BadOriginal(_) => Decision::BadRequest,
             Refusal::Upstream(_) => Decision::UpstreamError,
         }
     }
@@ -57,6 +61,7 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::StepUp(s)) => s.why.reason(),
             Refusal::Auth(AuthRefusal::KeysUnavailable) => "keys_unavailable",
             Refusal::BadPath(_) => "path_not_normal",
+            Refusal::BadOriginal(_) => "bad_original_request",
             Refusal::Upstream(e) => e.kind(),
         }
     }
@@ -83,6 +88,9 @@ impl Refusal {
                 (resp, c.description)
             }
             Refusal::BadPath(flaw) => {
+                (json(StatusCode::BAD_REQUEST, "bad_request", flaw.description()), flaw.description())
+            }
+            Refusal::BadOriginal(flaw) => {
                 (json(StatusCode::BAD_REQUEST, "bad_request", flaw.description()), flaw.description())
             }
             // Which request, never why: DNS names, addresses and certificate problems are the

@@ -167,6 +167,11 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
         new.admin = old.admin.clone();
         kept.push("admin.listen");
     }
+    // The decision listener is bound at start; its front proxy is fixed with it.
+    if old.authz != new.authz {
+        new.authz = old.authz.clone();
+        kept.push("authz");
+    }
     // Set once for the process: the log subscriber, the app label set, the report's windows.
     if old.log != new.log {
         new.log = old.log.clone();

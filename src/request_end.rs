@@ -62,6 +62,25 @@ impl Decision {
     }
 }
 
+/// How the request came: to be forwarded, or as a front proxy's question (authorization-only
+/// mode); the `mode` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Proxy,
+    Authz,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Proxy, Mode::Authz];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Proxy => "proxy",
+            Mode::Authz => "authz",
+        }
+    }
+}
+
 /// The status an audit event gives a request whose client left first (nginx's 499).
 pub const CLIENT_CLOSED_STATUS: u16 = 499;
 
@@ -88,8 +107,8 @@ impl RequestMetrics {
             requests: counter_vec(
                 reg,
                 "mfa_gateway_requests_total",
-                "Requests by route name, decision and token kind.",
-                &["route", "decision", "token_kind"],
+                "Requests by route name, decision, token kind, and mode (proxy, or authz: a front proxy's question).",
+                &["route", "decision", "token_kind", "mode"],
             ),
             duration: latency(
                 reg,
@@ -127,24 +146,27 @@ impl RequestMetrics {
     /// hashes a label set. The series of a route that a reload removes stay (counters never go
     /// back).
     pub fn route_counters(&self, route: &str) -> RouteCounters {
-        let mut handles = Vec::with_capacity(Decision::ALL.len() * KINDS.len());
-        for d in Decision::ALL {
-            for k in KINDS {
-                handles.push(self.requests.with_label_values(&[route, d.as_str(), kind_label(k)]));
+        let mut handles = Vec::with_capacity(Mode::ALL.len() * Decision::ALL.len() * KINDS.len());
+        for m in Mode::ALL {
+            for d in Decision::ALL {
+                for k in KINDS {
+                    handles.push(self.requests.with_label_values(&[route, d.as_str(), kind_label(k), m.as_str()]));
+                }
             }
         }
         RouteCounters(handles)
     }
 }
 
-/// `requests_total` handles for one route, by decision and token kind.
+/// `requests_total` handles for one route, by mode, decision and token kind.
 pub struct RouteCounters(Vec<IntCounter>);
 
 impl RouteCounters {
-    pub fn count(&self, decision: Decision, kind: Option<TokenKind>) {
+    pub fn count(&self, mode: Mode, decision: Decision, kind: Option<TokenKind>) {
+        let m = mode as usize;
         let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
         let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2);
-        self.0[d * KINDS.len() + k].inc();
+        self.0[(m * Decision::ALL.len() + d) * KINDS.len() + k].inc();
     }
 }
 
@@ -194,6 +216,7 @@ pub struct Sinks<'a> {
 
 /// Who asked for what, as the audit event names it.
 pub struct Asked<'a> {
+    pub mode: Mode,
     pub request_id: HeaderValue,
     pub trace_id: Option<Box<str>>,
     pub client: SocketAddr,
@@ -260,7 +283,7 @@ impl Drop for RequestEnd<'_> {
         let elapsed = end - self.start;
         let v = self.verified.as_deref();
         let kind = v.map(|v| v.kind);
-        self.sinks.counters.count(decision, kind);
+        self.sinks.counters.count(self.asked.mode, decision, kind);
         self.sinks.metrics.duration.observe(elapsed.as_secs_f64());
         self.sinks.metrics.in_flight.dec();
         let Some(user_ids) = self.sinks.audit else { return };
@@ -272,6 +295,7 @@ impl Drop for RequestEnd<'_> {
         let derived = v.map(|v| Derived::of(v, self.sinks.ratios, user_ids));
         let ids = v.zip(derived).map(|(v, d)| d.ids(v));
         audit::emit(&audit::Event {
+            mode: self.asked.mode.as_str(),
             request_id: self.asked.request_id.to_str().unwrap_or("-"),
             trace_id: self.asked.trace_id.as_deref(),
             client: self.asked.client,

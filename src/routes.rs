@@ -172,6 +172,11 @@ impl RouteTable {
         &self.unmatched
     }
 
+    /// The route of requests that match none.
+    pub fn unmatched(&self) -> &Route {
+        &self.unmatched
+    }
+
     /// Routes in label order (file order, then `unmatched`).
     pub fn all(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter().chain(std::iter::once(&self.unmatched))

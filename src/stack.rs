@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, AUTHORIZATION};
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use http::{Request, Response};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus::Registry;
 
@@ -17,12 +18,13 @@ use crate::audit;
 use crate::auth::challenge::AuthRefusal;
 use crate::auth::metrics::AuthMetrics;
 use crate::auth::Verified;
+use crate::authz::Flaw;
 use crate::config::Config;
 use crate::headers::{is_grpc, RemovedCounters};
 use crate::proxy::{Origin, UpstreamMetrics};
 use crate::refusal::{Body, Refusal};
 use crate::report::{Observation, RatioCounters, Report};
-use crate::request_end::{Asked, Decision, Derived, RequestEnd, RequestMetrics, Sinks};
+use crate::request_end::{Asked, Decision, Derived, Mode, RequestEnd, RequestMetrics, Sinks};
 use crate::request_id::{RequestIds, REQUEST_ID};
 use crate::routes::{Requirement, Route};
 use crate::snapshot::{Carried, Snapshot};
@@ -96,7 +98,19 @@ impl Stack {
         self.draining.load(Ordering::Acquire)
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    /// Proxy mode: decides, then forwards or refuses.
+    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        self.serve(req, conn, Mode::Proxy).await
+    }
+
+    /// Authorization-only mode: `req` is a front proxy's question about another request; the
+    /// answer is the decision (200 with the identity headers, or the refusal proxy mode would
+    /// give), and nothing is forwarded.
+    pub async fn decide(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+        self.serve(req, conn, Mode::Authz).await
+    }
+
+    async fn serve(&self, mut req: Request<Incoming>, conn: Conn, mode: Mode) -> Response<Body> {
         let start = Instant::now();
         // One load per request: the whole request sees one config, old or new.
         let snap = self.current.load_full();
@@ -111,8 +125,23 @@ impl Stack {
             tracing::debug!(?request_id, header = %name, reason = why.as_str(), "client header removed");
         });
         req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
+        // The request the rules apply to: this one, or the one a front proxy asks about, read
+        // only from where the configured front puts it.
+        let original = match (mode, &snap.config.authz) {
+            (Mode::Proxy, _) => None,
+            (Mode::Authz, Some(a)) => Some(crate::authz::original(&a.front, req.method(), req.uri(), req.headers())),
+            (Mode::Authz, None) => Some(Err(Flaw::MissingUri)),
+        };
         // Route on method + raw path; the route names the requirement.
-        let route = snap.routes.resolve(req.method(), req.uri().path());
+        let route = match &original {
+            None => snap.routes.resolve(req.method(), req.uri().path()),
+            Some(Ok((method, target))) => snap.routes.resolve(method, target.path()),
+            Some(Err(_)) => snap.routes.unmatched(),
+        };
+        let method = match &original {
+            Some(Ok((m, _))) => m.clone(),
+            _ => req.method().clone(),
+        };
         let grpc = is_grpc(req.headers());
         // From here on the request's records are written however it ends: the first await below
         // is where a client that leaves drops this future.
@@ -124,23 +153,29 @@ impl Stack {
                 audit: snap.config.audit.enabled.then_some(&*snap.user_ids),
             },
             Asked {
+                mode,
                 request_id: request_id.clone(),
                 // `traceparent` and `tracestate` go upstream untouched; the audit event names the trace.
                 trace_id: if snap.config.audit.enabled { audit::trace_id(req.headers()).map(Box::from) } else { None },
                 client: conn.peer,
-                method: req.method().clone(),
+                method,
                 route: &route.name,
             },
             start,
         );
 
-        let mut resp = match self.pass(snap, req, route, conn, &request_id, &mut end).await {
+        let result = match original {
+            None => self.pass(snap, req, route, conn, &request_id, &mut end).await.map(|r| r.map(Either::Left)),
+            Some(Ok((_, target))) => self.judge(snap, &req, target.path(), route, &mut end).await,
+            Some(Err(flaw)) => Err(Refusal::BadOriginal(flaw)),
+        };
+        let mut resp = match result {
             Ok(resp) => {
                 match end.would_refuse {
                     Some(why) => end.answered(resp.status().as_u16(), Decision::WouldRefuse, why),
                     None => end.answered(resp.status().as_u16(), Decision::Allowed, "-"),
                 }
-                resp.map(Either::Left)
+                resp
             }
             Err(refusal) => {
                 let (decision, reason) = (refusal.decision(), refusal.reason());
@@ -169,6 +204,9 @@ impl Stack {
             Refusal::Auth(AuthRefusal::KeysUnavailable) => {
                 tracing::warn!(?request_id, route = %route.name, "no signing keys for the token's issuer");
             }
+            Refusal::BadOriginal(flaw) => {
+                tracing::debug!(?request_id, flaw = flaw.description(), "front proxy's question refused");
+            }
             Refusal::Upstream(e) => {
                 self.upstream.failed(e);
                 tracing::warn!(?request_id, route = %route.name, kind = e.kind(), error = ?e, "upstream failed");
@@ -188,7 +226,7 @@ impl Stack {
     ) -> Result<Response<Incoming>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
         crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
-        let admitted = self.admit(snap, &mut req, route, end).await;
+        let admitted = self.admit(snap, req.headers_mut(), route, end).await;
         // The gateway's own work ends here, admitted or not: the auth histogram.
         let upstream_start = Instant::now();
         end.auth_done = Some(upstream_start);
@@ -207,11 +245,50 @@ impl Stack {
         Ok(resp)
     }
 
-    /// Identity headers, token and route requirement: what must hold before the upstream.
+    /// The answer to a front proxy's question about a request to `path`: the same decision as
+    /// proxy mode, with nothing forwarded.
+    async fn judge(
+        &self,
+        snap: &Snapshot,
+        req: &Request<Incoming>,
+        path: &str,
+        route: &Route,
+        end: &mut RequestEnd<'_>,
+    ) -> Result<Response<Body>, Refusal> {
+        // Front proxies hand over the raw request target, dot segments and all, and resolve them
+        // themselves before routing: the same one-spelling rule as proxy mode.
+        crate::path::check(path).map_err(Refusal::BadPath)?;
+        // The credential is the only thing read from the question.
+        let mut answer = HeaderMap::new();
+        for v in req.headers().get_all(AUTHORIZATION) {
+            answer.append(AUTHORIZATION, v.clone());
+        }
+        let admitted = self.admit(snap, &mut answer, route, end).await;
+        let done = Instant::now();
+        end.auth_done = Some(done);
+        self.requests.auth_duration.observe((done - end.start()).as_secs_f64());
+        // Never echo a token.
+        answer.remove(AUTHORIZATION);
+        admitted?;
+        // Every identity header, empty for a claim the token lacks: a front proxy that copies
+        // them over the request replaces the client's copies of each.
+        for name in snap.auth.identity_names() {
+            if !answer.contains_key(name) {
+                answer.insert(name.clone(), HeaderValue::from_static(""));
+            }
+        }
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+        *resp.headers_mut() = answer;
+        Ok(resp)
+    }
+
+    /// Identity headers, token and route requirement: what must hold before the upstream (or
+    /// before a front proxy's question is answered yes). `headers` hold the credential and get
+    /// the identity headers.
     async fn admit(
         &self,
         snap: &Snapshot,
-        req: &mut Request<Incoming>,
+        headers: &mut HeaderMap,
         route: &Route,
         end: &mut RequestEnd<'_>,
     ) -> Result<(), Refusal> {
@@ -219,7 +296,7 @@ impl Stack {
             return Ok(());
         }
         // Verify the token (cached after the first time)...
-        let v = snap.auth.verify(req.headers()).await.map_err(Refusal::Auth)?;
+        let v = snap.auth.verify(headers).await.map_err(Refusal::Auth)?;
         // ...count it for the MFA status report whatever the route decides...
         self.observe(snap, &v, route);
         end.verified = Some(v.clone());
@@ -243,7 +320,6 @@ impl Stack {
             Err(refusal) => return Err(Refusal::Auth(refusal)),
         };
         // Tell the upstream who called, from verified claims only.
-        let headers = req.headers_mut();
         for (name, value) in snap.auth.identity_headers(&v) {
             headers.insert(name.clone(), value);
         }

@@ -77,7 +77,8 @@ async fn clients_that_leave_mid_request_are_counted_and_audited() {
     // All four are over long before the upstream would have answered.
     let in_flight = settles(&gw, "mfa_gateway_requests_in_flight", 0.0, Duration::from_secs(2)).await;
     assert_eq!(in_flight, 0.0);
-    let closed = r#"mfa_gateway_requests_total{decision="client_closed",route="offers",token_kind="app_user"}"#;
+    let closed =
+        r#"mfa_gateway_requests_total{decision="client_closed",mode="proxy",route="offers",token_kind="app_user"}"#;
     assert_eq!(gw.metric(closed).await, 4.0);
     let events: Vec<Value> = audit_events(&gw).into_iter().filter(|e| e["decision"] == "client_closed").collect();
     assert_eq!(events.len(), 4, "{events:?}");

@@ -76,7 +76,7 @@ async fn each_refusal_row() {
 
     // Each decision is counted.
     assert_eq!(
-        metric(&h.gw, "mfa_gateway_requests_total{decision=\"mfa_required\",route=\"offers\",token_kind=\"app_user\"}")
+        metric(&h.gw, "mfa_gateway_requests_total{decision=\"mfa_required\",mode=\"proxy\",route=\"offers\",token_kind=\"app_user\"}")
             .await,
         1.0
     );

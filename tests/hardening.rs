@@ -73,7 +73,7 @@ async fn bad_requests(gw: &Binary) -> f64 {
     let mut n = 0.0;
     for route in ["offers", "customers", "unmatched"] {
         let series =
-            format!("mfa_gateway_requests_total{{decision=\"bad_request\",route=\"{route}\",token_kind=\"none\"}}");
+            format!("mfa_gateway_requests_total{{decision=\"bad_request\",mode=\"proxy\",route=\"{route}\",token_kind=\"none\"}}");
         n += gw.metric(&series).await;
     }
     n

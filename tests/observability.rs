@@ -126,7 +126,7 @@ async fn each_decision_increments_its_counter() {
     ];
     for (path, token, decision, route, kind) in cases {
         let series =
-            format!("mfa_gateway_requests_total{{decision=\"{decision}\",route=\"{route}\",token_kind=\"{kind}\"}}");
+            format!("mfa_gateway_requests_total{{decision=\"{decision}\",mode=\"proxy\",route=\"{route}\",token_kind=\"{kind}\"}}");
         let before = metric(&gw, &series).await;
         get(gw.addr, path, token.as_deref()).await;
         assert_eq!(metric(&gw, &series).await, before + 1.0, "{series}");

@@ -89,7 +89,8 @@ async fn a_report_only_route_forwards_what_it_would_refuse_and_enforces_after_a_
     };
     assert_eq!(gw.metric(&would("mfa_required", "app_user")).await, 1.0);
     assert_eq!(gw.metric(&would("app_only_not_allowed", "app_only")).await, 1.0);
-    let total = r#"mfa_gateway_requests_total{decision="would_refuse",route="customers",token_kind="app_user"}"#;
+    let total =
+        r#"mfa_gateway_requests_total{decision="would_refuse",mode="proxy",route="customers",token_kind="app_user"}"#;
     assert_eq!(gw.metric(total).await, 1.0);
     let audits: Vec<Value> = gw
         .lines()

@@ -114,7 +114,8 @@ async fn check(p: Provider) {
         async move { metric(gw, &format!("mfa_gateway_step_up_challenges_total{{kind=\"{kind}\"}}")).await }
     };
     assert_eq!((count("partner_center").await, count("rfc9470").await), (2.0, 3.0), "{}", p.iss);
-    let refused = r#"mfa_gateway_requests_total{decision="mfa_required",route="fresh",token_kind="app_user"}"#;
+    let refused =
+        r#"mfa_gateway_requests_total{decision="mfa_required",mode="proxy",route="fresh",token_kind="app_user"}"#;
     assert_eq!(metric(&h.gw, refused).await, 2.0, "{}", p.iss);
 }
 

@@ -310,6 +310,11 @@ impl Authenticator {
         })
     }
 
+    /// Every identity header name the gateway sets.
+    pub fn identity_names(&self) -> &[HeaderName] {
+        &self.header_names
+    }
+
     pub fn header_prefix(&self) -> &str {
         &self.header_prefix
     }

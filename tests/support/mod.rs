@@ -267,6 +267,8 @@ pub struct Binary {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The decision listener, when `[authz]` is on.
+    pub authz: Option<SocketAddr>,
     pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
     /// The config file it runs on.
     pub file: std::path::PathBuf,
@@ -315,15 +317,16 @@ impl Binary {
         let line = rx.recv_timeout(Duration::from_secs(20)).expect("the gateway never said it was listening");
         // Pretty (`addr=...`) or JSON (`"addr":"..."`) logs.
         let json: Option<Value> = serde_json::from_str(&line).ok();
-        let field = |key: &str| -> SocketAddr {
+        let field = |key: &str| -> Option<SocketAddr> {
             if let Some(v) = json.as_ref().and_then(|j| j[key].as_str()) {
-                return v.parse().unwrap();
+                return v.parse().ok();
             }
-            let rest = line.split(&format!("{key}=")).nth(1).unwrap_or_else(|| panic!("no {key} in {line}"));
-            rest.split_whitespace().next().unwrap().trim_matches('"').parse().unwrap()
+            let rest = line.split(&format!(" {key}=")).nth(1)?;
+            rest.split_whitespace().next().unwrap().trim_matches('"').parse().ok()
         };
-        let (addr, admin) = (field("addr"), field("admin"));
-        Binary { child, addr, admin, stderr, file: file.to_path_buf(), reader: Some(reader) }
+        let addr = field("addr").unwrap_or_else(|| panic!("no addr in {line}"));
+        let admin = field("admin").unwrap_or_else(|| panic!("no admin in {line}"));
+        Binary { child, addr, admin, authz: field("authz"), stderr, file: file.to_path_buf(), reader: Some(reader) }
     }
 
     /// Waits for the process to exit (blocking) and for the last of its stderr.

@@ -81,6 +81,17 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
             vec!["upstream.client_key", "https://"],
         ),
         (format!("{base}[report]\ntoken_file = \"missing.secret\"\n"), vec!["report.token_file", "cannot read"]),
+        (format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\n"), vec!["authz.front", "required with authz.listen"]),
+        (
+            format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"traefik\"\nuri_header = \"x-uri\"\n"),
+            vec!["authz.method_header", "for nginx"],
+        ),
+        (
+            format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"nginx\"\npath_prefix = \"/a\"\n"),
+            vec!["authz.path_prefix", "envoy"],
+        ),
+        (format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"haproxy\"\n"), vec!["unknown variant `haproxy`"]),
+        (format!("{base}[authz]\nfront = \"nginx\"\n"), vec!["authz.listen", "without listen"]),
     ];
     for (text, needles) in cases {
         let (code, msg) = check(&text);

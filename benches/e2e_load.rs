@@ -1,8 +1,9 @@
 //! End-to-end load bench: a real upstream, a real key server and the gateway in one process on
 //! loopback, driven by a closed-loop HTTP/1.1 load generator. Reports req/s, p50 and p99 for the
 //! upstream alone (the baseline) and through the gateway: public route, a repeated MFA token
-//! (verified-token cache), and a different token on every request with the cache off (every
-//! request pays for a signature verification); then the same two token loads as questions to
+//! (verified-token cache) over HTTP/1.1, over cleartext HTTP/2 (10 streams per connection) and
+//! with 512 connections, and a different token on every request with the cache on and off (off:
+//! every request pays for a signature verification); then two token loads as questions to
 //! the decision listener of authorization-only mode (`[authz]`, front = "nginx"), which answers
 //! without forwarding.
 //!
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -76,9 +77,6 @@ fn start_upstream() -> SocketAddr {
     rx.recv().unwrap()
 }
 
-/// A row: name, address, path, extra headers, tokens (none: no Authorization).
-type Scenario = (&'static str, SocketAddr, &'static str, &'static [(&'static str, &'static str)], Vec<String>);
-
 struct Outcome {
     requests: usize,
     errors: usize,
@@ -86,30 +84,93 @@ struct Outcome {
     latencies_us: Vec<u32>,
 }
 
-/// Closed loop: `connections` keep-alive connections, each sending the next request as soon as
-/// the last response is read, for `seconds`. Tokens are taken in turn from `tokens`.
-async fn load(
+/// How the load generator speaks: HTTP/1.1 keep-alive, one request at a time per connection,
+/// or cleartext HTTP/2 (prior knowledge) with this many concurrent streams per connection.
+#[derive(Clone, Copy)]
+enum Proto {
+    H1,
+    H2c { streams: usize },
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    async fn connect(addr: SocketAddr, proto: Proto) -> Sender {
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let io = TokioIo::new(s);
+        match proto {
+            Proto::H1 => {
+                let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                Sender::H1(send)
+            }
+            Proto::H2c { .. } => {
+                let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+                tokio::spawn(conn);
+                Sender::H2(send)
+            }
+        }
+    }
+
+    /// Another handle on the same connection (HTTP/2 only; an HTTP/1.1 connection has one).
+    fn stream(&self) -> Option<Sender> {
+        match self {
+            Sender::H1(_) => None,
+            Sender::H2(s) => Some(Sender::H2(s.clone())),
+        }
+    }
+
+    async fn send(&mut self, req: Request<Empty<Bytes>>) -> hyper::Result<Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// One row's load: where, what, and how much.
+struct Load {
     addr: SocketAddr,
-    path: &str,
+    path: &'static str,
     headers: &'static [(&'static str, &'static str)],
     tokens: Arc<Vec<String>>,
     connections: usize,
+    proto: Proto,
     seconds: u64,
-) -> Outcome {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+}
+
+/// Closed loop: `connections` keep-alive connections (each with its streams over HTTP/2), each
+/// sending the next request as soon as the last response is read, for `seconds`. Tokens are
+/// taken in turn from `tokens`.
+async fn load(l: Load) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs(l.seconds);
     let start = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|c| {
-            let (tokens, path) = (tokens.clone(), path.to_string());
+    let streams = match l.proto {
+        Proto::H1 => 1,
+        Proto::H2c { streams } => streams,
+    };
+    let mut senders = Vec::new();
+    for _ in 0..l.connections {
+        let first = Sender::connect(l.addr, l.proto).await;
+        for _ in 1..streams {
+            senders.push(first.stream().expect("streams only over HTTP/2"));
+        }
+        senders.push(first);
+    }
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut send)| {
+            let (tokens, path, headers) = (l.tokens.clone(), l.path, l.headers);
             tokio::spawn(async move {
-                let s = TcpStream::connect(addr).await.unwrap();
-                s.set_nodelay(true).unwrap();
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
-                tokio::spawn(conn);
-                let (mut n, mut errors, mut lat) = (0usize, 0usize, Vec::with_capacity(200_000));
+                let (mut n, mut errors, mut lat) = (0usize, 0usize, Vec::with_capacity(100_000));
                 let mut i = c * 7919;
                 while Instant::now() < deadline {
-                    let mut req = Request::get(path.as_str()).header("host", "bench");
+                    let mut req = Request::get(path).header("host", "bench");
                     for (k, v) in headers {
                         req = req.header(*k, *v);
                     }
@@ -118,7 +179,7 @@ async fn load(
                         req = req.header("authorization", format!("Bearer {}", tokens[i]));
                     }
                     let t = Instant::now();
-                    match send.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await {
+                    match send.send(req.body(Empty::<Bytes>::new()).unwrap()).await {
                         Ok(resp) => {
                             let ok = resp.status().is_success();
                             let _ = resp.into_body().collect().await;
@@ -215,13 +276,23 @@ fn main() {
     let load_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // What nginx's auth_request sends about a request to /v1/customers/x.
     const ASKED: &[(&str, &str)] = &[("x-original-method", "GET"), ("x-original-uri", "/v1/customers/x")];
-    let scenarios: [Scenario; 6] = [
-        ("upstream direct (baseline)", upstream, "/v1/customers/x", &[], vec![]),
-        ("gateway, public route", gw.0, "/public", &[], vec![]),
-        ("gateway, repeated MFA token", gw.0, "/v1/customers/x", &[], one.clone()),
-        ("gateway, distinct, cache off", nocache.0, "/v1/customers/x", &[], distinct.clone()),
-        ("authz, repeated MFA token", gw.1, "/", ASKED, one),
-        ("authz, distinct, cache off", nocache.1, "/", ASKED, distinct),
+    let (one, distinct) = (Arc::new(one), Arc::new(distinct));
+    let none = Arc::new(Vec::new());
+    let (c, h1) = (a.connections, Proto::H1);
+    let h2c = Proto::H2c { streams: 10 };
+    let row = |name, addr, path, headers, tokens: &Arc<Vec<String>>, connections, proto| {
+        (name, Load { addr, path, headers, tokens: tokens.clone(), connections, proto, seconds: a.seconds })
+    };
+    let scenarios: Vec<(&str, Load)> = vec![
+        row("upstream direct (baseline)", upstream, "/v1/customers/x", &[], &none, c, h1),
+        row("gateway, public route", gw.0, "/public", &[], &none, c, h1),
+        row("gateway, repeated MFA token", gw.0, "/v1/customers/x", &[], &one, c, h1),
+        row("gateway, h2c, 10 streams/conn", gw.0, "/v1/customers/x", &[], &one, c, h2c),
+        row("gateway, 512 connections", gw.0, "/v1/customers/x", &[], &one, 512, h1),
+        row("gateway, 10 000 tokens, cached", gw.0, "/v1/customers/x", &[], &distinct, c, h1),
+        row("gateway, distinct, cache off", nocache.0, "/v1/customers/x", &[], &distinct, c, h1),
+        row("authz, repeated MFA token", gw.1, "/", ASKED, &one, c, h1),
+        row("authz, distinct, cache off", nocache.1, "/", ASKED, &distinct, c, h1),
     ];
     println!(
         "\ne2e_load: {} s per row, {} connections, gateway workers = {}, cores = {}",
@@ -232,8 +303,8 @@ fn main() {
     );
     println!("{:<30} {:>10} {:>9} {:>9} {:>8}", "scenario", "req/s", "p50 ms", "p99 ms", "errors");
     let mut baseline = None;
-    for (name, addr, path, headers, tokens) in scenarios {
-        let o = load_rt.block_on(load(addr, path, headers, Arc::new(tokens), a.connections, a.seconds));
+    for (name, l) in scenarios {
+        let o = load_rt.block_on(load(l));
         let rps = o.requests as f64 / o.elapsed.as_secs_f64();
         let base = *baseline.get_or_insert(rps);
         println!(

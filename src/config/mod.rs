@@ -341,8 +341,7 @@ struct RawUpstream {
     host: Option<String>,
     #[serde(default = "default_pool_idle_timeout")]
     pool_idle_timeout: String,
-    #[serde(default = "default_pool_max_idle")]
-    pool_max_idle_per_host: usize,
+    pool_max_idle_per_host: Option<usize>,
     ca_file: Option<String>,
     client_cert: Option<String>,
     client_key: Option<String>,
@@ -356,9 +355,6 @@ fn default_upstream_timeout() -> String {
 }
 fn default_pool_idle_timeout() -> String {
     "90s".into()
-}
-fn default_pool_max_idle() -> usize {
-    256
 }
 
 #[derive(Deserialize)]
@@ -498,7 +494,7 @@ impl Validator<'_> {
         let server = self.server(raw.server)?;
         let admin = AdminConfig { listen: self.addr("admin.listen", &raw.admin.listen)? };
         let upstream = match raw.upstream {
-            Some(u) => self.upstream(u)?,
+            Some(u) => self.upstream(u, server.max_connections)?,
             None => return Err(self.err("upstream", "missing table [upstream] (with url = \"http://...\")")),
         };
         let log = LogConfig { format: raw.log.format, filter: raw.log.filter };
@@ -787,7 +783,10 @@ impl Validator<'_> {
         Ok(c)
     }
 
-    fn upstream(&self, u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    /// `max_connections`: the default idle pool. Each client connection has at most one HTTP/1.1
+    /// request upstream at a time, so a pool that keeps as many never closes a connection only
+    /// to open another at the next burst (pool_idle_timeout still closes idle ones).
+    fn upstream(&self, u: RawUpstream, max_connections: usize) -> Result<UpstreamConfig, ConfigError> {
         let uri = self.url("upstream.url", &u.url)?;
         let https = uri.scheme_str() == Some("https");
         for (key, set) in [
@@ -829,7 +828,7 @@ impl Validator<'_> {
             timeout: self.nonzero("upstream.timeout", &u.timeout)?,
             host,
             pool_idle_timeout: self.duration("upstream.pool_idle_timeout", &u.pool_idle_timeout)?,
-            pool_max_idle_per_host: u.pool_max_idle_per_host,
+            pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(max_connections),
             tls,
             tls_files: [&u.ca_file, &u.client_cert, &u.client_key]
                 .into_iter()

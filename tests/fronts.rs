@@ -7,33 +7,14 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
 use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SNIPPETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/authz");
-
-/// What reached the API: each request's path and headers.
-type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
-
-async fn recording_upstream() -> (SocketAddr, Seen) {
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let addr = upstream(move |req: Request<Incoming>| {
-        let log = log.clone();
-        async move {
-            log.lock().unwrap().push((req.uri().path().to_string(), req.headers().clone()));
-            Response::new(full("from the api"))
-        }
-    })
-    .await;
-    (addr, seen)
-}
 
 /// A running front proxy; killed on drop.
 struct Front(Child);

@@ -4,32 +4,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{HeaderMap, Request, StatusCode};
 use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
 use support::*;
 use tokio::net::TcpStream;
-
-/// Everything the upstream was asked: (request target, headers).
-type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
-
-async fn recording_upstream() -> (SocketAddr, Seen) {
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let addr = upstream(move |req: Request<Incoming>| {
-        let log = log.clone();
-        async move {
-            log.lock().unwrap().push((req.uri().to_string(), req.headers().clone()));
-            Response::new(full("served"))
-        }
-    })
-    .await;
-    (addr, seen)
-}
 
 /// Routes shaped like `config/partner-center.toml`: an app-only-capable `mfa` subtree beside GDAP
 /// customer routes, and a fail-closed default.

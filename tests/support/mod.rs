@@ -4,11 +4,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -67,6 +67,24 @@ pub async fn echo_upstream() -> SocketAddr {
         Response::new(full(doc.to_string()))
     })
     .await
+}
+
+/// Everything an upstream was asked: (request target, headers).
+pub type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
+
+/// An upstream that records each request it is asked and answers `served`.
+pub async fn recording_upstream() -> (SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let addr = upstream(move |req: Request<Incoming>| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push((req.uri().to_string(), req.headers().clone()));
+            Response::new(full("served"))
+        }
+    })
+    .await;
+    (addr, seen)
 }
 
 /// A header as `echo_upstream` says it received it.

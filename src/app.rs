@@ -105,7 +105,7 @@ impl Running {
         for l in self.listeners {
             let _ = l.await;
         }
-        let left = self.drain.wait(grace).await;
+        let left = self.drain.wait(Some(grace)).await;
         if left > 0 {
             tracing::warn!(connections = left, ?grace, "grace period over; closing remaining connections");
         }

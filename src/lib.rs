@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod headers;
 pub mod listener;
 pub mod metrics;
+pub mod outstanding;
 pub mod path;
 pub mod proxy;
 pub mod refusal;

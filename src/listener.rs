@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,10 +17,11 @@ use hyper_util::server::conn::auto;
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{counter, gauge, KindCounters};
+use crate::outstanding::Outstanding;
 use crate::request_end::Mode;
 use crate::stack::{Conn, Stack};
 use crate::tunnel::{self, TunnelMetrics};
@@ -57,39 +58,8 @@ impl ConnectionMetrics {
     }
 }
 
-/// Counts open connections so shutdown can wait for them to finish.
-#[derive(Default)]
-pub struct Drain {
-    open: AtomicUsize,
-    idle: Notify,
-}
-
-impl Drain {
-    /// Waits until every connection has closed or `grace` has passed; returns how many remain.
-    pub async fn wait(&self, grace: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            let notified = self.idle.notified();
-            let open = self.open.load(Ordering::Acquire);
-            if open == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.open.load(Ordering::Acquire);
-            }
-        }
-    }
-}
-
-struct Guard(Arc<Drain>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
+/// The open connections, which a shutdown waits for (`Outstanding::wait` with the grace).
+pub type Drain = Outstanding;
 
 /// A run of failed accepts, logged once when it starts and once when it ends. While descriptors
 /// are short, accepts fail and succeed in turn as connections close; the episode ends only after
@@ -163,8 +133,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        drain.open.fetch_add(1, Ordering::AcqRel);
-        let guard = Guard(drain.clone());
+        let guard = drain.hold();
         let stack = stack.clone();
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();

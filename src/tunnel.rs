@@ -5,16 +5,16 @@
 //! keeps the connection's slot and drain guard) waits for every lease to come back, closing the
 //! tunnel when the connection goes idle or the shutdown grace runs out.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus::{IntGauge, Registry};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::metrics::gauge;
+use crate::outstanding::{Held, Outstanding};
 
 /// `tunnels_open`: upgraded connections open now.
 #[derive(Clone)]
@@ -30,38 +30,30 @@ impl TunnelMetrics {
 
 /// One client connection's tunnels.
 pub struct Slot {
-    open: AtomicUsize,
-    ended: Notify,
+    leases: Arc<Outstanding>,
     close: watch::Sender<bool>,
     metrics: TunnelMetrics,
 }
 
 impl Slot {
     pub fn new(metrics: TunnelMetrics) -> Arc<Self> {
-        Arc::new(Self { open: AtomicUsize::new(0), ended: Notify::new(), close: watch::Sender::new(false), metrics })
+        Arc::new(Self { leases: Arc::default(), close: watch::Sender::new(false), metrics })
     }
 
     /// A lease for one request that asks to upgrade; it comes back when the request ends without
     /// a tunnel, or when its tunnel closes.
     pub fn lease(self: &Arc<Self>) -> Lease {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        Lease { slot: self.clone(), close: self.close.subscribe() }
+        Lease { slot: self.clone(), _held: self.leases.hold(), close: self.close.subscribe() }
     }
 
     /// Whether a lease is still out.
     pub fn in_use(&self) -> bool {
-        self.open.load(Ordering::Acquire) > 0
+        self.leases.count() > 0
     }
 
     /// Resolves when every lease is back.
     pub async fn released(&self) {
-        loop {
-            let ended = self.ended.notified();
-            if !self.in_use() {
-                return;
-            }
-            ended.await;
-        }
+        self.leases.wait(None).await;
     }
 
     /// Closes the connection's tunnels.
@@ -73,6 +65,7 @@ impl Slot {
 /// Carried in the extensions of a request that asks to upgrade.
 pub struct Lease {
     slot: Arc<Slot>,
+    _held: Held,
     close: watch::Receiver<bool>,
 }
 
@@ -80,14 +73,6 @@ pub struct Lease {
 impl Clone for Lease {
     fn clone(&self) -> Self {
         self.slot.lease()
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.slot.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.slot.ended.notify_waiters();
-        }
     }
 }
 

@@ -95,7 +95,7 @@ const KINDS: [Option<TokenKind>; 3] = [Some(TokenKind::AppUser), Some(TokenKind:
 pub struct RequestMetrics {
     requests: IntCounterVec,
     duration: Histogram,
-    pub auth_duration: Histogram,
+    auth_duration: Histogram,
     in_flight: IntGauge,
     would_refuse: IntCounterVec,
     pub report_only_routes: IntGauge,
@@ -231,7 +231,7 @@ pub struct RequestEnd<'a> {
     asked: Asked<'a>,
     start: Instant,
     /// End of the gateway's own work (routing, token, policy), admitted or not.
-    pub auth_done: Option<Instant>,
+    auth_done: Option<Instant>,
     /// Upstream response headers (or the upstream's failure).
     pub upstream_done: Option<Instant>,
     pub verified: Option<Arc<Verified>>,
@@ -255,8 +255,12 @@ impl<'a> RequestEnd<'a> {
         }
     }
 
-    pub fn start(&self) -> Instant {
-        self.start
+    /// The gateway's own work ends now, admitted or not: noted, and in the auth histogram.
+    pub fn auth_finished(&mut self) -> Instant {
+        let now = Instant::now();
+        self.auth_done = Some(now);
+        self.sinks.metrics.auth_duration.observe((now - self.start).as_secs_f64());
+        now
     }
 
     /// The answer is ready: its status, decision and reason (`"-"` when allowed).

@@ -227,10 +227,7 @@ impl Stack {
         // Routes match raw paths: a path with another spelling could dodge its route.
         crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
         let admitted = self.admit(snap, req.headers_mut(), route, end).await;
-        // The gateway's own work ends here, admitted or not: the auth histogram.
-        let upstream_start = Instant::now();
-        end.auth_done = Some(upstream_start);
-        self.requests.auth_duration.observe((upstream_start - end.start()).as_secs_f64());
+        let upstream_start = end.auth_finished();
         admitted?;
         let origin = Origin {
             client_ip: conn.peer.ip(),
@@ -264,9 +261,7 @@ impl Stack {
             answer.append(AUTHORIZATION, v.clone());
         }
         let admitted = self.admit(snap, &mut answer, route, end).await;
-        let done = Instant::now();
-        end.auth_done = Some(done);
-        self.requests.auth_duration.observe((done - end.start()).as_secs_f64());
+        end.auth_finished();
         // Never echo a token.
         answer.remove(AUTHORIZATION);
         admitted?;
@@ -302,8 +297,8 @@ impl Stack {
         end.verified = Some(v.clone());
         // ...then apply the route's requirement; a report-only route lets a refusal through,
         // marked and counted.
-        let would_refuse = match snap.auth.authorize(route, &v) {
-            Ok(()) => None,
+        match snap.auth.authorize(route, &v) {
+            Ok(()) => {}
             Err(refusal) if !route.enforce => {
                 let why = refusal.deny().expect("authorize refuses with a policy reason");
                 self.requests.would_refuse(&route.name, why.reason(), self.ratios.app_label(v.app_id()), v.kind);
@@ -315,15 +310,14 @@ impl Stack {
                 );
                 tracing::debug!(route = %route.name, reason = why.reason(), "report-only route: would refuse");
                 end.would_refuse = Some(why.reason());
-                Some(why.reason())
             }
             Err(refusal) => return Err(Refusal::Auth(refusal)),
-        };
+        }
         // Tell the upstream who called, from verified claims only.
         for (name, value) in snap.auth.identity_headers(&v) {
             headers.insert(name.clone(), value);
         }
-        if let Some(why) = would_refuse {
+        if let Some(why) = end.would_refuse {
             headers.insert(snap.would_refuse.clone(), HeaderValue::from_static(why));
         }
         if !snap.config.auth.forward_authorization {

@@ -265,9 +265,9 @@ impl Stack {
         // Never echo a token.
         answer.remove(AUTHORIZATION);
         admitted?;
-        // Every identity header, empty for a claim the token lacks: a front proxy that copies
-        // them over the request replaces the client's copies of each.
-        for name in snap.auth.identity_names() {
+        // Every identity header (the would-refuse marker too), empty for what this answer lacks:
+        // a front proxy that copies them over the request replaces the client's copies of each.
+        for name in snap.auth.identity_names().iter().chain([&snap.would_refuse]) {
             if !answer.contains_key(name) {
                 answer.insert(name.clone(), HeaderValue::from_static(""));
             }

@@ -73,6 +73,7 @@ async fn decisions_are_the_proxy_modes_answers_without_forwarding() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h["x-mfa-gateway-token-kind"], "app_only");
     assert_eq!(h["x-mfa-gateway-upn"], "", "present and empty, so a front proxy replaces a client's copy");
+    assert_eq!(h["x-mfa-gateway-would-refuse"], "", "the marker too, on an enforcing route");
 
     // Refused: the answers proxy mode gives.
     let (status, h, body) = ask(&a, Some(&nomfa), &USERS).await;

@@ -156,6 +156,7 @@ async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
         ("x-mfa-gateway-token-kind", "app_user"),
         ("x-mfa-gateway-mfa", "true"),
         ("x-mfa-gateway-upn", "spoofed@contoso.example"),
+        ("x-mfa-gateway-would-refuse", "none"),
     ];
     let (status, answer) = status_of(front, "/v1/customers/c1/users", &app, &spoof).await;
     assert_eq!(status, 403, "{name}: judged on a URI the client chose: {answer}");
@@ -167,6 +168,8 @@ async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
     assert_eq!(h["x-mfa-gateway-mfa"], "false", "{name}: {h:?}");
     let upn: Vec<_> = h.get_all("x-mfa-gateway-upn").iter().collect();
     assert!(upn.iter().all(|v| v.is_empty()), "{name}: the client's upn arrived: {upn:?}");
+    let marker: Vec<_> = h.get_all("x-mfa-gateway-would-refuse").iter().collect();
+    assert!(marker.iter().all(|v| v.is_empty()), "{name}: the client's would-refuse marker arrived: {marker:?}");
 
     // A raw `..` or `..;` segment in the original URI is refused (an app-only token is allowed
     // under /v1/offers, refused under /v1/customers).

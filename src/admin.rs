@@ -113,13 +113,11 @@ fn report_refusal(stack: &Stack, req: &Request<Incoming>) -> Option<Response<Ful
                 .into(),
         ));
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .map(<[u8]>::trim_ascii);
-    // Compared in constant time: the answer's timing says nothing about the secret.
-    let matches = presented.is_some_and(|p| aws_lc_rs::constant_time::verify_slices_are_equal(p, &token.0).is_ok());
+    // Read as the API port reads a bearer token; compared in constant time, so the answer's
+    // timing says nothing about the secret.
+    let presented = crate::auth::token::bearer(req.headers()).ok().flatten();
+    let matches =
+        presented.is_some_and(|p| aws_lc_rs::constant_time::verify_slices_are_equal(p.as_bytes(), &token.0).is_ok());
     if matches {
         return None;
     }

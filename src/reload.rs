@@ -146,44 +146,28 @@ fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(Pa
 fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
     let mut kept = Vec::new();
     let (o, n) = (&old.server, &mut new.server);
-    if o.listen != n.listen {
-        n.listen = o.listen;
-        kept.push("server.listen");
-    }
-    if o.workers != n.workers {
-        n.workers = o.workers;
-        kept.push("server.workers");
-    }
-    if o.max_connections != n.max_connections {
-        n.max_connections = o.max_connections;
-        kept.push("server.max_connections");
-    }
+    keep(&mut kept, "server.listen", &o.listen, &mut n.listen);
+    keep(&mut kept, "server.workers", &o.workers, &mut n.workers);
+    keep(&mut kept, "server.max_connections", &o.max_connections, &mut n.max_connections);
     // Certificates reload; turning TLS on or off changes what the port speaks.
     if o.tls.is_some() != n.tls.is_some() {
         n.tls = o.tls.clone();
         kept.push("server.tls");
     }
-    if old.admin != new.admin {
-        new.admin = old.admin.clone();
-        kept.push("admin.listen");
-    }
+    keep(&mut kept, "admin.listen", &old.admin, &mut new.admin);
     // The decision listener is bound at start; its front proxy is fixed with it.
-    if old.authz != new.authz {
-        new.authz = old.authz.clone();
-        kept.push("authz");
-    }
+    keep(&mut kept, "authz", &old.authz, &mut new.authz);
     // Set once for the process: the log subscriber, the app label set, the report's windows.
-    if old.log != new.log {
-        new.log = old.log.clone();
-        kept.push("log");
-    }
-    if old.metrics != new.metrics {
-        new.metrics = old.metrics.clone();
-        kept.push("metrics");
-    }
-    if old.report != new.report {
-        new.report = old.report.clone();
-        kept.push("report");
-    }
+    keep(&mut kept, "log", &old.log, &mut new.log);
+    keep(&mut kept, "metrics", &old.metrics, &mut new.metrics);
+    keep(&mut kept, "report", &old.report, &mut new.report);
     kept
+}
+
+/// Restores `old` into `new` when they differ, and names it.
+fn keep<T: PartialEq + Clone>(kept: &mut Vec<&'static str>, name: &'static str, old: &T, new: &mut T) {
+    if old != new {
+        *new = old.clone();
+        kept.push(name);
+    }
 }

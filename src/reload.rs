@@ -171,3 +171,31 @@ fn keep<T: PartialEq + Clone>(kept: &mut Vec<&'static str>, name: &'static str, 
         kept.push(name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str, admin: &str, report: &str) -> Config {
+        let text = format!(
+            "[server]\n{server}\n[admin]\nlisten = \"{admin}\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n\
+             [report]\n{report}\n[defaults]\nrequire = \"public\"\n"
+        );
+        Config::parse(&text, "test", None).unwrap()
+    }
+
+    #[test]
+    fn fixed_settings_keep_their_running_values_and_are_named() {
+        let old = config("listen = \"127.0.0.1:8080\"\nworkers = 1", "127.0.0.1:9901", "window_days = 7");
+        let mut new = config("listen = \"127.0.0.1:8081\"\nworkers = 2", "127.0.0.1:9902", "window_days = 3");
+        assert_eq!(keep_fixed(&old, &mut new), ["server.listen", "server.workers", "admin.listen", "report"]);
+        assert_eq!((new.server.listen, new.server.workers), (old.server.listen, 1));
+        assert_eq!((new.admin.listen, new.report.window_days), (old.admin.listen, 7));
+
+        // What may change live passes through, and nothing is named.
+        let old = config("listen = \"127.0.0.1:8080\"", "127.0.0.1:9901", "");
+        let mut new = config("listen = \"127.0.0.1:8080\"\nidle_timeout = \"5s\"", "127.0.0.1:9901", "");
+        assert!(keep_fixed(&old, &mut new).is_empty());
+        assert_eq!(new.server.idle_timeout, std::time::Duration::from_secs(5));
+    }
+}

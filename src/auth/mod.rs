@@ -99,6 +99,17 @@ pub struct Verified {
     /// Values other layers derive from this token once (metric handles, redacted ids), so a
     /// cached token costs them nothing per request. Set and read by the stack.
     pub annotations: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    /// The token itself: the cache is keyed by its hash, and a hit counts only when this matches.
+    token: TokenText,
+}
+
+/// A token kept for comparison only; its `Debug` never shows it.
+struct TokenText(Box<str>);
+
+impl std::fmt::Debug for TokenText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<token>")
+    }
 }
 
 const TID: usize = 0;
@@ -141,8 +152,8 @@ impl Verified {
 
 struct UntilExp;
 
-impl moka::Expiry<Arc<str>, Arc<Verified>> for UntilExp {
-    fn expire_after_create(&self, _: &Arc<str>, v: &Arc<Verified>, _: std::time::Instant) -> Option<Duration> {
+impl moka::Expiry<u64, Arc<Verified>> for UntilExp {
+    fn expire_after_create(&self, _: &u64, v: &Arc<Verified>, _: std::time::Instant) -> Option<Duration> {
         Some(Duration::from_secs((v.exp - unix_now()).max(0) as u64))
     }
 }
@@ -160,7 +171,11 @@ pub struct Authenticator {
     /// token-kind, mfa, tenant-id, object-id, app-id, upn, user, each under `header_prefix`.
     header_names: [HeaderName; 7],
     max_token_bytes: usize,
-    cache: moka::sync::Cache<Arc<str>, Arc<Verified>, foldhash::fast::RandomState>,
+    /// Verified tokens by a seeded 64-bit hash of the token. A hash, not the ~1 KB token, is what
+    /// the cache's table rehashes and compares as it grows and evicts; the entry keeps the token
+    /// and a lookup whose token differs is a miss, so two tokens with one hash never share an entry.
+    cache: moka::sync::Cache<u64, Arc<Verified>, foldhash::fast::RandomState>,
+    token_hash: foldhash::fast::RandomState,
     metrics: Arc<AuthMetrics>,
 }
 
@@ -196,12 +211,13 @@ impl Authenticator {
                     .expect("validated: the prefix makes header names")
             }),
             max_token_bytes: cfg.issuers.iter().map(|i| i.rules.max_token_bytes).max().unwrap_or(0),
-            // Keys are whole tokens (~1 KB): a fast seeded hash instead of SipHash. Only verified
-            // tokens are ever inserted, so an attacker cannot fill a bucket.
+            // A fast seeded hash instead of SipHash: only verified tokens are ever inserted, so an
+            // attacker cannot fill a bucket, and a collision costs a miss, never a wrong answer.
             cache: moka::sync::Cache::builder()
                 .max_capacity(cfg.cache_max_entries)
                 .expire_after(UntilExp)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
+            token_hash: foldhash::fast::RandomState::default(),
             metrics,
         }
     }
@@ -218,17 +234,18 @@ impl Authenticator {
             Ok(None) => return Err(AuthRefusal::MissingToken),
             Err(why) => return Err(AuthRefusal::Invalid(why)),
         };
-        if let Some(v) = self.cache.get(token) {
+        let key = std::hash::BuildHasher::hash_one(&self.token_hash, token);
+        if let Some(v) = self.cache.get(&key).filter(|v| *v.token.0 == *token) {
             // The entry expires at `exp`; these checks cover a key that left the set since.
             if self.issuers[v.issuer].epoch() == v.epoch && unix_now() <= v.exp + v.leeway {
                 self.metrics.cache_hits.inc();
                 return Ok(v);
             }
-            self.cache.invalidate(token);
+            self.cache.invalidate(&key);
         }
         self.metrics.cache_misses.inc();
         let v = Arc::new(self.verify_uncached(token).await?);
-        self.cache.insert(Arc::from(token), v.clone());
+        self.cache.insert(key, v.clone());
         Ok(v)
     }
 
@@ -280,6 +297,7 @@ impl Authenticator {
             claims_capable: id.claims_capable,
             ids: [value(id.tid), value(id.oid), value(id.app_id), value(id.upn), value(id.user)],
             annotations: std::sync::OnceLock::new(),
+            token: TokenText(token.into()),
         })
     }
 
@@ -317,5 +335,54 @@ impl Authenticator {
 
     pub fn header_prefix(&self) -> &str {
         &self.header_prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::{entra_claims, DevIssuer};
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+        h
+    }
+
+    /// The cache is keyed by a 64-bit hash: an entry found under a token's hash but made for
+    /// another token must not answer for it.
+    #[tokio::test]
+    async fn a_cache_entry_answers_only_for_its_own_token() {
+        let issuer = DevIssuer::generate("k1");
+        let dir = std::env::temp_dir().join(format!("mfa-gw-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, serde_json::json!({"keys": [issuer.jwk()]}).to_string()).unwrap();
+        let text = std::fs::read_to_string("config/partner-center.toml").unwrap().replace(
+            "discovery = \"https://login.microsoftonline.com/common/.well-known/openid-configuration\"",
+            &format!("jwks_file = \"{}\"", jwks.display()),
+        );
+        let config = crate::config::Config::parse(&text, "test", None).unwrap();
+        let metrics = Arc::new(AuthMetrics::register(&prometheus::Registry::new()));
+        let auth = Authenticator::new(&config.auth, metrics.clone(), &[]);
+        tokio::spawn(IssuerKeys::maintain(Arc::downgrade(&auth.issuers[0])));
+        while !auth.not_ready().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let (with_mfa, without) = (issuer.mint(&entra_claims("mfa", 600)), issuer.mint(&entra_claims("nomfa", 600)));
+        let other = auth.verify(&bearer(&without)).await.unwrap();
+        assert!(!other.mfa);
+        // As if the two tokens hashed alike: the MFA token's slot holds the other token's entry.
+        auth.cache.insert(std::hash::BuildHasher::hash_one(&auth.token_hash, with_mfa.as_str()), other);
+        let misses = metrics.cache_misses.get();
+        let v = auth.verify(&bearer(&with_mfa)).await.unwrap();
+        assert!(v.mfa, "answered with the other token's entry");
+        assert_eq!(metrics.cache_misses.get(), misses + 1);
+        // And the token is now cached under its own entry.
+        let hits = metrics.cache_hits.get();
+        assert!(auth.verify(&bearer(&with_mfa)).await.unwrap().mfa);
+        assert_eq!(metrics.cache_hits.get(), hits + 1);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -73,7 +73,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
     if let Some(decisions) = decisions {
         listeners.push(serve(decisions, Mode::Authz));
     }
-    let background = vec![tokio::spawn(crate::reload::watch(stack.clone(), reloads))];
+    let background = vec![
+        tokio::spawn(crate::reload::watch(stack.clone(), reloads)),
+        tokio::spawn(crate::heap::trim_periodically(crate::heap::TRIM_EVERY)),
+    ];
     match authz_addr {
         Some(authz) => tracing::info!(%addr, admin = %admin_addr, %authz, front, scheme, "listening"),
         None => tracing::info!(%addr, admin = %admin_addr, scheme, "listening"),

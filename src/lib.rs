@@ -14,6 +14,7 @@ pub mod error_chain;
 pub mod fetch;
 pub mod fleet;
 pub mod headers;
+pub mod heap;
 pub mod listener;
 pub mod metrics;
 pub mod outstanding;

@@ -142,6 +142,7 @@ async fn each_decision_increments_its_counter() {
         "mfa_gateway_keys_held",
         "mfa_gateway_key_set_age_seconds",
         "mfa_gateway_token_cache_total",
+        "mfa_gateway_token_cache_deferred_total",
         "mfa_gateway_connections_open",
         "mfa_gateway_requests_in_flight",
         "mfa_gateway_build_info",

@@ -2,7 +2,7 @@
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::metrics::{counter_vec, register, KindCounters};
+use crate::metrics::{counter, counter_vec, register, KindCounters};
 
 use super::token::Invalid;
 
@@ -17,6 +17,7 @@ pub struct AuthMetrics {
     key_set_age: GaugeVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    pub cache_deferred: IntCounter,
     step_up_challenges: KindCounters,
 }
 
@@ -58,6 +59,11 @@ impl AuthMetrics {
             ),
             cache_hits: cache.with_label_values(&["hit"]),
             cache_misses: cache.with_label_values(&["miss"]),
+            cache_deferred: counter(
+                reg,
+                "mfa_gateway_token_cache_deferred_total",
+                "Verified tokens not cached because this was their first sighting (cached on the next).",
+            ),
             step_up_challenges: KindCounters::new(
                 reg,
                 "mfa_gateway_step_up_challenges_total",

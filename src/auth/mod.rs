@@ -2,6 +2,7 @@
 //! the route's requirement. `token`, `keys`, `policy` and `challenge` are pure; `jwks` does the
 //! key-server I/O; `Authenticator` puts them together behind a verified-token cache.
 
+pub mod admission;
 pub mod challenge;
 pub mod jwks;
 pub mod keys;
@@ -99,8 +100,9 @@ pub struct Verified {
     /// Values other layers derive from this token once (metric handles, redacted ids), so a
     /// cached token costs them nothing per request. Set and read by the stack.
     pub annotations: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
-    /// The token itself: the cache is keyed by its hash, and a hit counts only when this matches.
-    token: TokenText,
+    /// The token itself, when cached: the cache is keyed by its hash, and a hit counts only when
+    /// this matches.
+    token: Option<TokenText>,
 }
 
 /// A token kept for comparison only; its `Debug` never shows it.
@@ -176,6 +178,8 @@ pub struct Authenticator {
     /// and a lookup whose token differs is a miss, so two tokens with one hash never share an entry.
     cache: moka::sync::Cache<u64, Arc<Verified>, foldhash::fast::RandomState>,
     token_hash: foldhash::fast::RandomState,
+    /// `None` with the cache off (`[cache] max_entries = 0`).
+    doorkeeper: Option<admission::Doorkeeper>,
     metrics: Arc<AuthMetrics>,
 }
 
@@ -218,6 +222,7 @@ impl Authenticator {
                 .expire_after(UntilExp)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             token_hash: foldhash::fast::RandomState::default(),
+            doorkeeper: (cfg.cache_max_entries > 0).then(|| admission::Doorkeeper::new(cfg.cache_max_entries)),
             metrics,
         }
     }
@@ -235,7 +240,7 @@ impl Authenticator {
             Err(why) => return Err(AuthRefusal::Invalid(why)),
         };
         let key = std::hash::BuildHasher::hash_one(&self.token_hash, token);
-        if let Some(v) = self.cache.get(&key).filter(|v| *v.token.0 == *token) {
+        if let Some(v) = self.cache.get(&key).filter(|v| v.token.as_ref().is_some_and(|t| *t.0 == *token)) {
             // The entry expires at `exp`; these checks cover a key that left the set since.
             if self.issuers[v.issuer].epoch() == v.epoch && unix_now() <= v.exp + v.leeway {
                 self.metrics.cache_hits.inc();
@@ -244,12 +249,17 @@ impl Authenticator {
             self.cache.invalidate(&key);
         }
         self.metrics.cache_misses.inc();
-        let v = Arc::new(self.verify_uncached(token).await?);
-        self.cache.insert(key, v.clone());
+        let keep = self.doorkeeper.as_ref().map(|d| d.admit(key));
+        let v = Arc::new(self.verify_uncached(token, keep == Some(true)).await?);
+        match keep {
+            Some(true) => self.cache.insert(key, v.clone()),
+            Some(false) => self.metrics.cache_deferred.inc(),
+            None => {}
+        }
         Ok(v)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<Verified, AuthRefusal> {
+    async fn verify_uncached(&self, token: &str, keep: bool) -> Result<Verified, AuthRefusal> {
         let invalid = AuthRefusal::Invalid;
         let parsed = token::parse(token, self.max_token_bytes).map_err(invalid)?;
         let iss = parsed.claims.iss().ok_or(invalid(Invalid::UnknownIssuer))?;
@@ -297,7 +307,7 @@ impl Authenticator {
             claims_capable: id.claims_capable,
             ids: [value(id.tid), value(id.oid), value(id.app_id), value(id.upn), value(id.user)],
             annotations: std::sync::OnceLock::new(),
-            token: TokenText(token.into()),
+            token: keep.then(|| TokenText(token.into())),
         })
     }
 
@@ -371,15 +381,18 @@ mod tests {
         }
 
         let (with_mfa, without) = (issuer.mint(&entra_claims("mfa", 600)), issuer.mint(&entra_claims("nomfa", 600)));
+        // Verified twice: cached on the second sighting, so the entry holds its token.
+        auth.verify(&bearer(&without)).await.unwrap();
         let other = auth.verify(&bearer(&without)).await.unwrap();
-        assert!(!other.mfa);
+        assert!(!other.mfa && other.token.is_some());
         // As if the two tokens hashed alike: the MFA token's slot holds the other token's entry.
         auth.cache.insert(std::hash::BuildHasher::hash_one(&auth.token_hash, with_mfa.as_str()), other);
         let misses = metrics.cache_misses.get();
         let v = auth.verify(&bearer(&with_mfa)).await.unwrap();
         assert!(v.mfa, "answered with the other token's entry");
         assert_eq!(metrics.cache_misses.get(), misses + 1);
-        // And the token is now cached under its own entry.
+        // Seen a second time, the token is cached under its own entry.
+        assert!(auth.verify(&bearer(&with_mfa)).await.unwrap().mfa);
         let hits = metrics.cache_hits.get();
         assert!(auth.verify(&bearer(&with_mfa)).await.unwrap().mfa);
         assert_eq!(metrics.cache_hits.get(), hits + 1);

@@ -27,10 +27,8 @@ async fn asker(
     let text = config_text(
         closed_port().await,
         &format!(
-            "[log]\nformat = \"json\"\n[audit]\nenabled = true\n[authz]\nlisten = \"127.0.0.1:0\"\nfront = \"{front}\"\n{}\n\
-             [[route]]\nname = \"offers\"\npath = \"/v1/offers/{{*rest}}\"\nrequire = \"mfa\"\n\
-             [[route]]\nname = \"customers\"\npath = \"/v1/customers/{{*rest}}\"\nrequire = \"app_user_mfa\"\n{customers_extra}",
-            issuer_table(TEMPLATE_ISSUER, &keys)
+            "[log]\nformat = \"json\"\n[audit]\nenabled = true\n{}",
+            authz_tables(front, "", &keys, customers_extra)
         ),
     );
     let gw = Binary::start(&text, None);

@@ -56,15 +56,7 @@ async fn setup(front: &str) -> Setup {
     let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
     let (api, seen) = recording_upstream().await;
     let prefix = if front == "envoy" { "path_prefix = \"/authz\"\n" } else { "" };
-    let text = config_text(
-        api,
-        &format!(
-            "[authz]\nlisten = \"127.0.0.1:0\"\nfront = \"{front}\"\n{prefix}{}\n\
-             [[route]]\nname = \"offers\"\npath = \"/v1/offers/{{*rest}}\"\nrequire = \"mfa\"\n\
-             [[route]]\nname = \"customers\"\npath = \"/v1/customers/{{*rest}}\"\nrequire = \"app_user_mfa\"\n",
-            issuer_table(TEMPLATE_ISSUER, &keys)
-        ),
-    );
+    let text = config_text(api, &authz_tables(front, prefix, &keys, ""));
     let gateway = Binary::start(&text, None);
     gateway.ready().await;
     let decisions = gateway.authz.expect("the decision listener's address");

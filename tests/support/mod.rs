@@ -214,6 +214,18 @@ pub fn issuer_table(iss: &str, keys: &KeyServer) -> String {
     )
 }
 
+/// Authorization-only mode for `front` (`authz_extra`: more `[authz]` keys), the template issuer,
+/// and the two routes the decision tests ask about: `offers` (mfa) and `customers`
+/// (app_user_mfa, then `customers_extra`).
+pub fn authz_tables(front: &str, authz_extra: &str, keys: &KeyServer, customers_extra: &str) -> String {
+    format!(
+        "[authz]\nlisten = \"127.0.0.1:0\"\nfront = \"{front}\"\n{authz_extra}{}\n\
+         [[route]]\nname = \"offers\"\npath = \"/v1/offers/{{*rest}}\"\nrequire = \"mfa\"\n\
+         [[route]]\nname = \"customers\"\npath = \"/v1/customers/{{*rest}}\"\nrequire = \"app_user_mfa\"\n{customers_extra}",
+        issuer_table(TEMPLATE_ISSUER, keys)
+    )
+}
+
 pub async fn wait_ready(gw: &Running) {
     for _ in 0..250 {
         if gw.stack.snapshot().auth.not_ready().is_empty() {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-/// How often the heap is trimmed. A trim of a few tens of MiB takes well under a millisecond.
+/// How often the heap is trimmed. A trim of a few tens of MiB took 0.5-6.5 ms on the build machine.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Trims the heap every `every`, on a blocking thread (the trim takes the allocator's locks).

@@ -67,6 +67,10 @@ pub enum Flaw {
     BadUri,
     /// Envoy: the path does not start with `path_prefix`.
     OutsidePrefix,
+    /// The original request asks to upgrade to a protocol outside `[upstream] upgrades`.
+    Upgrade,
+    /// The original request carries a header that rewrites its method or URL.
+    Rewriting,
 }
 
 impl Flaw {
@@ -79,6 +83,8 @@ impl Flaw {
             Flaw::RepeatedUri => "the front proxy's original-URI header is repeated",
             Flaw::BadUri => "the original URI is not a request target of the form /path?query",
             Flaw::OutsidePrefix => "the check request's path does not start with [authz].path_prefix",
+            Flaw::Upgrade => "the original request asks to upgrade to a protocol the gateway does not allow",
+            Flaw::Rewriting => "the original request carries a header that rewrites its method or URL",
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Header names the gateway owns, below both the stack and the proxy: the hop-by-hop set, and
-//! the screen that removes client headers an upstream could read as one the gateway sets.
+//! the screen that a request passes on receipt, before anything reads it. The screen applies
+//! `Connection` (so a client's nomination removes only what the client sent, never a header the
+//! gateway adds later), keeps an upgrade only from the allowlist, and removes client headers an
+//! upstream could read as one the gateway sets or as another method or URL than the one judged.
 //!
 //! CGI, WSGI, PHP-FPM, Rack and nginx with `underscores_in_headers` read `_` and `-` in a header
 //! name as one character, and every stack folds case. So `x_mfa_gateway_upn` is the gateway's
@@ -7,24 +10,32 @@
 //! names in that folded form.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
 use prometheus::Registry;
 
 use crate::metrics::KindCounters;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), besides `Proxy-*` and whatever `Connection` names.
-pub const HOP_BY_HOP: [HeaderName; 6] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and RFC 9113 §3.2.1's `HTTP2-Settings`), besides
+/// `Proxy-*` and whatever `Connection` names.
+pub const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("http2-settings"),
 ];
 
-/// Names (folded) the gateway sets or strips itself, besides the identity prefix: a client's
-/// underscore twin of one of these could shadow the gateway's own.
-const OWNED_PREFIXES: [&str; 2] = ["x-forwarded-", "proxy-"];
-const OWNED_NAMES: [&str; 1] = ["x-request-id"];
+/// Headers that make common upstream frameworks serve another URL or method than the request
+/// line's (Symfony, Laminas, IIS URL Rewrite, Rails, Express method-override): always removed,
+/// besides the operator's own `[upstream] strip_request_headers`.
+pub const REWRITING: [&str; 5] =
+    ["x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Names (folded) the gateway sets on the way upstream, besides the identity prefix.
+const SET_PREFIXES: [&str; 1] = ["x-forwarded-"];
+const SET_NAMES: [&str; 1] = ["x-request-id"];
 
 /// Why a client header was removed; the `reason` label of `client_headers_removed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +47,18 @@ pub enum Removed {
     OwnedTwin,
     /// Any other name with `_`, under `[server].drop_underscore_headers`.
     Underscore,
+    /// A header that rewrites the method or URL (`REWRITING` and `strip_request_headers`), in
+    /// any spelling.
+    Rewriting,
+    /// `Upgrade` naming a protocol outside `[upstream] upgrades` (`h2c` above all).
+    Upgrade,
+    /// A `Connection` nomination of a name the gateway sets (an identity header, `X-Forwarded-*`,
+    /// `x-request-id`): the client's copy goes, as any nominated header does, and the gateway's
+    /// own is added afterwards all the same. Counted, since no honest client sends it.
+    Nominated,
 }
 
-pub const REMOVED_REASONS: [&str; 3] = ["identity", "owned_twin", "underscore"];
+pub const REMOVED_REASONS: [&str; 6] = ["identity", "owned_twin", "underscore", "rewriting", "upgrade", "nominated"];
 
 impl Removed {
     pub fn as_str(self) -> &'static str {
@@ -55,7 +75,9 @@ impl RemovedCounters {
             reg,
             "mfa_gateway_client_headers_removed_total",
             "Client request headers removed before routing: any spelling of an identity header, an \
-             underscore twin of a header the gateway sets, or any underscore name (drop_underscore_headers).",
+             underscore twin of a header the gateway sets, any underscore name (drop_underscore_headers), \
+             a header that rewrites the method or URL, an upgrade outside the allowlist, or a Connection \
+             nomination of a header the gateway sets.",
             "reason",
             &REMOVED_REASONS,
         ))
@@ -66,21 +88,117 @@ impl RemovedCounters {
     }
 }
 
-/// Removes client headers before anything reads them.
+/// `[upstream] upgrades` and `strip_request_headers`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarding {
+    /// Protocol names (lowercase) an `Upgrade` may ask the upstream for.
+    pub upgrades: Vec<String>,
+    /// Names (lowercase, `_` folded to `-`) removed besides `REWRITING`.
+    pub strip: Vec<String>,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Self { upgrades: vec!["websocket".into()], strip: Vec::new() }
+    }
+}
+
+/// What a request asked of its hop, read on receipt.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// An HTTP/1.1 upgrade to allowed protocols: the `Upgrade` value to ask the upstream with.
+    pub upgrade: Option<HeaderValue>,
+    /// `Upgrade` named a protocol outside the allowlist (and was removed).
+    pub refused_upgrade: bool,
+    /// A header that rewrites the method or URL was removed.
+    pub rewriting: bool,
+}
+
+/// What a request passes on receipt, before anything reads it.
 #[derive(Debug, Clone)]
 pub struct Screen {
     /// Lowercase, `_` folded to `-`.
     identity_prefix: String,
     drop_underscore: bool,
+    /// Folded: `REWRITING` and the operator's own.
+    rewriting: Vec<String>,
+    upgrades: Vec<String>,
 }
 
 impl Screen {
-    pub fn new(identity_prefix: &str, drop_underscore: bool) -> Self {
-        Self { identity_prefix: fold(identity_prefix), drop_underscore }
+    pub fn new(identity_prefix: &str, drop_underscore: bool, forwarding: &Forwarding) -> Self {
+        let rewriting =
+            REWRITING.iter().map(|n| n.to_string()).chain(forwarding.strip.iter().map(|n| fold(n))).collect();
+        Self {
+            identity_prefix: fold(identity_prefix),
+            drop_underscore,
+            rewriting,
+            upgrades: forwarding.upgrades.clone(),
+        }
+    }
+
+    /// The request's hop, as it arrives: keeps an allowed upgrade aside, applies `Connection`
+    /// and removes every hop-by-hop header (RFC 9110 §7.6.1), then screens the names left.
+    /// Calls `removed` once per removed name it counts. What the gateway adds afterwards is
+    /// beyond any client nomination.
+    pub fn receive(
+        &self,
+        version: Version,
+        headers: &mut HeaderMap,
+        mut removed: impl FnMut(&HeaderName, Removed),
+    ) -> Received {
+        let mut got = Received::default();
+        if headers.contains_key(header::UPGRADE) {
+            (got.upgrade, got.refused_upgrade) = self.upgrade(version, headers);
+            if got.refused_upgrade {
+                removed(&header::UPGRADE, Removed::Upgrade);
+            }
+        }
+        if headers.contains_key(header::CONNECTION) {
+            for t in connection_tokens(headers) {
+                if self.sets(&fold(t)) {
+                    if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+                        removed(&name, Removed::Nominated);
+                    }
+                }
+            }
+        }
+        strip_hop_by_hop(headers);
+        self.apply(headers, |name, why| {
+            got.rewriting |= why == Removed::Rewriting;
+            removed(name, why);
+        });
+        got
+    }
+
+    /// The allowed protocols an HTTP/1.1 upgrade request asks for, and whether `Upgrade` named
+    /// any other. `Upgrade` without `Connection: upgrade` asks for nothing, but still tells.
+    fn upgrade(&self, version: Version, headers: &HeaderMap) -> (Option<HeaderValue>, bool) {
+        let asked =
+            version == Version::HTTP_11 && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+        let mut kept: Vec<&str> = Vec::new();
+        let mut refused = false;
+        for value in headers.get_all(header::UPGRADE) {
+            let Ok(value) = value.to_str() else {
+                refused = true;
+                continue;
+            };
+            for protocol in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                // `name/version`: the allowlist names protocols, any version.
+                let name = protocol.split('/').next().unwrap_or(protocol);
+                if self.upgrades.iter().any(|u| u.eq_ignore_ascii_case(name)) {
+                    kept.push(protocol);
+                } else {
+                    refused = true;
+                }
+            }
+        }
+        let upgrade = if asked && !kept.is_empty() { HeaderValue::from_str(&kept.join(", ")).ok() } else { None };
+        (upgrade, refused)
     }
 
     /// Removes what the screen refuses; calls `removed` once per removed name.
-    pub fn apply(&self, headers: &mut HeaderMap, mut removed: impl FnMut(&HeaderName, Removed)) {
+    fn apply(&self, headers: &mut HeaderMap, mut removed: impl FnMut(&HeaderName, Removed)) {
         // One pass over the names, no allocation, for the common request that has nothing to remove.
         if !headers.keys().any(|k| self.verdict(k.as_str()).is_some()) {
             return;
@@ -97,11 +215,19 @@ impl Screen {
     fn verdict(&self, name: &str) -> Option<Removed> {
         let underscore = name.contains('_');
         if !underscore {
-            return name.starts_with(&self.identity_prefix).then_some(Removed::Identity);
+            return if name.starts_with(&self.identity_prefix) {
+                Some(Removed::Identity)
+            } else if self.rewriting.iter().any(|r| r == name) {
+                Some(Removed::Rewriting)
+            } else {
+                None
+            };
         }
         let folded = fold(name);
         if folded.starts_with(&self.identity_prefix) {
             Some(Removed::Identity)
+        } else if self.rewriting.contains(&folded) {
+            Some(Removed::Rewriting)
         } else if self.drop_underscore {
             Some(Removed::Underscore)
         } else if owned(&folded) {
@@ -110,16 +236,35 @@ impl Screen {
             None
         }
     }
+
+    /// A name the gateway sets on the way upstream.
+    fn sets(&self, folded: &str) -> bool {
+        folded.starts_with(&self.identity_prefix)
+            || SET_PREFIXES.iter().any(|p| folded.starts_with(p))
+            || SET_NAMES.contains(&folded)
+    }
 }
 
 fn fold(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
 }
 
+/// A name the gateway sets or strips itself, besides the identity prefix: a client's underscore
+/// twin of one of these could shadow the gateway's own.
 fn owned(folded: &str) -> bool {
-    OWNED_PREFIXES.iter().any(|p| folded.starts_with(p))
-        || OWNED_NAMES.contains(&folded)
+    SET_PREFIXES.iter().any(|p| folded.starts_with(p))
+        || SET_NAMES.contains(&folded)
+        || folded.starts_with("proxy-")
         || HOP_BY_HOP.iter().any(|h| h.as_str() == folded)
+}
+
+/// Whether an upstream's `101` switched to a protocol the gateway asked for.
+pub fn switched_as_asked(asked: &HeaderValue, answered: Option<&HeaderValue>) -> bool {
+    let (Ok(asked), Some(Ok(answered))) = (asked.to_str(), answered.map(HeaderValue::to_str)) else {
+        return false;
+    };
+    let answered = answered.trim();
+    !answered.is_empty() && asked.split(',').any(|p| p.trim().eq_ignore_ascii_case(answered))
 }
 
 pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -198,7 +343,7 @@ mod tests {
     #[test]
     fn identity_names_go_in_every_spelling() {
         for drop in [true, false] {
-            let s = Screen::new("X-MFA-Gateway-", drop);
+            let s = Screen::new("X-MFA-Gateway-", drop, &Forwarding::default());
             let (left, gone) = screened(
                 &s,
                 &["x-mfa-gateway-upn", "x_mfa_gateway_upn", "X_MFA_GATEWAY_TOKEN_KIND", "x-mfa_gateway-mfa", "x-keep"],
@@ -211,7 +356,7 @@ mod tests {
 
     #[test]
     fn owned_twins_go_even_when_underscores_are_allowed() {
-        let s = Screen::new("x-mfa-gateway-", false);
+        let s = Screen::new("x-mfa-gateway-", false, &Forwarding::default());
         let names = [
             "x_forwarded_for",
             "X_Forwarded_Proto",
@@ -232,13 +377,117 @@ mod tests {
 
     #[test]
     fn drop_underscore_headers_drops_every_underscore_name() {
-        let s = Screen::new("x-mfa-gateway-", true);
+        let s = Screen::new("x-mfa-gateway-", true, &Forwarding::default());
         let (left, gone) = screened(&s, &["x_custom_thing", "x_forwarded_for", "accept", "x-plain"]);
         assert_eq!(left, ["accept", "x-plain"]);
         assert_eq!(
             gone,
             [("x_custom_thing".into(), Removed::Underscore), ("x_forwarded_for".into(), Removed::Underscore)]
         );
+    }
+
+    /// `receive` over `pairs`: what is left, what was counted, and the hop.
+    fn received(
+        screen: &Screen,
+        version: Version,
+        pairs: &[(&str, &str)],
+    ) -> (Vec<String>, Vec<(String, Removed)>, Received) {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        let mut gone = Vec::new();
+        let hop = screen.receive(version, &mut h, |n, why| gone.push((n.to_string(), why)));
+        let mut left: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        left.sort();
+        (left, gone, hop)
+    }
+
+    #[test]
+    fn connection_nominations_remove_the_clients_copy_and_count_the_gateways_names() {
+        let s = Screen::new("x-mfa-gateway-", true, &Forwarding::default());
+        let (left, gone, _) = received(
+            &s,
+            Version::HTTP_11,
+            &[
+                ("connection", "x-mfa-gateway-token-kind, X-Forwarded-For, x-request-id, x-plain, keep-alive"),
+                ("x-mfa-gateway-token-kind", "app_only"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-request-id", "r1"),
+                ("x-plain", "1"),
+                ("x-kept", "1"),
+            ],
+        );
+        assert_eq!(left, ["x-kept"]);
+        let nominated: Vec<&str> =
+            gone.iter().filter(|(_, why)| *why == Removed::Nominated).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(nominated, ["x-mfa-gateway-token-kind", "x-forwarded-for", "x-request-id"]);
+    }
+
+    #[test]
+    fn upgrades_pass_only_from_the_allowlist() {
+        let s = Screen::new("x-mfa-gateway-", true, &Forwarding::default());
+        let ask = |version, connection: &str, upgrade: &str| {
+            let (left, gone, hop) = received(
+                &s,
+                version,
+                &[("connection", connection), ("upgrade", upgrade), ("http2-settings", "AAMAAABkAAQAAP__")],
+            );
+            assert!(left.is_empty(), "hop-by-hop headers left: {left:?}");
+            let counted = gone.contains(&("upgrade".into(), Removed::Upgrade));
+            assert_eq!(counted, hop.refused_upgrade);
+            (hop.upgrade.map(|u| u.to_str().unwrap().to_string()), hop.refused_upgrade)
+        };
+        let v11 = Version::HTTP_11;
+        assert_eq!(ask(v11, "Upgrade", "websocket"), (Some("websocket".into()), false));
+        assert_eq!(ask(v11, "keep-alive, UPGRADE", "WebSocket/13"), (Some("WebSocket/13".into()), false));
+        assert_eq!(ask(v11, "Upgrade, HTTP2-Settings", "h2c"), (None, true));
+        assert_eq!(ask(v11, "Upgrade, HTTP2-Settings", "H2C"), (None, true));
+        assert_eq!(ask(v11, "Upgrade", "websocket, h2c"), (Some("websocket".into()), true));
+        assert_eq!(ask(v11, "Upgrade", "h2c,websocket"), (Some("websocket".into()), true));
+        // `Upgrade` without `Connection: upgrade` asks for nothing, and still tells.
+        assert_eq!(ask(v11, "keep-alive", "websocket"), (None, false));
+        assert_eq!(ask(v11, "keep-alive", "h2c"), (None, true));
+        // HTTP/1.0 has no upgrade.
+        assert_eq!(ask(Version::HTTP_10, "Upgrade", "websocket"), (None, false));
+
+        let echo = Screen::new("x-mfa-gateway-", true, &Forwarding { upgrades: vec!["echo".into()], strip: vec![] });
+        let (_, _, hop) = received(&echo, v11, &[("connection", "upgrade"), ("upgrade", "websocket")]);
+        assert!(hop.upgrade.is_none() && hop.refused_upgrade, "websocket is off when the allowlist leaves it out");
+    }
+
+    #[test]
+    fn rewriting_headers_go_in_every_spelling_with_the_operators_own() {
+        let forwarding = Forwarding { strip: vec!["x-my-framework-path".into()], ..Forwarding::default() };
+        for drop in [true, false] {
+            let s = Screen::new("x-mfa-gateway-", drop, &forwarding);
+            let (left, gone, hop) = received(
+                &s,
+                Version::HTTP_11,
+                &[
+                    ("x-original-url", "/v1/customers/x/users"),
+                    ("x-rewrite-url", "/a"),
+                    ("X_HTTP_Method_Override", "DELETE"),
+                    ("x-http-method", "PUT"),
+                    ("x-method-override", "PATCH"),
+                    ("x_my_framework_path", "/b"),
+                    ("x-original-uri", "/kept: nginx's convention, read by authz mode"),
+                ],
+            );
+            assert_eq!(left, ["x-original-uri"]);
+            assert_eq!(gone.len(), 6);
+            assert!(gone.iter().all(|(_, why)| *why == Removed::Rewriting), "{gone:?}");
+            assert!(hop.rewriting);
+        }
+    }
+
+    #[test]
+    fn a_switch_counts_only_to_a_protocol_asked_for() {
+        let asked = HeaderValue::from_static("websocket");
+        assert!(switched_as_asked(&asked, Some(&HeaderValue::from_static("WebSocket"))));
+        assert!(!switched_as_asked(&asked, Some(&HeaderValue::from_static("h2c"))));
+        assert!(!switched_as_asked(&asked, Some(&HeaderValue::from_static(""))));
+        assert!(!switched_as_asked(&asked, None));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use prometheus::{Histogram, Registry};
 
 use crate::config::UpstreamConfig;
 use crate::error_chain;
-use crate::headers::{connection_tokens, is_grpc, strip_hop_by_hop};
+use crate::headers::{is_grpc, strip_hop_by_hop, switched_as_asked};
 use crate::metrics::{latency, KindCounters};
 use crate::tunnel::{self, Lease};
 
@@ -73,12 +73,15 @@ impl UpstreamError {
     }
 }
 
-/// Facts about the client connection the proxy adds to the request.
+/// Facts about the client's hop the proxy adds to the request. The request itself arrives with
+/// its hop-by-hop headers gone (`crate::headers::Screen::receive`).
 pub struct Origin {
     pub client_ip: IpAddr,
     pub scheme: &'static str,
     /// For log lines about this request, an upgraded tunnel's included.
     pub request_id: HeaderValue,
+    /// The allowed protocols the client asked to upgrade to, if it did.
+    pub upgrade: Option<HeaderValue>,
 }
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -128,8 +131,7 @@ impl Proxy {
     ) -> Result<Response<Incoming>, UpstreamError> {
         // The listener lends a lease to every request that asks to upgrade; it must not travel on.
         let lease = req.extensions_mut().remove::<Lease>();
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let client_upgrade = origin.upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let grpc = is_grpc(req.headers());
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
             // HTTP/2 carries the host in :authority.
@@ -137,8 +139,7 @@ impl Proxy {
         });
 
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        if let Some(proto) = &upgrade {
+        if let Some(proto) = &origin.upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, proto.clone());
         }
@@ -172,26 +173,20 @@ impl Proxy {
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let (Some(client_upgrade), Some(lease)) = (client_upgrade, lease) {
+            // Only to a protocol the gateway asked for: any other would carry what it never judged.
+            let asked =
+                origin.upgrade.as_ref().is_some_and(|a| switched_as_asked(a, resp.headers().get(header::UPGRADE)));
+            if let (true, Some(client_upgrade), Some(lease)) = (asked, client_upgrade, lease) {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(tunnel::run(client_upgrade, upstream_upgrade, lease, origin.request_id.clone()));
                 // Keep Connection/Upgrade: the client needs them to complete the switch.
                 return Ok(resp);
             }
-            return Err(UpstreamError::Protocol("upstream switched protocols unasked".into()));
+            return Err(UpstreamError::Protocol("upstream switched to a protocol the gateway did not ask for".into()));
         }
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
-}
-
-/// The protocol named by `Upgrade` when `Connection` asks for it (HTTP/1.1 only).
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
-        return None;
-    }
-    let asks = connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    asks.then(|| req.headers().get(header::UPGRADE).cloned()).flatten()
 }
 
 /// Appends this hop to `X-Forwarded-For`, `-Proto` and `-Host`; the rightmost entry of each is
@@ -258,6 +253,7 @@ mod tests {
             client_ip: "127.0.0.1".parse().unwrap(),
             scheme: "http",
             request_id: HeaderValue::from_static("r1"),
+            upgrade: None,
         };
         append_forwarded(&mut h, &origin, Some(&HeaderValue::from_static("api.example")));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");

@@ -114,7 +114,7 @@ impl Snapshot {
         let snapshot = Snapshot {
             routes,
             counters,
-            screen: Screen::new(auth.header_prefix(), config.server.drop_underscore_headers),
+            screen: Screen::new(auth.header_prefix(), config.server.drop_underscore_headers, &config.forwarding),
             would_refuse: http::HeaderName::from_bytes(format!("{}would-refuse", auth.header_prefix()).as_bytes())
                 .map_err(|e| format!("identity.header_prefix: {e}"))?,
             auth,

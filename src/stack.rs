@@ -115,20 +115,27 @@ impl Stack {
         // One load per request: the whole request sees one config, old or new.
         let snap = self.current.load_full();
         let snap = &*snap;
-        // Keep the caller's request id (or mint one) so both sides of the hop log the same id. It
-        // is read by its exact name; twins of it are removed next.
-        let request_id = self.request_ids.take_or_mint(req.headers());
-        // No client header may pass for one the gateway sets, in any spelling an upstream stack
-        // folds to the same name.
-        snap.screen.apply(req.headers_mut(), |name, why| {
+        // The hop as it arrives: `Connection` applied, an upgrade kept only from the allowlist,
+        // and no client header left that could pass for one the gateway sets or rewrite the
+        // method or URL. Only then does the gateway add its own, which no nomination can remove.
+        let mut removed = Vec::new();
+        let received = snap.screen.receive(req.version(), req.headers_mut(), |name, why| {
             self.screened.inc(why);
-            tracing::debug!(?request_id, header = %name, reason = why.as_str(), "client header removed");
+            removed.push((name.clone(), why));
         });
+        // Keep the caller's request id (or mint one) so both sides of the hop log the same id.
+        let request_id = self.request_ids.take_or_mint(req.headers());
+        for (name, why) in removed {
+            tracing::debug!(?request_id, header = %name, reason = why.as_str(), "client header removed");
+        }
         req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
         // The request the rules apply to: this one, or the one a front proxy asks about, read
         // only from where the configured front puts it.
         let original = match (mode, &snap.config.authz) {
             (Mode::Proxy, _) => None,
+            // Nothing is forwarded here to strip these from: the front must deny the request.
+            (Mode::Authz, Some(_)) if received.refused_upgrade => Some(Err(Flaw::Upgrade)),
+            (Mode::Authz, Some(_)) if received.rewriting => Some(Err(Flaw::Rewriting)),
             (Mode::Authz, Some(a)) => Some(crate::authz::original(&a.front, req.method(), req.uri(), req.headers())),
             (Mode::Authz, None) => Some(Err(Flaw::MissingUri)),
         };
@@ -164,8 +171,14 @@ impl Stack {
             start,
         );
 
+        let origin = Origin {
+            client_ip: conn.peer.ip(),
+            scheme: if conn.tls { "https" } else { "http" },
+            request_id: request_id.clone(),
+            upgrade: received.upgrade,
+        };
         let result = match original {
-            None => self.pass(snap, req, route, conn, &request_id, &mut end).await.map(|r| r.map(Either::Left)),
+            None => self.pass(snap, req, route, &origin, &mut end).await.map(|r| r.map(Either::Left)),
             Some(Ok((_, target))) => self.judge(snap, &req, target.path(), route, &mut end).await,
             Some(Err(flaw)) => Err(Refusal::BadOriginal(flaw)),
         };
@@ -220,8 +233,7 @@ impl Stack {
         snap: &Snapshot,
         mut req: Request<Incoming>,
         route: &Route,
-        conn: Conn,
-        request_id: &HeaderValue,
+        origin: &Origin,
         end: &mut RequestEnd<'_>,
     ) -> Result<Response<Incoming>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
@@ -229,12 +241,11 @@ impl Stack {
         let admitted = self.admit(snap, req.headers_mut(), route, end).await;
         let upstream_start = end.auth_finished();
         admitted?;
-        let origin = Origin {
-            client_ip: conn.peer.ip(),
-            scheme: if conn.tls { "https" } else { "http" },
-            request_id: request_id.clone(),
-        };
-        let resp = snap.proxy.forward(req, &origin).await;
+        // On every route, public ones too: the upstream and its logs never see the token.
+        if !snap.config.auth.forward_authorization {
+            req.headers_mut().remove(AUTHORIZATION);
+        }
+        let resp = snap.proxy.forward(req, origin).await;
         let done = Instant::now();
         end.upstream_done = Some(done);
         let resp = resp.map_err(Refusal::Upstream)?;
@@ -319,9 +330,6 @@ impl Stack {
         }
         if let Some(why) = end.would_refuse {
             headers.insert(snap.would_refuse.clone(), HeaderValue::from_static(why));
-        }
-        if !snap.config.auth.forward_authorization {
-            headers.remove(AUTHORIZATION);
         }
         Ok(())
     }

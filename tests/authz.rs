@@ -159,3 +159,28 @@ async fn a_report_only_decision_is_200_and_the_marker() {
         r#"mfa_gateway_requests_total{decision="would_refuse",mode="authz",route="customers",token_kind="app_user"}"#;
     assert_eq!(a.gw.metric(counted).await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_outside_the_allowlist_or_a_rewriting_header_is_400() {
+    let (a, issuer, _keys) = asker("nginx", "").await;
+    let mfa = issuer.mint(&entra_claims("mfa", 600));
+    // A WebSocket upgrade is judged as any request on its route.
+    let websocket = [USERS[0], USERS[1], ("upgrade", "websocket")];
+    assert_eq!(ask(&a, Some(&mfa), &websocket).await.0, StatusCode::OK);
+    // Nothing is forwarded from here to strip these from: the front must deny the request.
+    let cases: [(&str, (&str, &str), &str); 5] = [
+        ("h2c", ("upgrade", "h2c"), "upgrade"),
+        ("h2c in a list", ("upgrade", "websocket, H2C"), "upgrade"),
+        ("X-Original-URL", ("x-original-url", "/v1/offers/x"), "rewrites"),
+        ("X-HTTP-Method-Override", ("x-http-method-override", "DELETE"), "rewrites"),
+        ("an underscore twin", ("x_original_url", "/v1/offers/x"), "rewrites"),
+    ];
+    for (what, extra, said) in cases {
+        let (status, _, body) = ask(&a, Some(&mfa), &[USERS[0], USERS[1], extra]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert!(body.contains(said), "{what}: {body}");
+    }
+    let counted =
+        r#"mfa_gateway_requests_total{decision="bad_request",mode="authz",route="unmatched",token_kind="none"}"#;
+    assert_eq!(a.gw.metric(counted).await, cases.len() as f64);
+}

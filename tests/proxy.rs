@@ -225,7 +225,7 @@ async fn http2_prior_knowledge() {
 }
 
 #[tokio::test]
-async fn websocket_style_upgrade_is_tunnelled() {
+async fn an_allowed_upgrade_is_tunnelled() {
     let up = upstream(|mut req: Request<Incoming>| async move {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -244,7 +244,8 @@ async fn websocket_style_upgrade_is_tunnelled() {
             .unwrap()
     })
     .await;
-    let gw = start(&public_config(up, "")).await;
+    // A protocol of the operator's own, named in the allowlist.
+    let gw = start(&public_config(up, "").replace("[upstream]\n", "[upstream]\nupgrades = [\"echo\"]\n")).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();

@@ -25,6 +25,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub upstream: UpstreamConfig,
+    /// `[upstream] upgrades` and `strip_request_headers`: what a request may carry upstream
+    /// besides what was judged. Apart from `upstream`, since the pool does not depend on them.
+    pub forwarding: crate::headers::Forwarding,
     pub log: LogConfig,
     pub audit: AuditConfig,
     pub metrics: crate::report::MetricsConfig,
@@ -345,6 +348,9 @@ struct RawUpstream {
     ca_file: Option<String>,
     client_cert: Option<String>,
     client_key: Option<String>,
+    upgrades: Option<Vec<String>>,
+    #[serde(default)]
+    strip_request_headers: Vec<String>,
 }
 
 fn default_connect_timeout() -> String {
@@ -493,10 +499,12 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = self.server(raw.server)?;
         let admin = AdminConfig { listen: self.addr("admin.listen", &raw.admin.listen)? };
-        let upstream = match raw.upstream {
-            Some(u) => self.upstream(u, server.max_connections)?,
-            None => return Err(self.err("upstream", "missing table [upstream] (with url = \"http://...\")")),
+        let Some(mut raw_upstream) = raw.upstream else {
+            return Err(self.err("upstream", "missing table [upstream] (with url = \"http://...\")"));
         };
+        let upgrades = raw_upstream.upgrades.take();
+        let strip = std::mem::take(&mut raw_upstream.strip_request_headers);
+        let upstream = self.upstream(raw_upstream, server.max_connections)?;
         let log = LogConfig { format: raw.log.format, filter: raw.log.filter };
         let audit = AuditConfig {
             enabled: raw.audit.enabled.unwrap_or(true),
@@ -515,6 +523,7 @@ impl Validator<'_> {
         };
         let report = self.report(raw.report)?;
         let authz = self.authz(raw.authz)?;
+        let forwarding = self.forwarding(upgrades, strip, authz.as_ref())?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.filter) {
             return Err(self.err("log.filter", format!("bad filter {:?}: {e}", log.filter)));
         }
@@ -560,6 +569,7 @@ impl Validator<'_> {
             server,
             admin,
             upstream,
+            forwarding,
             log,
             audit,
             metrics,
@@ -572,6 +582,54 @@ impl Validator<'_> {
             source: None,
             files: Vec::new(),
         })
+    }
+
+    /// `[upstream] upgrades`: protocol names, never `h2c` (a second protocol on the connection
+    /// whose requests the gateway would never see). `strip_request_headers`: header names, never
+    /// one the gateway reads to judge the request.
+    fn forwarding(
+        &self,
+        upgrades: Option<Vec<String>>,
+        strip: Vec<String>,
+        authz: Option<&crate::authz::AuthzConfig>,
+    ) -> Result<crate::headers::Forwarding, ConfigError> {
+        let mut f = crate::headers::Forwarding::default();
+        if let Some(upgrades) = upgrades {
+            f.upgrades = Vec::with_capacity(upgrades.len());
+            for u in upgrades {
+                let token = !u.is_empty() && HeaderName::from_bytes(u.as_bytes()).is_ok() && !u.contains('/');
+                if !token {
+                    return Err(
+                        self.err("upstream.upgrades", format!("{u:?} is not a protocol name (like \"websocket\")"))
+                    );
+                }
+                if u.eq_ignore_ascii_case("h2c") {
+                    return Err(self.err(
+                        "upstream.upgrades",
+                        "\"h2c\" cannot be allowed: it turns the connection into HTTP/2 whose requests the gateway never judges",
+                    ));
+                }
+                f.upgrades.push(u.to_ascii_lowercase());
+            }
+        }
+        let mut read = vec!["authorization", "host"];
+        if let Some(crate::authz::Front::Headers { method, uri, .. }) = authz.map(|a| &a.front) {
+            read.extend([method.as_str(), uri.as_str()]);
+        }
+        for h in strip {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(self.err("upstream.strip_request_headers", format!("{h:?} is not a header name")));
+            }
+            let folded = h.to_ascii_lowercase().replace('_', "-");
+            if read.iter().any(|r| r.replace('_', "-") == folded) {
+                return Err(self.err(
+                    "upstream.strip_request_headers",
+                    format!("{h:?} is a header the gateway reads to judge the request"),
+                ));
+            }
+            f.strip.push(folded);
+        }
+        Ok(f)
     }
 
     fn metrics(&self, m: RawMetrics) -> Result<crate::report::MetricsConfig, ConfigError> {

@@ -176,6 +176,30 @@ async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
         eprintln!("{name}: {path} -> {status}");
     }
     assert_eq!(reached(), before, "{name}: a dot-segment request reached the API: {:?}", s.seen.lock().unwrap().last());
+
+    // Headers that rewrite the method or URL, and an h2c upgrade, never reach the API: the front
+    // strips them, or the gateway's 400 makes the front deny the request.
+    // (nginx passes `HTTP2-Settings` on, but never `Upgrade`: without it nothing upgrades.)
+    let smuggling: [(&str, &[(&str, &str)], &str); 3] = [
+        ("X-Original-URL", &[("x-original-url", "/v1/customers/c1/users")], "x-original-url"),
+        ("X-HTTP-Method-Override", &[("x-http-method-override", "DELETE")], "x-http-method-override"),
+        (
+            "h2c",
+            &[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAAP__")],
+            "upgrade",
+        ),
+    ];
+    for (what, extra, never) in smuggling {
+        let before = reached();
+        let (status, answer) = status_of(front, "/v1/offers/x", &app, extra).await;
+        eprintln!("{name}: {what} -> {status}, {} reached the API", reached() - before);
+        assert_ne!(status, 101, "{name}: {what}: {answer}");
+        assert!(status > 0, "{name}: {what}: no answer");
+        if reached() > before {
+            let (_, h) = s.seen.lock().unwrap().last().cloned().unwrap();
+            assert!(!h.contains_key(never), "{name}: {what}: {never} reached the API: {h:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,7 +180,8 @@ async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
     // Headers that rewrite the method or URL, and an h2c upgrade, never reach the API: the front
     // strips them, or the gateway's 400 makes the front deny the request.
     // (nginx passes `HTTP2-Settings` on, but never `Upgrade`: without it nothing upgrades.)
-    let smuggling: [(&str, &[(&str, &str)], &str); 3] = [
+    type Smuggled<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let smuggling: [Smuggled; 3] = [
         ("X-Original-URL", &[("x-original-url", "/v1/customers/c1/users")], "x-original-url"),
         ("X-HTTP-Method-Override", &[("x-http-method-override", "DELETE")], "x-http-method-override"),
         (

@@ -171,14 +171,16 @@ impl Stack {
             start,
         );
 
-        let origin = Origin {
-            client_ip: conn.peer.ip(),
-            scheme: if conn.tls { "https" } else { "http" },
-            request_id: request_id.clone(),
-            upgrade: received.upgrade,
-        };
         let result = match original {
-            None => self.pass(snap, req, route, &origin, &mut end).await.map(|r| r.map(Either::Left)),
+            None => {
+                let origin = Origin {
+                    client_ip: conn.peer.ip(),
+                    scheme: if conn.tls { "https" } else { "http" },
+                    request_id: request_id.clone(),
+                    upgrade: received.upgrade,
+                };
+                self.pass(snap, req, route, &origin, &mut end).await.map(|r| r.map(Either::Left))
+            }
             Some(Ok((_, target))) => self.judge(snap, &req, target.path(), route, &mut end).await,
             Some(Err(flaw)) => Err(Refusal::BadOriginal(flaw)),
         };

@@ -19,15 +19,19 @@ impl Doorkeeper {
         Self { seen: (0..slots).map(|_| AtomicU64::new(0)).collect() }
     }
 
-    /// True when the token with this hash was seen before (it should be cached now); otherwise
-    /// remembers it. Racing callers at worst take a token one sighting late or early.
-    pub fn admit(&self, hash: u64) -> bool {
-        let slot = &self.seen[hash as usize & (self.seen.len() - 1)];
-        if slot.load(Relaxed) == hash {
-            return true;
-        }
-        slot.store(hash, Relaxed);
-        false
+    /// True when the token with this hash was marked before (it should be cached now).
+    pub fn seen(&self, hash: u64) -> bool {
+        self.slot(hash).load(Relaxed) == hash
+    }
+
+    /// Remembers a token that verified. Racing callers at worst take a token one sighting late
+    /// or early.
+    pub fn mark(&self, hash: u64) {
+        self.slot(hash).store(hash, Relaxed);
+    }
+
+    fn slot(&self, hash: u64) -> &AtomicU64 {
+        &self.seen[hash as usize & (self.seen.len() - 1)]
     }
 }
 
@@ -35,13 +39,22 @@ impl Doorkeeper {
 mod tests {
     use super::*;
 
+    /// The authenticator's use: look, and mark only what was not seen.
+    fn admit(d: &Doorkeeper, hash: u64) -> bool {
+        let seen = d.seen(hash);
+        if !seen {
+            d.mark(hash);
+        }
+        seen
+    }
+
     #[test]
     fn a_token_is_admitted_on_its_second_sighting() {
         let d = Doorkeeper::new(10_000);
-        assert!(!d.admit(42));
-        assert!(d.admit(42));
-        assert!(d.admit(42));
-        assert!(!d.admit(43));
+        assert!(!admit(&d, 42));
+        assert!(admit(&d, 42));
+        assert!(admit(&d, 42));
+        assert!(!admit(&d, 43));
     }
 
     #[test]
@@ -49,10 +62,19 @@ mod tests {
         let d = Doorkeeper::new(10);
         let slots = d.seen.len() as u64;
         assert_eq!(slots, 64);
-        assert!(!d.admit(5));
-        assert!(!d.admit(5 + slots)); // same slot: 5's mark is gone
-        assert!(!d.admit(5));
-        assert!(d.admit(5));
+        assert!(!admit(&d, 5));
+        assert!(!admit(&d, 5 + slots)); // same slot: 5's mark is gone
+        assert!(!admit(&d, 5));
+        assert!(admit(&d, 5));
+    }
+
+    #[test]
+    fn looking_leaves_no_mark() {
+        let d = Doorkeeper::new(10);
+        assert!(!d.seen(7));
+        assert!(!d.seen(7));
+        d.mark(7);
+        assert!(d.seen(7));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The token and key-set metric families, registered by auth because auth is what they count.
 
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::metrics::{counter, counter_vec, register, KindCounters};
+use crate::metrics::{counter, counter_vec, gauge, register, KindCounters};
 
 use super::token::Invalid;
 
@@ -18,6 +18,8 @@ pub struct AuthMetrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_deferred: IntCounter,
+    /// Set at scrape time, as key set ages are.
+    pub cache_bytes: IntGauge,
     step_up_challenges: KindCounters,
 }
 
@@ -63,6 +65,11 @@ impl AuthMetrics {
                 reg,
                 "mfa_gateway_token_cache_deferred_total",
                 "Verified tokens not cached because this was their first sighting (cached on the next).",
+            ),
+            cache_bytes: gauge(
+                reg,
+                "mfa_gateway_token_cache_bytes",
+                "What the verified-token cache holds, in bytes (estimated per entry; bounded by [cache] max_bytes).",
             ),
             step_up_challenges: KindCounters::new(
                 reg,

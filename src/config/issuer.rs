@@ -100,6 +100,7 @@ pub(super) struct RawChallenge {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCache {
     max_entries: Option<u64>,
+    max_bytes: Option<u64>,
 }
 
 const ALLOWED_ALGS: [Algorithm; 9] = [
@@ -229,6 +230,12 @@ pub(super) fn validate(
         None => None,
     };
     let cache_max_entries = cache.max_entries.unwrap_or(10_000);
+    // 32 MiB: a quarter of the shipped manifest's 128 Mi limit. 10 000 Entra-sized tokens (about
+    // 2.5 KiB each in the cache) weigh 25 MiB, so only unusually large tokens meet the bound.
+    let cache_max_bytes = cache.max_bytes.unwrap_or(32 << 20);
+    if cache_max_entries > 0 && cache_max_bytes < 1 << 20 {
+        return Err(v.err("cache.max_bytes", "must be at least 1048576 (1 MiB) while the cache is on"));
+    }
     Ok(AuthConfig {
         issuers,
         header_prefix,
@@ -236,6 +243,7 @@ pub(super) fn validate(
         challenge: challenge_settings(v, ch)?,
         request_context,
         cache_max_entries,
+        cache_max_bytes,
     })
 }
 

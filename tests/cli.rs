@@ -25,9 +25,54 @@ fn check(text: &str) -> (i32, String) {
 
 #[test]
 fn shipped_configs_pass_check() {
-    for file in ["config/gateway.toml", "config/partner-center.toml", "config/bench.toml"] {
+    for file in ["config/gateway.toml", "config/partner-center.toml", "config/bench.toml", "config/bench-tls.toml"] {
         let out = Command::new(BIN).args(["check", "--config", file]).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{file}: {said}");
+        assert!(!said.contains("warning"), "{file}: {said}");
+    }
+}
+
+#[test]
+fn check_warns_of_valid_but_dangerous_issuers() {
+    let issuer = |iss: &str, source: &str, tenants: &str| {
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[[issuer]]\nissuer = \"{iss}\"\n{source}\n\
+             audiences = [\"api\"]\n{tenants}\n{}",
+            if iss.contains("windows.net") { "" } else { "profile = \"rfc9068\"\n" }
+        )
+    };
+    let any_tenant = "takes tokens from any tenant and has no tenants list";
+    let plain_http = "fetches its keys over plain http";
+    let cases = [
+        (
+            issuer("https://sts.windows.net/{tenantid}/", "discovery = \"https://login.example/x\"", ""),
+            vec![any_tenant],
+        ),
+        (
+            issuer(
+                "https://sts.windows.net/{tenantid}/",
+                "discovery = \"https://login.example/x\"",
+                "tenants = [\"aaaabbbb-0000-cccc-1111-dddd2222eeee\"]",
+            ),
+            vec![],
+        ),
+        (issuer("https://idp.example/", "jwks_uri = \"http://keys.example/jwks.json\"", ""), vec![plain_http]),
+        (issuer("https://idp.example/", "discovery = \"http://10.0.0.5/.well-known/x\"", ""), vec![plain_http]),
+        (issuer("https://idp.example/", "jwks_uri = \"http://127.0.0.1:8080/jwks.json\"", ""), vec![]),
+        (issuer("https://idp.example/", "jwks_uri = \"http://localhost:8080/jwks.json\"", ""), vec![]),
+        (issuer("https://idp.example/", "jwks_uri = \"http://[::1]:8080/jwks.json\"", ""), vec![]),
+        (
+            issuer("https://sts.windows.net/{tenantid}/", "jwks_uri = \"http://keys.example/jwks.json\"", ""),
+            vec![any_tenant, plain_http],
+        ),
+    ];
+    for (text, expected) in cases {
+        let (code, said) = check(&text);
+        assert_eq!(code, 0, "{text}\n{said}");
+        for w in [any_tenant, plain_http] {
+            assert_eq!(said.contains(w), expected.contains(&w), "{w:?} for\n{text}\n{said}");
+        }
     }
 }
 

@@ -377,6 +377,53 @@ async fn https_upstream_and_https_key_server_with_private_cas() {
     assert_eq!(seen["kind"], "app_user");
 }
 
+/// A discovery document fetched over https that names an http `jwks_uri` is refused: the keys
+/// would come over a connection anyone on the path can rewrite.
+#[tokio::test]
+async fn an_https_discovery_document_pointing_at_http_keys_is_refused() {
+    logs();
+    let key_ca = Ca::new("key server ca");
+    let d = dir();
+    let issuer = DevIssuer::generate("k1");
+    // The keys themselves, served for real over plain http.
+    let (_, plain_keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let jwks_uri = plain_keys.jwks_url();
+    let discovery = tls_server(&key_ca.leaf(), move |_req| {
+        let doc = json!({"issuer": TEMPLATE_ISSUER, "jwks_uri": jwks_uri});
+        Response::new(Full::new(Bytes::from(doc.to_string())))
+    })
+    .await;
+    let issuer_block = format!(
+        "[[issuer]]\nissuer = \"{TEMPLATE_ISSUER}\"\ndiscovery = \"https://localhost:{}/.well-known/openid-configuration\"\n\
+         ca_file = \"{}\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n",
+        discovery.port(),
+        write(&d, "key-ca.pem", &key_ca.pem).display()
+    );
+    let up = echo_upstream().await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"http://{up}\"\n[audit]\nenabled = false\n{issuer_block}\n{ROUTES}"
+    );
+    let gw = start(&text).await;
+    let failed = format!("mfa_gateway_key_fetches_total{{issuer=\"{TEMPLATE_ISSUER}\",result=\"error\"}}");
+    for _ in 0..250 {
+        if metric(&gw, &failed).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metric(&gw, &failed).await >= 1.0, "the refusal is counted");
+    let (status, _, why) = get(gw.admin_addr, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(why.contains("refused") && why.contains("plain http"), "{why}");
+    let (status, _, _) = get(gw.addr, "/v1/offers", Some(&issuer.mint(&entra_claims("mfa", 600)))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no keys, no pass");
+    let logged = log_lines().iter().any(|l| {
+        l["message"] == "key set fetch failed" && l["error"].as_str().is_some_and(|e| e.contains("plain http"))
+    });
+    assert!(logged, "the refusal is logged");
+}
+
 #[tokio::test]
 async fn an_untrusted_upstream_certificate_is_502_and_the_why_stays_in_the_log() {
     let (up_ca, other_ca) = (Ca::new("upstream ca"), Ca::new("some other ca"));

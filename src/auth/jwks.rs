@@ -254,6 +254,13 @@ impl IssuerKeys {
                 if !matches!(jwks.scheme_str(), Some("http" | "https")) {
                     return Err(format!("discovery jwks_uri {:?} is not http(s)", d.jwks_uri));
                 }
+                // Keys over plain http would void the TLS that fetched the document.
+                if uri.scheme_str() == Some("https") && jwks.scheme_str() == Some("http") {
+                    return Err(format!(
+                        "refused: the discovery document from {uri} names jwks_uri {:?} over plain http",
+                        d.jwks_uri
+                    ));
+                }
                 self.get(jwks).await?
             }
         };

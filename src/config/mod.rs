@@ -479,6 +479,26 @@ impl Config {
         if !self.defaults.enforce && self.defaults.require != Requirement::Public {
             w.push("[defaults].enforce = false: requests that match no route are report-only".to_string());
         }
+        for i in &self.auth.issuers {
+            if i.name.contains("{tenantid}") && i.rules.tenants.is_empty() {
+                w.push(format!(
+                    "issuer {:?} takes tokens from any tenant and has no tenants list: an app-only token from \
+                     any organisation passes every route that allows app-only tokens; list your tenants in tenants = [...]",
+                    i.name
+                ));
+            }
+            let url = match &i.source {
+                crate::auth::jwks::KeySource::Discovery(u) | crate::auth::jwks::KeySource::Jwks(u) => u,
+                crate::auth::jwks::KeySource::File(_) => continue,
+            };
+            if url.scheme_str() == Some("http") && !url.host().is_some_and(is_loopback_host) {
+                w.push(format!(
+                    "issuer {:?} fetches its keys over plain http from {url}: anyone on the path can hand the \
+                     gateway keys of their own; use https",
+                    i.name
+                ));
+            }
+        }
         if self.report_token.is_none() && !self.admin.listen.ip().is_loopback() {
             w.push(format!(
                 "admin.listen = \"{}\" is not a loopback address and [report].token_file is not set: /report \
@@ -493,6 +513,12 @@ impl Config {
     pub fn changed<'a>(&'a self, newer: &'a Config) -> impl Iterator<Item = &'a Path> + 'a {
         newer.files.iter().filter(|(p, s)| !self.files.iter().any(|(q, t)| q == p && t == s)).map(|(p, _)| p.as_path())
     }
+}
+
+/// `localhost`, or a loopback address (`127.0.0.0/8`, `[::1]`).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Validator<'_> {

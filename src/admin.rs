@@ -7,47 +7,15 @@
 //! only on a loopback admin address (in a pod the admin port listens on the pod address, which
 //! the whole cluster network can reach).
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::stack::Stack;
 
-pub async fn serve(listener: TcpListener, stack: Arc<Stack>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let stack = stack.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let stack = stack.clone();
-                async move { Ok::<_, Infallible>(route(&stack, req)) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// One admin request; the accept loop is `crate::listener`'s, with `[admin]`'s limits.
+pub fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::listener::{self, ConnectionMetrics, Drain};
+use crate::listener::{self, ConnectionMetrics, Drain, Serves};
 use crate::reload::Reloads;
 use crate::request_end::Mode;
 use crate::stack::Stack;
@@ -58,21 +58,23 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let reloads = Reloads::register(&registry);
     let connections = Arc::new(ConnectionMetrics::register(&registry));
     let max_connections = config.server.max_connections;
+    let admin_max_connections = config.admin.max_connections;
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
     let stack = Arc::new(Stack::new(config, &registry)?);
 
     let (shutdown, rx) = watch::channel(false);
     let drain = Arc::new(Drain::default());
-    tokio::spawn(crate::admin::serve(admin, stack.clone(), rx.clone()));
-    let serve = |l, mode| {
-        let (stack, connections, rx, drain) = (stack.clone(), connections.clone(), rx.clone(), drain.clone());
-        tokio::spawn(listener::serve(l, stack, connections, max_connections, rx, drain, mode))
+    let serve = |l, max, drain, serves| {
+        let (stack, connections, rx) = (stack.clone(), connections.clone(), rx.clone());
+        tokio::spawn(listener::serve(l, stack, connections, max, rx, drain, serves))
     };
-    let mut listeners = vec![serve(listener, Mode::Proxy)];
+    let mut listeners = vec![serve(listener, max_connections, drain.clone(), Serves::Requests(Mode::Proxy))];
     if let Some(decisions) = decisions {
-        listeners.push(serve(decisions, Mode::Authz));
+        listeners.push(serve(decisions, max_connections, drain.clone(), Serves::Requests(Mode::Authz)));
     }
+    // Admin connections are not waited for at shutdown: probes and scrapes end on their own.
+    listeners.push(serve(admin, admin_max_connections, Arc::new(Drain::default()), Serves::Admin));
     let background = vec![
         tokio::spawn(crate::reload::watch(stack.clone(), reloads)),
         tokio::spawn(crate::heap::trim_periodically(crate::heap::TRIM_EVERY)),

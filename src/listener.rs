@@ -1,6 +1,7 @@
-//! Accept loop: connection cap, HTTP/1.1 and HTTP/2 (prior knowledge) on one port, header and
-//! idle timeouts, and a graceful drain on shutdown. An upgraded connection stays this
-//! connection's: its slot, drain guard and idle timeout hold until the tunnel closes.
+//! The one accept loop, for the API port, the decision listener and the admin port alike:
+//! connection cap, HTTP/1.1 and HTTP/2 (prior knowledge) on one port, header and idle timeouts,
+//! and a graceful drain on shutdown. An upgraded connection stays this connection's: its slot,
+//! drain guard and idle timeout hold until the tunnel closes.
 
 use std::convert::Infallible;
 use std::io;
@@ -11,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header;
+use http_body_util::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -30,9 +32,19 @@ use crate::tunnel::{self, TunnelMetrics};
 pub const CONNECTION_ERROR_KINDS: [&str; 6] =
     ["header_too_large", "header_timeout", "bad_request", "incomplete", "io", "accept"];
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// The API port (proxy mode) or the decision listener (authorization-only mode).
+    Requests(Mode),
+    /// The admin port: probes, metrics, the status report.
+    Admin,
+}
+
 /// The connection families.
 pub struct ConnectionMetrics {
     open: IntGauge,
+    admin_open: IntGauge,
     errors: KindCounters,
     tls_handshake_errors: IntCounter,
     tunnels: TunnelMetrics,
@@ -41,7 +53,12 @@ pub struct ConnectionMetrics {
 impl ConnectionMetrics {
     pub fn register(reg: &Registry) -> Self {
         Self {
-            open: gauge(reg, "mfa_gateway_connections_open", "Client connections open."),
+            open: gauge(
+                reg,
+                "mfa_gateway_connections_open",
+                "Client connections open (API port and decision listener).",
+            ),
+            admin_open: gauge(reg, "mfa_gateway_admin_connections_open", "Connections to the admin port open."),
             errors: KindCounters::new(
                 reg,
                 "mfa_gateway_connection_errors_total",
@@ -54,6 +71,13 @@ impl ConnectionMetrics {
                 "Client TLS handshakes that failed or timed out (plain HTTP on the TLS port included).",
             ),
             tunnels: TunnelMetrics::register(reg),
+        }
+    }
+
+    fn open(&self, serves: Serves) -> &IntGauge {
+        match serves {
+            Serves::Requests(_) => &self.open,
+            Serves::Admin => &self.admin_open,
         }
     }
 }
@@ -95,7 +119,7 @@ pub async fn serve(
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
     drain: Arc<Drain>,
-    mode: Mode,
+    serves: Serves,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut accept_failures: Option<AcceptEpisode> = None;
@@ -122,7 +146,7 @@ pub async fn serve(
                     match accept_failures.as_mut().filter(|ep| !ep.over()) {
                         Some(episode) => episode.failed(),
                         None => {
-                            tracing::warn!(error = %e, "accept failed; retrying every 50 ms until it succeeds");
+                            tracing::warn!(listener = ?serves, error = %e, "accept failed; retrying every 50 ms until it succeeds");
                             accept_failures = Some(AcceptEpisode::new());
                         }
                     }
@@ -139,19 +163,26 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let (builder, tls, limits) = {
             let snap = stack.snapshot();
-            // The decision listener speaks plain HTTP to its front proxy on the same host or pod.
-            let tls = snap.tls.clone().zip(snap.config.server.tls.as_ref().map(|t| t.handshake_timeout));
-            let tls = tls.filter(|_| mode == Mode::Proxy);
-            let limits = Limits { idle: snap.config.server.idle_timeout, grace: snap.config.server.shutdown_grace };
-            (snap.http.clone(), tls, limits)
+            let grace = snap.config.server.shutdown_grace;
+            match serves {
+                Serves::Requests(mode) => {
+                    // The decision listener speaks plain HTTP to its front proxy on the same host or pod.
+                    let tls = snap.tls.clone().zip(snap.config.server.tls.as_ref().map(|t| t.handshake_timeout));
+                    let tls = tls.filter(|_| mode == Mode::Proxy);
+                    (snap.http.clone(), tls, Limits { idle: snap.config.server.idle_timeout, grace })
+                }
+                Serves::Admin => {
+                    (snap.admin_http.clone(), None, Limits { idle: snap.config.admin.idle_timeout, grace })
+                }
+            }
         };
         tokio::spawn(async move {
             let _permit = permit;
             let _guard = guard;
-            metrics.open.inc();
+            metrics.open(serves).inc();
             let activity = Arc::new(AtomicBool::new(false));
             let io = Tracked { inner: stream, active: activity.clone() };
-            let conn = Connection { activity, builder: &builder, stack, metrics: &metrics, limits, shutdown, mode };
+            let conn = Connection { activity, builder: &builder, stack, metrics: &metrics, limits, shutdown, serves };
             match tls {
                 None => conn.serve(io, Conn { peer, tls: false }).await,
                 Some((tls, limit)) => match handshake(io, tls, limit, &metrics).await {
@@ -159,10 +190,10 @@ pub async fn serve(
                     None => tracing::debug!(client = %peer, "TLS handshake did not complete"),
                 },
             }
-            metrics.open.dec();
+            metrics.open(serves).dec();
         });
     }
-    tracing::info!("listener closed; draining connections");
+    tracing::info!(listener = ?serves, "listener closed; draining connections");
 }
 
 /// Completes the TLS handshake within the configured time. A client that speaks plain HTTP
@@ -220,7 +251,7 @@ struct Connection<'a> {
     metrics: &'a ConnectionMetrics,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
-    mode: Mode,
+    serves: Serves,
 }
 
 impl Connection<'_> {
@@ -228,20 +259,21 @@ impl Connection<'_> {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { activity, builder, stack, metrics, limits, mut shutdown, mode } = self;
+        let Connection { activity, builder, stack, metrics, limits, mut shutdown, serves } = self;
         let io = TokioIo::new(io);
         let slot = tunnel::Slot::new(metrics.tunnels.clone());
         let lender = slot.clone();
         let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             // Only a request that may become a tunnel carries a lease back to this connection.
-            if mode == Mode::Proxy && req.headers().contains_key(header::UPGRADE) {
+            if serves == Serves::Requests(Mode::Proxy) && req.headers().contains_key(header::UPGRADE) {
                 req.extensions_mut().insert(lender.lease());
             }
             let stack = stack.clone();
             async move {
-                Ok::<_, Infallible>(match mode {
-                    Mode::Proxy => stack.handle(req, conn_info).await,
-                    Mode::Authz => stack.decide(req, conn_info).await,
+                Ok::<_, Infallible>(match serves {
+                    Serves::Requests(Mode::Proxy) => stack.handle(req, conn_info).await,
+                    Serves::Requests(Mode::Authz) => stack.decide(req, conn_info).await,
+                    Serves::Admin => crate::admin::route(&stack, req).map(Either::Right),
                 })
             }
         });

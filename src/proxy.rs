@@ -2,28 +2,35 @@
 //! gRPC. Bodies (and their trailers) stream both ways; nothing here buffers a body.
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use prometheus::{Histogram, Registry};
+use prometheus::{Histogram, IntGauge, Registry};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamConfig;
 use crate::error_chain;
 use crate::headers::{is_grpc, strip_hop_by_hop, switched_as_asked};
-use crate::metrics::{latency, KindCounters};
+use crate::metrics::{gauge, latency, KindCounters};
 use crate::tunnel::{self, Lease};
 
 /// Upstream failure kinds; the `kind` label of `upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["dns", "connect", "timeout", "tls", "protocol"];
 
-/// The upstream families: failures by kind, and time to response headers.
+/// The upstream families: failures by kind, time to response headers, requests in flight.
 pub struct UpstreamMetrics {
     errors: KindCounters,
     pub duration: Histogram,
+    in_flight: IntGauge,
 }
 
 impl UpstreamMetrics {
@@ -36,6 +43,12 @@ impl UpstreamMetrics {
                 &UPSTREAM_ERROR_KINDS,
             ),
             duration: latency(reg, "mfa_gateway_upstream_duration_seconds", "Upstream time to response headers."),
+            in_flight: gauge(
+                reg,
+                "mfa_gateway_upstream_in_flight",
+                "Requests holding an upstream slot: from the request until its response body ends, and \
+                 open tunnels (bounded by [upstream] max_in_flight).",
+            ),
         }
     }
 
@@ -86,11 +99,52 @@ pub struct Origin {
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// One of `[upstream] max_in_flight` slots, held from the upstream request until its response
+/// body ends or is dropped, or for as long as its tunnel is open.
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The upstream's response body, streamed; its slot goes back when it ends or is dropped.
+pub struct UpstreamBody {
+    inner: Incoming,
+    slot: Option<InFlight>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.slot = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub struct Proxy {
     client: Client<Connector, Incoming>,
     /// HTTP/2 only, for gRPC: prior knowledge to an `http://` upstream, ALPN `h2` over TLS.
     grpc: Client<Connector, Incoming>,
     upstream: UpstreamConfig,
+    slots: Arc<Semaphore>,
 }
 
 impl Proxy {
@@ -120,15 +174,25 @@ impl Proxy {
             client: builder(false).build(connector(true)),
             grpc: builder(true).build(connector(true)),
             upstream: upstream.clone(),
+            slots: Arc::new(Semaphore::new(upstream.max_in_flight)),
         }
     }
 
-    /// Sends the request upstream and returns its response headers (the body still streaming).
+    /// A slot for one more request upstream, or `None` when all `max_in_flight` are taken.
+    pub fn slot(&self, metrics: &UpstreamMetrics) -> Option<InFlight> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        metrics.in_flight.inc();
+        Some(InFlight { _permit: permit, gauge: metrics.in_flight.clone() })
+    }
+
+    /// Sends the request upstream and returns its response headers (the body still streaming,
+    /// holding `slot`).
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         origin: &Origin,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        slot: InFlight,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // The listener lends a lease to every request that asks to upgrade; it must not travel on.
         let lease = req.extensions_mut().remove::<Lease>();
         let client_upgrade = origin.upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -178,14 +242,19 @@ impl Proxy {
                 origin.upgrade.as_ref().is_some_and(|a| switched_as_asked(a, resp.headers().get(header::UPGRADE)));
             if let (true, Some(client_upgrade), Some(lease)) = (asked, client_upgrade, lease) {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel::run(client_upgrade, upstream_upgrade, lease, origin.request_id.clone()));
+                let tunnel = tunnel::run(client_upgrade, upstream_upgrade, lease, origin.request_id.clone());
+                // The tunnel holds the slot while it is open.
+                tokio::spawn(async move {
+                    tunnel.await;
+                    drop(slot);
+                });
                 // Keep Connection/Upgrade: the client needs them to complete the switch.
-                return Ok(resp);
+                return Ok(resp.map(|inner| UpstreamBody { inner, slot: None }));
             }
             return Err(UpstreamError::Protocol("upstream switched to a protocol the gateway did not ask for".into()));
         }
         strip_hop_by_hop(resp.headers_mut());
-        Ok(resp)
+        Ok(resp.map(|inner| UpstreamBody { inner, slot: Some(slot) }))
     }
 }
 

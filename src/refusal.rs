@@ -7,17 +7,16 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings};
 use crate::auth::policy::Deny;
 use crate::authz::Flaw;
 use crate::path::PathFlaw;
-use crate::proxy::UpstreamError;
+use crate::proxy::{UpstreamBody, UpstreamError};
 use crate::request_end::Decision;
 
 /// Response body: the upstream's, streamed, or a short one of ours.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 #[derive(Debug)]
 pub enum Refusal {
@@ -28,6 +27,8 @@ pub enum Refusal {
     /// or malformed.
     BadOriginal(Flaw),
     Upstream(UpstreamError),
+    /// `[upstream] max_in_flight` requests are upstream already.
+    UpstreamBusy,
 }
 
 /// Settings that shape refusals.
@@ -49,6 +50,7 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::KeysUnavailable) => Decision::KeysUnavailable,
             Refusal::BadPath(_) | Refusal::BadOriginal(_) => Decision::BadRequest,
             Refusal::Upstream(_) => Decision::UpstreamError,
+            Refusal::UpstreamBusy => Decision::UpstreamBusy,
         }
     }
 
@@ -63,6 +65,7 @@ impl Refusal {
             Refusal::BadPath(_) => "path_not_normal",
             Refusal::BadOriginal(_) => "bad_original_request",
             Refusal::Upstream(e) => e.kind(),
+            Refusal::UpstreamBusy => "upstream_busy",
         }
     }
 
@@ -102,6 +105,13 @@ impl Refusal {
             Refusal::Upstream(_) => {
                 const WHAT: &str = "the upstream could not be reached";
                 (text(StatusCode::BAD_GATEWAY, WHAT, request_id), WHAT)
+            }
+            // At once, no queue: a client that retries soon finds a slot or another replica.
+            Refusal::UpstreamBusy => {
+                const WHAT: &str = "too many requests are in flight to the upstream; retry shortly";
+                let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, WHAT, request_id);
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                (resp, WHAT)
             }
         };
         if grpc {

@@ -154,7 +154,8 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
         n.tls = o.tls.clone();
         kept.push("server.tls");
     }
-    keep(&mut kept, "admin.listen", &old.admin, &mut new.admin);
+    keep(&mut kept, "admin.listen", &old.admin.listen, &mut new.admin.listen);
+    keep(&mut kept, "admin.max_connections", &old.admin.max_connections, &mut new.admin.max_connections);
     // The decision listener is bound at start; its front proxy is fixed with it.
     keep(&mut kept, "authz", &old.authz, &mut new.authz);
     // Set once for the process: the log subscriber, the app label set, the report's windows.

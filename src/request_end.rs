@@ -25,6 +25,8 @@ pub enum Decision {
     Forbidden,
     KeysUnavailable,
     UpstreamError,
+    /// Refused at once: `[upstream] max_in_flight` requests were already upstream.
+    UpstreamBusy,
     BadRequest,
     /// The client went away before the answer.
     ClientClosed,
@@ -33,7 +35,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    pub const ALL: [Decision; 10] = [
+    pub const ALL: [Decision; 11] = [
         Decision::Allowed,
         Decision::MfaRequired,
         Decision::MissingToken,
@@ -41,6 +43,7 @@ impl Decision {
         Decision::Forbidden,
         Decision::KeysUnavailable,
         Decision::UpstreamError,
+        Decision::UpstreamBusy,
         Decision::BadRequest,
         Decision::ClientClosed,
         Decision::WouldRefuse,
@@ -55,6 +58,7 @@ impl Decision {
             Decision::Forbidden => "forbidden",
             Decision::KeysUnavailable => "keys_unavailable",
             Decision::UpstreamError => "upstream_error",
+            Decision::UpstreamBusy => "upstream_busy",
             Decision::BadRequest => "bad_request",
             Decision::ClientClosed => "client_closed",
             Decision::WouldRefuse => "would_refuse",

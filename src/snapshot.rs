@@ -13,7 +13,7 @@ use crate::audit::UserIds;
 use crate::auth::jwks::IssuerKeys;
 use crate::auth::metrics::AuthMetrics;
 use crate::auth::Authenticator;
-use crate::config::{Config, ServerConfig};
+use crate::config::{AdminConfig, Config, ServerConfig};
 use crate::headers::Screen;
 use crate::proxy::Proxy;
 use crate::refusal::RefusalStyle;
@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub user_ids: Arc<UserIds>,
     /// The HTTP/1.1 and HTTP/2 server settings new connections are served with.
     pub http: Arc<auto::Builder<TokioExecutor>>,
+    /// The same for the admin port, from `[admin]`.
+    pub admin_http: Arc<auto::Builder<TokioExecutor>>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -125,6 +127,7 @@ impl Snapshot {
             },
             user_ids,
             http: Arc::new(http_builder(&config.server)),
+            admin_http: Arc::new(admin_builder(&config.admin)),
             tls: config.server.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.built.clone())),
             config,
         };
@@ -147,5 +150,18 @@ fn http_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(cfg.http2.max_header_list_size)
         .max_concurrent_streams(cfg.http2.max_concurrent_streams)
         .max_pending_accept_reset_streams(cfg.http2.max_pending_reset_streams);
+    builder
+}
+
+/// Probes and scrapes: small requests, a few streams.
+fn admin_builder(cfg: &AdminConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(16 * 1024)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(16 * 1024).max_concurrent_streams(16);
     builder
 }

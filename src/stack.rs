@@ -21,7 +21,7 @@ use crate::auth::Verified;
 use crate::authz::Flaw;
 use crate::config::Config;
 use crate::headers::{is_grpc, RemovedCounters};
-use crate::proxy::{Origin, UpstreamMetrics};
+use crate::proxy::{Origin, UpstreamBody, UpstreamMetrics};
 use crate::refusal::{Body, Refusal};
 use crate::report::{Observation, RatioCounters, Report};
 use crate::request_end::{Asked, Decision, Derived, Mode, RequestEnd, RequestMetrics, Sinks};
@@ -226,6 +226,10 @@ impl Stack {
                 self.upstream.failed(e);
                 tracing::warn!(?request_id, route = %route.name, kind = e.kind(), error = ?e, "upstream failed");
             }
+            // Counted in requests_total; a line per request would flood the log under overload.
+            Refusal::UpstreamBusy => {
+                tracing::debug!(?request_id, route = %route.name, "upstream slots all taken; refused");
+            }
             _ => {}
         }
     }
@@ -237,7 +241,7 @@ impl Stack {
         route: &Route,
         origin: &Origin,
         end: &mut RequestEnd<'_>,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<Response<UpstreamBody>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
         crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
         let admitted = self.admit(snap, req.headers_mut(), route, end).await;
@@ -247,7 +251,10 @@ impl Stack {
         if !snap.config.auth.forward_authorization {
             req.headers_mut().remove(AUTHORIZATION);
         }
-        let resp = snap.proxy.forward(req, origin).await;
+        // A bounded number upstream at once, each until its response body ends: past it, 503 at
+        // once rather than a queue that holds clients' sockets and memory.
+        let slot = snap.proxy.slot(&self.upstream).ok_or(Refusal::UpstreamBusy)?;
+        let resp = snap.proxy.forward(req, origin, slot).await;
         let done = Instant::now();
         end.upstream_done = Some(done);
         let resp = resp.map_err(Refusal::Upstream)?;

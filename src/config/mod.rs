@@ -87,9 +87,14 @@ pub struct Http2Config {
     pub max_header_list_size: u32,
 }
 
+/// `[admin]`: the probes' and scrapers' port, with limits of its own so that nothing held open
+/// on it can take the descriptors the API port needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +112,8 @@ pub struct UpstreamConfig {
     pub tls: Option<rustls::ClientConfig>,
     /// The files `tls` was built from (`ca_file`, `client_cert`, `client_key`).
     pub tls_files: Vec<PathBuf>,
+    /// Requests upstream at once (tunnels included); past it, 503 at once.
+    pub max_in_flight: usize,
 }
 
 /// Equal when every setting is: `tls` is built from `tls_files`, which are compared instead.
@@ -114,8 +121,8 @@ impl PartialEq for UpstreamConfig {
     fn eq(&self, o: &Self) -> bool {
         (&self.scheme, &self.authority, self.connect_timeout, self.timeout, &self.host)
             == (&o.scheme, &o.authority, o.connect_timeout, o.timeout, &o.host)
-            && (self.pool_idle_timeout, self.pool_max_idle_per_host, &self.tls_files)
-                == (o.pool_idle_timeout, o.pool_max_idle_per_host, &o.tls_files)
+            && (self.pool_idle_timeout, self.pool_max_idle_per_host, &self.tls_files, self.max_in_flight)
+                == (o.pool_idle_timeout, o.pool_max_idle_per_host, &o.tls_files, o.max_in_flight)
     }
 }
 
@@ -321,11 +328,34 @@ fn default_shutdown_grace() -> String {
 struct RawAdmin {
     #[serde(default = "default_admin_listen")]
     listen: String,
+    // Probes and one or two scrapers need a handful; a scan or a stuck client gets no more.
+    #[serde(default = "default_admin_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_admin_header_read_timeout")]
+    header_read_timeout: String,
+    // Longer than a 30 s scrape interval, so a scraper's connection is kept between scrapes.
+    #[serde(default = "default_admin_idle_timeout")]
+    idle_timeout: String,
+}
+
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_header_read_timeout() -> String {
+    "5s".into()
+}
+fn default_admin_idle_timeout() -> String {
+    "60s".into()
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { listen: default_admin_listen() }
+        Self {
+            listen: default_admin_listen(),
+            max_connections: default_admin_max_connections(),
+            header_read_timeout: default_admin_header_read_timeout(),
+            idle_timeout: default_admin_idle_timeout(),
+        }
     }
 }
 
@@ -351,6 +381,7 @@ struct RawUpstream {
     upgrades: Option<Vec<String>>,
     #[serde(default)]
     strip_request_headers: Vec<String>,
+    max_in_flight: Option<usize>,
 }
 
 fn default_connect_timeout() -> String {
@@ -524,7 +555,15 @@ fn is_loopback_host(host: &str) -> bool {
 impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = self.server(raw.server)?;
-        let admin = AdminConfig { listen: self.addr("admin.listen", &raw.admin.listen)? };
+        if raw.admin.max_connections == 0 {
+            return Err(self.err("admin.max_connections", "must be at least 1"));
+        }
+        let admin = AdminConfig {
+            listen: self.addr("admin.listen", &raw.admin.listen)?,
+            max_connections: raw.admin.max_connections,
+            header_read_timeout: self.nonzero("admin.header_read_timeout", &raw.admin.header_read_timeout)?,
+            idle_timeout: self.nonzero("admin.idle_timeout", &raw.admin.idle_timeout)?,
+        };
         let Some(mut raw_upstream) = raw.upstream else {
             return Err(self.err("upstream", "missing table [upstream] (with url = \"http://...\")"));
         };
@@ -913,6 +952,11 @@ impl Validator<'_> {
             host,
             pool_idle_timeout: self.duration("upstream.pool_idle_timeout", &u.pool_idle_timeout)?,
             pool_max_idle_per_host: u.pool_max_idle_per_host.unwrap_or(max_connections),
+            max_in_flight: match u.max_in_flight {
+                Some(0) => return Err(self.err("upstream.max_in_flight", "must be at least 1")),
+                Some(n) => n,
+                None => max_connections,
+            },
             tls,
             tls_files: [&u.ca_file, &u.client_cert, &u.client_key]
                 .into_iter()

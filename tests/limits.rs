@@ -1,0 +1,207 @@
+//! Limits on what a client can hold: connections to the admin port (its own cap, header and
+//! idle timeouts, served by the API port's accept loop), and requests in flight upstream.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::channel::{Channel, Sender};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the peer closes the connection; how long that took, or `None` past `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(start.elapsed()), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_admin_connections_are_closed_after_its_timeouts() {
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
+    let gw =
+        start(&public_config(echo_upstream().await, "").replace("[admin]\nlisten = \"127.0.0.1:0\"\n", admin)).await;
+    let mut idle = TcpStream::connect(gw.admin_addr).await.unwrap();
+    let mut half = TcpStream::connect(gw.admin_addr).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let (idle, half) = tokio::join!(
+        closed_within(&mut idle, Duration::from_secs(6)),
+        closed_within(&mut half, Duration::from_secs(6))
+    );
+    assert!(idle.is_some(), "an idle admin connection stayed open");
+    assert!(half.is_some_and(|t| t < Duration::from_secs(3)), "a half-sent request stayed open: {half:?}");
+    // A scraper that asks in time is served, and its kept-alive connection too is closed once idle.
+    let mut scraper = TcpStream::connect(gw.admin_addr).await.unwrap();
+    scraper.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    scraper.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(closed_within(&mut scraper, Duration::from_secs(6)).await.is_some());
+    let timeouts = metric(&gw, r#"mfa_gateway_connection_errors_total{kind="header_timeout"}"#).await;
+    assert!(timeouts >= 1.0, "the half-sent request is counted: {timeouts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cap_holds_and_the_api_port_keeps_serving() {
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 4\nheader_read_timeout = \"30s\"\nidle_timeout = \"30s\"\n";
+    let gw =
+        start(&public_config(echo_upstream().await, "").replace("[admin]\nlisten = \"127.0.0.1:0\"\n", admin)).await;
+    // Four clients hold every admin slot with half-sent requests.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(gw.admin_addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    // A fifth waits in the backlog, unanswered, while the API port serves.
+    let mut fifth = TcpStream::connect(gw.admin_addr).await.unwrap();
+    fifth.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let waited = tokio::time::timeout(Duration::from_secs(1), fifth.read_to_end(&mut answer)).await;
+    assert!(waited.is_err(), "the fifth admin connection was served past the cap: {answer:?}");
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr, "/anything", None).await.0, StatusCode::OK);
+    }
+    // One slot back: the fifth is served.
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(5), fifth.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    drop(held);
+    for _ in 0..100 {
+        if metric(&gw, "mfa_gateway_admin_connections_open").await <= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&gw, "mfa_gateway_admin_connections_open").await, 1.0, "the scrape's own");
+    assert_eq!(metric(&gw, "mfa_gateway_connections_open").await, 0.0, "admin connections are counted apart");
+}
+
+/// An upstream that answers at once and holds each body open until the test ends it.
+async fn held_upstream() -> (SocketAddr, Arc<Mutex<Vec<Sender<Bytes>>>>) {
+    let senders: Arc<Mutex<Vec<Sender<Bytes>>>> = Arc::default();
+    let held = senders.clone();
+    let addr = upstream(move |_req: Request<Incoming>| {
+        let held = held.clone();
+        async move {
+            let (mut tx, body) = Channel::<Bytes>::new(4);
+            tx.send(Frame::data(Bytes::from_static(b"first part;"))).await.unwrap();
+            held.lock().unwrap().push(tx);
+            Response::new(body.map_err(|e| match e {}).boxed())
+        }
+    })
+    .await;
+    (addr, senders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_in_flight_503_at_once_and_slots_come_back_when_bodies_end() {
+    let (up, bodies) = held_upstream().await;
+    let gw = start(&public_config(up, "").replace("[upstream]\n", "[upstream]\nmax_in_flight = 2\n")).await;
+    let c = client();
+    let ask = || Request::get(format!("http://{}/stream", gw.addr)).body(full("")).unwrap();
+    // Two responses whose bodies are still streaming hold both slots.
+    let first = c.request(ask()).await.unwrap();
+    let second = c.request(ask()).await.unwrap();
+    assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(metric(&gw, "mfa_gateway_upstream_in_flight").await, 2.0);
+    let started = Instant::now();
+    let (status, headers, body) = send(&c, ask()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not queued");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(body.contains("in flight"), "{body}");
+    let busy =
+        r#"mfa_gateway_requests_total{decision="upstream_busy",mode="proxy",route="unmatched",token_kind="none"}"#;
+    assert_eq!(metric(&gw, busy).await, 1.0);
+    assert_eq!(bodies.lock().unwrap().len(), 2, "the refused request never reached the upstream");
+
+    // The bodies end: the slots come back.
+    bodies.lock().unwrap().clear();
+    for resp in [first, second] {
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"first part;");
+    }
+    for _ in 0..100 {
+        if metric(&gw, "mfa_gateway_upstream_in_flight").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&gw, "mfa_gateway_upstream_in_flight").await, 0.0);
+    // A client that leaves mid-body gives its slot back too.
+    let third = c.request(ask()).await.unwrap();
+    assert_eq!(metric(&gw, "mfa_gateway_upstream_in_flight").await, 1.0);
+    drop(third);
+    for _ in 0..100 {
+        if metric(&gw, "mfa_gateway_upstream_in_flight").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&gw, "mfa_gateway_upstream_in_flight").await, 0.0, "a dropped body kept its slot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_holds_an_upstream_slot() {
+    let up = upstream(|mut req: Request<Incoming>| async move {
+        if !req.headers().contains_key("upgrade") {
+            return Response::new(full("plain"));
+        }
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 4];
+            io.read_exact(&mut buf).await.unwrap();
+            io.write_all(&buf).await.unwrap();
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let gw = start(&public_config(up, "").replace("[upstream]\n", "[upstream]\nmax_in_flight = 1\n")).await;
+    let mut tunnel = TcpStream::connect(gw.addr).await.unwrap();
+    tunnel
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tunnel.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert_eq!(get(gw.addr, "/plain", None).await.0, StatusCode::SERVICE_UNAVAILABLE, "the tunnel holds the slot");
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tunnel.read_exact(&mut back).await.unwrap();
+    drop(tunnel);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = get(gw.addr, "/plain", None).await.0;
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "the slot came back when the tunnel closed");
+}

@@ -17,7 +17,7 @@ use crate::metrics::KindCounters;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and RFC 9113 §3.2.1's `HTTP2-Settings`), besides
 /// `Proxy-*` and whatever `Connection` names.
-pub const HOP_BY_HOP: [HeaderName; 7] = [
+pub static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -122,16 +122,20 @@ pub struct Screen {
     drop_underscore: bool,
     /// Folded: `REWRITING` and the operator's own.
     rewriting: Vec<String>,
+    /// Bit `n` set when a name in `rewriting` is `n` long (63: that long or longer), so most
+    /// names are passed without a comparison.
+    rewriting_lengths: u64,
     upgrades: Vec<String>,
 }
 
 impl Screen {
     pub fn new(identity_prefix: &str, drop_underscore: bool, forwarding: &Forwarding) -> Self {
-        let rewriting =
+        let rewriting: Vec<String> =
             REWRITING.iter().map(|n| n.to_string()).chain(forwarding.strip.iter().map(|n| fold(n))).collect();
         Self {
             identity_prefix: fold(identity_prefix),
             drop_underscore,
+            rewriting_lengths: rewriting.iter().fold(0, |m, n| m | length_bit(n)),
             rewriting,
             upgrades: forwarding.upgrades.clone(),
         }
@@ -148,13 +152,14 @@ impl Screen {
         mut removed: impl FnMut(&HeaderName, Removed),
     ) -> Received {
         let mut got = Received::default();
-        if headers.contains_key(header::UPGRADE) {
-            (got.upgrade, got.refused_upgrade) = self.upgrade(version, headers);
-            if got.refused_upgrade {
-                removed(&header::UPGRADE, Removed::Upgrade);
+        // Most requests carry no hop-by-hop header at all: one pass over the names tells.
+        if has_hop_by_hop(headers) {
+            if headers.contains_key(header::UPGRADE) {
+                (got.upgrade, got.refused_upgrade) = self.upgrade(version, headers);
+                if got.refused_upgrade {
+                    removed(&header::UPGRADE, Removed::Upgrade);
+                }
             }
-        }
-        if headers.contains_key(header::CONNECTION) {
             for t in connection_tokens(headers) {
                 if self.sets(&fold(t)) {
                     if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
@@ -162,8 +167,8 @@ impl Screen {
                     }
                 }
             }
+            strip_hop_by_hop(headers);
         }
-        strip_hop_by_hop(headers);
         self.apply(headers, |name, why| {
             got.rewriting |= why == Removed::Rewriting;
             removed(name, why);
@@ -217,7 +222,7 @@ impl Screen {
         if !underscore {
             return if name.starts_with(&self.identity_prefix) {
                 Some(Removed::Identity)
-            } else if self.rewriting.iter().any(|r| r == name) {
+            } else if self.rewrites(name) {
                 Some(Removed::Rewriting)
             } else {
                 None
@@ -226,7 +231,7 @@ impl Screen {
         let folded = fold(name);
         if folded.starts_with(&self.identity_prefix) {
             Some(Removed::Identity)
-        } else if self.rewriting.contains(&folded) {
+        } else if self.rewrites(&folded) {
             Some(Removed::Rewriting)
         } else if self.drop_underscore {
             Some(Removed::Underscore)
@@ -237,12 +242,21 @@ impl Screen {
         }
     }
 
+    /// `folded` is a header that rewrites the method or URL.
+    fn rewrites(&self, folded: &str) -> bool {
+        self.rewriting_lengths & length_bit(folded) != 0 && self.rewriting.iter().any(|r| r == folded)
+    }
+
     /// A name the gateway sets on the way upstream.
     fn sets(&self, folded: &str) -> bool {
         folded.starts_with(&self.identity_prefix)
             || SET_PREFIXES.iter().any(|p| folded.starts_with(p))
             || SET_NAMES.contains(&folded)
     }
+}
+
+fn length_bit(name: &str) -> u64 {
+    1 << name.len().min(63)
 }
 
 fn fold(name: &str) -> String {
@@ -277,10 +291,20 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether any name is hop-by-hop: in the fixed list (`Connection` among them) or `Proxy-*`.
+/// A pass over the names, hashing none.
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-"))
+}
+
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and whatever
 /// `Connection` names. `TE: trailers` stays (as that one value): HTTP/2 allows it, and gRPC
 /// servers require it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Whatever `Connection` names is only removed when `Connection` is there.
+    if !has_hop_by_hop(headers) {
+        return;
+    }
     let trailers = headers
         .get_all(header::TE)
         .iter()

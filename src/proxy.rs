@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,7 +16,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::{Histogram, IntGauge, Registry};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamConfig;
 use crate::error_chain;
@@ -102,12 +102,13 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// One of `[upstream] max_in_flight` slots, held from the upstream request until its response
 /// body ends or is dropped, or for as long as its tunnel is open.
 pub struct InFlight {
-    _permit: OwnedSemaphorePermit,
+    taken: Arc<AtomicUsize>,
     gauge: IntGauge,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.taken.fetch_sub(1, Ordering::Release);
         self.gauge.dec();
     }
 }
@@ -144,7 +145,9 @@ pub struct Proxy {
     /// HTTP/2 only, for gRPC: prior knowledge to an `http://` upstream, ALPN `h2` over TLS.
     grpc: Client<Connector, Incoming>,
     upstream: UpstreamConfig,
-    slots: Arc<Semaphore>,
+    /// Slots taken, of `upstream.max_in_flight`. A counter, not a semaphore: nothing ever
+    /// waits for a slot, so there is no queue to keep.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -174,15 +177,19 @@ impl Proxy {
             client: builder(false).build(connector(true)),
             grpc: builder(true).build(connector(true)),
             upstream: upstream.clone(),
-            slots: Arc::new(Semaphore::new(upstream.max_in_flight)),
+            in_flight: Arc::default(),
         }
     }
 
     /// A slot for one more request upstream, or `None` when all `max_in_flight` are taken.
     pub fn slot(&self, metrics: &UpstreamMetrics) -> Option<InFlight> {
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let taken = self.in_flight.fetch_add(1, Ordering::Acquire);
+        if taken >= self.upstream.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Release);
+            return None;
+        }
         metrics.in_flight.inc();
-        Some(InFlight { _permit: permit, gauge: metrics.in_flight.clone() })
+        Some(InFlight { taken: self.in_flight.clone(), gauge: metrics.in_flight.clone() })
     }
 
     /// Sends the request upstream and returns its response headers (the body still streaming,

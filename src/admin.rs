@@ -41,7 +41,7 @@ pub fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
             // Ages are computed at scrape time, so a stuck refresher still shows as stale.
             let auth = &stack.snapshot().auth;
             for i in &auth.issuers {
-                stack.auth_metrics.key_set_age(&i.name, i.age_secs());
+                stack.auth_metrics.key_set_age(&i.spec.name, i.age_secs());
             }
             stack.auth_metrics.cache_bytes.set(auth.cache_bytes() as i64);
             reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render(&stack.registry).into())

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::config::{Config, FileStamp};
+use crate::snapshot::Snapshot;
 use crate::stack::Stack;
 
 const POLL: Duration = Duration::from_secs(1);
@@ -73,10 +74,19 @@ pub async fn watch(stack: Arc<Stack>, reloads: Reloads) {
     };
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a reload refused because a key set did not load: when to try again, and the wait
+    // after that.
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         let hup_fired = async {
             match hup.as_mut() {
                 Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let retry_due = async {
+            match retry {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -86,9 +96,30 @@ pub async fn watch(stack: Arc<Stack>, reloads: Reloads) {
                 None => continue,
             },
             _ = hup_fired => "SIGHUP".to_string(),
+            _ = retry_due => "retrying a reload refused for keys that did not load".to_string(),
         };
-        watched = reload(&stack, &reloads, &source, &why);
+        let outcome;
+        (watched, outcome) = reload(&stack, &reloads, &source, &why).await;
+        retry = match outcome {
+            Outcome::KeysNotLoaded => {
+                let wait = retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_CAP));
+                Some((tokio::time::Instant::now() + wait, wait))
+            }
+            Outcome::Done => None,
+        };
     }
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// How a reload ended, for the retry.
+enum Outcome {
+    /// In service, or refused for a reason only a new edit can fix.
+    Done,
+    /// Refused because a new key set did not load: tried again with backoff, since a key server
+    /// that comes back fixes it.
+    KeysNotLoaded,
 }
 
 /// The first watched file whose stamp differs from the one it had when it was read.
@@ -96,8 +127,10 @@ fn changed(watched: &[(PathBuf, Option<FileStamp>)]) -> Option<&Path> {
     watched.iter().find(|(p, s)| FileStamp::of(p) != *s).map(|(p, _)| p.as_path())
 }
 
+type Watched = Vec<(PathBuf, Option<FileStamp>)>;
+
 /// One reload; returns the files to watch from now on, stamped as they were read.
-fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(PathBuf, Option<FileStamp>)> {
+async fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> (Watched, Outcome) {
     let old = stack.snapshot();
     let restamped = || old.config.files.iter().map(|(p, _)| (p.clone(), FileStamp::of(p))).collect();
     let mut new = match Config::load(source) {
@@ -107,13 +140,28 @@ fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(Pa
                 "config reload failed; the previous config keeps serving");
             reloads.error.inc();
             // Not retried until a file changes again (or SIGHUP): one error line per bad edit.
-            return restamped();
+            return (restamped(), Outcome::Done);
         }
     };
     for key in keep_fixed(&old.config, &mut new) {
         tracing::warn!(key, "this setting cannot change without a restart; the running value is kept");
     }
-    match stack.build(new, &old) {
+    let built = stack.build(new, &old);
+    // Never put a key set in service that has not loaded: a new issuer, a changed key source or
+    // an edited key file is fetched (read) first, within its fetch timeout.
+    let built = match built {
+        Ok((next, carried)) => match warm(&next, &old).await {
+            Ok(()) => Ok((next, carried)),
+            Err(e) => {
+                tracing::error!(reason = why, error = %e,
+                    "config reload refused: a key set did not load; the previous config keeps serving, and the reload is retried");
+                reloads.error.inc();
+                return (restamped(), Outcome::KeysNotLoaded);
+            }
+        },
+        Err(e) => Err(e),
+    };
+    match built {
         Ok((next, carried)) => {
             let files = next.config.files.clone();
             let routes = next.config.routes.len();
@@ -131,14 +179,32 @@ fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> Vec<(Pa
             reloads.ok.inc();
             reloads.succeeded();
             stack.swap(next);
-            files
+            (files, Outcome::Done)
         }
         Err(e) => {
             tracing::error!(reason = why, error = %e, "config reload failed; the previous config keeps serving");
             reloads.error.inc();
-            restamped()
+            (restamped(), Outcome::Done)
         }
     }
+}
+
+/// Waits for each key set of `next` that `old` does not have to load; the first that does not
+/// (within twice its fetch timeout: a discovery document, then the keys) is the error.
+async fn warm(next: &Snapshot, old: &Snapshot) -> Result<(), String> {
+    let fresh = next.auth.issuers.iter().filter(|k| !old.auth.issuers.iter().any(|o| Arc::ptr_eq(o, k)));
+    for keys in fresh {
+        let limit = keys.timing().fetch_timeout * 2;
+        match tokio::time::timeout(limit, keys.load_now()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let why = keys.last_error().unwrap_or_else(|| "the fetch failed".into());
+                return Err(format!("issuer {}: {why}", keys.spec.name));
+            }
+            Err(_) => return Err(format!("issuer {}: no keys within {limit:?}", keys.spec.name)),
+        }
+    }
+    Ok(())
 }
 
 /// Puts the running values back into `new` for what cannot change live, and names each one that

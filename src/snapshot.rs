@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use crate::audit::UserIds;
-use crate::auth::jwks::IssuerKeys;
+use crate::auth::jwks::{IssuerKeys, KeySpec};
 use crate::auth::metrics::AuthMetrics;
 use crate::auth::Authenticator;
 use crate::config::{AdminConfig, Config, ServerConfig};
@@ -70,7 +70,9 @@ impl Snapshot {
         let untouched = |path: Option<&Path>| path.is_none_or(|p| !changed.contains(&p));
         let mut carried = Carried::default();
 
-        let issuers_untouched = config.auth.issuers.iter().all(|i| untouched(i.ca_file.as_deref()));
+        // A key set whose key file or CA file changed is read again, as a new set.
+        let spec_untouched = |s: &KeySpec| s.files().all(|f| untouched(Some(f)));
+        let issuers_untouched = config.auth.issuers.iter().all(|i| spec_untouched(&i.keys));
         // The cache holds verdicts and the ids derived from tokens (redacted per `[audit]`).
         let auth = match previous {
             Some(p) if p.config.auth == config.auth && p.config.audit == config.audit && issuers_untouched => {
@@ -80,7 +82,7 @@ impl Snapshot {
             }
             _ => {
                 let keep: Vec<Arc<IssuerKeys>> = previous
-                    .map(|p| p.auth.issuers.iter().filter(|k| untouched(k.ca_file())).cloned().collect())
+                    .map(|p| p.auth.issuers.iter().filter(|k| spec_untouched(&k.spec)).cloned().collect())
                     .unwrap_or_default();
                 let auth = Authenticator::new(&config.auth, metrics.clone(), &keep);
                 for k in &auth.issuers {
@@ -89,11 +91,6 @@ impl Snapshot {
                     } else {
                         carried.key_sets_new += 1;
                         tokio::spawn(IssuerKeys::maintain(Arc::downgrade(k)));
-                    }
-                }
-                for gone in previous.iter().flat_map(|p| p.auth.issuers.iter()) {
-                    if !auth.issuers.iter().any(|k| k.name == gone.name) {
-                        metrics.issuer_removed(&gone.name);
                     }
                 }
                 Arc::new(auth)

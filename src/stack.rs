@@ -84,9 +84,17 @@ impl Stack {
     }
 
     /// Puts `next` in place for every request that starts from now on; requests in flight keep
-    /// the one they started with until they end.
+    /// the one they started with until they end. Key sets kept from the previous snapshot take
+    /// `next`'s timings from now on, and issuers it no longer has leave the metrics.
     pub fn swap(&self, next: Snapshot) {
-        self.current.store(Arc::new(next));
+        let next = Arc::new(next);
+        let previous = self.current.swap(next.clone());
+        next.auth.retime(&next.config.auth);
+        for gone in &previous.auth.issuers {
+            if !next.auth.issuers.iter().any(|k| k.spec.name == gone.spec.name) {
+                self.auth_metrics.issuer_removed(&gone.spec.name);
+            }
+        }
     }
 
     /// Lame duck: `/readyz` says so from now on; serving goes on.

@@ -26,6 +26,29 @@ pub enum KeySource {
     File(PathBuf),
 }
 
+/// What a key set is: its issuer, where its keys come from, and the CA its fetches trust. A
+/// reload keeps a set, keys and all, when its spec is unchanged (and none of its files changed);
+/// the timings are not part of it and apply to a kept set as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    /// The configured issuer string: a bounded label, and the name in logs.
+    pub name: String,
+    pub source: KeySource,
+    /// The CA file the fetch client trusts, besides the platform roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl KeySpec {
+    /// The files the set is read or fetched with: the CA file, and the key file itself.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        let key_file = match &self.source {
+            KeySource::File(p) => Some(p.as_path()),
+            _ => None,
+        };
+        self.ca_file.as_deref().into_iter().chain(key_file)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTiming {
     pub refresh_interval: Duration,
@@ -49,12 +72,9 @@ struct Health {
 }
 
 pub struct IssuerKeys {
-    /// The configured issuer string: a bounded label, and the name in logs.
-    pub name: String,
-    source: KeySource,
-    timing: KeyTiming,
-    /// The CA file the fetch client trusts, besides the platform roots.
-    ca_file: Option<PathBuf>,
+    pub spec: KeySpec,
+    /// Swapped in by a reload that keeps the set; read at each fetch and each refresh.
+    timing: ArcSwap<KeyTiming>,
     keys: ArcSwap<Vec<Arc<Key>>>,
     /// Bumped whenever a key leaves the set; cached verifications from an older epoch are void.
     epoch: AtomicU64,
@@ -67,20 +87,11 @@ pub struct IssuerKeys {
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
 impl IssuerKeys {
-    pub fn new(
-        name: String,
-        source: KeySource,
-        timing: KeyTiming,
-        ca_file: Option<PathBuf>,
-        client: fetch::Client,
-        metrics: Arc<AuthMetrics>,
-    ) -> Self {
-        metrics.issuer_added(&name);
+    pub fn new(spec: KeySpec, timing: KeyTiming, client: fetch::Client, metrics: Arc<AuthMetrics>) -> Self {
+        metrics.issuer_added(&spec.name);
         Self {
-            name,
-            source,
-            timing,
-            ca_file,
+            spec,
+            timing: ArcSwap::from_pointee(timing),
             keys: ArcSwap::from_pointee(Vec::new()),
             epoch: AtomicU64::new(0),
             gate: Mutex::new(Gate { last_unknown_kid: None, inflight: None }),
@@ -90,14 +101,26 @@ impl IssuerKeys {
         }
     }
 
-    /// Whether this key set is fetched exactly as `name`, `source`, `timing` and `ca_file` say,
-    /// so a reload may keep it (and its keys) instead of fetching again.
-    pub fn fetched_as(&self, name: &str, source: &KeySource, timing: &KeyTiming, ca_file: Option<&Path>) -> bool {
-        self.name == name && &self.source == source && &self.timing == timing && self.ca_file.as_deref() == ca_file
+    /// The timings a reload that keeps this set gives it, from its next fetch on.
+    pub fn retime(&self, timing: &KeyTiming) {
+        if **self.timing.load() != *timing {
+            self.timing.store(Arc::new(timing.clone()));
+        }
     }
 
-    pub fn ca_file(&self) -> Option<&Path> {
-        self.ca_file.as_deref()
+    pub fn timing(&self) -> Arc<KeyTiming> {
+        self.timing.load_full()
+    }
+
+    /// Fetches now (or joins the fetch under way); whether it loaded a set. A reload waits on
+    /// this, within `fetch_timeout`, before it puts a new set in service.
+    pub async fn load_now(self: &Arc<Self>) -> bool {
+        wait_done(self.refresh()).await
+    }
+
+    /// Why the last fetch failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.health.lock().unwrap().last_error.clone()
     }
 
     pub fn epoch(&self) -> u64 {
@@ -120,8 +143,8 @@ impl IssuerKeys {
         }
         let h = self.health.lock().unwrap();
         Some(match &h.last_error {
-            Some(e) => format!("issuer {}: no keys: {e}", self.name),
-            None => format!("issuer {}: no keys yet: first fetch in progress", self.name),
+            Some(e) => format!("issuer {}: no keys: {e}", self.spec.name),
+            None => format!("issuer {}: no keys yet: first fetch in progress", self.spec.name),
         })
     }
 
@@ -139,10 +162,10 @@ impl IssuerKeys {
             let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
             match &gate.inflight {
                 Some(rx) => rx.clone(),
-                None if gate.last_unknown_kid.is_some_and(|t| t.elapsed() < self.timing.refetch_min_interval) => {
+                None if gate.last_unknown_kid.is_some_and(|t| t.elapsed() < self.timing().refetch_min_interval) => {
                     drop(gate);
-                    tracing::debug!(issuer = %self.name, interval = ?self.timing.refetch_min_interval, "unknown kid: refetch held back by refetch_min_interval");
-                    self.metrics.key_refetch(&self.name, "limited");
+                    tracing::debug!(issuer = %self.spec.name, interval = ?self.timing().refetch_min_interval, "unknown kid: refetch held back by refetch_min_interval");
+                    self.metrics.key_refetch(&self.spec.name, "limited");
                     return false;
                 }
                 None => {
@@ -171,7 +194,7 @@ impl IssuerKeys {
             let mut open = OpenGate { keys: &this, tx, ok: false };
             open.ok = open.keys.fetch_and_store().await;
             if refetch {
-                open.keys.metrics.key_refetch(&open.keys.name, if open.ok { "ok" } else { "error" });
+                open.keys.metrics.key_refetch(&open.keys.spec.name, if open.ok { "ok" } else { "error" });
             }
         });
         rx
@@ -187,7 +210,7 @@ impl IssuerKeys {
     }
 
     async fn fetch_and_store(&self) -> bool {
-        let result = tokio::time::timeout(self.timing.fetch_timeout * 2, self.fetch()).await;
+        let result = tokio::time::timeout(self.timing().fetch_timeout * 2, self.fetch()).await;
         let result = result.unwrap_or_else(|_| Err("timed out".into()));
         match result {
             Ok(new_keys) => {
@@ -195,21 +218,21 @@ impl IssuerKeys {
                 let mut h = self.health.lock().unwrap();
                 h.last_success = Some(Instant::now());
                 h.last_error = None;
-                self.metrics.key_fetch(&self.name, true);
+                self.metrics.key_fetch(&self.spec.name, true);
                 true
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.name, error = %e, "key set fetch failed");
-                self.metrics.key_fetch(&self.name, false);
+                tracing::warn!(issuer = %self.spec.name, error = %e, "key set fetch failed");
+                self.metrics.key_fetch(&self.spec.name, false);
                 let mut h = self.health.lock().unwrap();
                 h.last_error = Some(e);
-                let stale = h.last_success.is_some_and(|t| t.elapsed() > self.timing.max_stale);
+                let stale = h.last_success.is_some_and(|t| t.elapsed() > self.timing().max_stale);
                 drop(h);
                 if stale && self.has_keys() {
-                    tracing::error!(issuer = %self.name, max_stale = ?self.timing.max_stale, "key set is stale past max_stale; dropping it, tokens of this issuer get 503 until a fetch succeeds");
+                    tracing::error!(issuer = %self.spec.name, max_stale = ?self.timing().max_stale, "key set is stale past max_stale; dropping it, tokens of this issuer get 503 until a fetch succeeds");
                     self.keys.store(Arc::new(Vec::new()));
                     self.epoch.fetch_add(1, Ordering::AcqRel);
-                    self.metrics.keys_held(&self.name, 0);
+                    self.metrics.keys_held(&self.spec.name, 0);
                 }
                 false
             }
@@ -231,12 +254,12 @@ impl IssuerKeys {
         if removed {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
-        self.metrics.keys_held(&self.name, count);
-        tracing::info!(issuer = %self.name, keys = count, removed, "key set loaded");
+        self.metrics.keys_held(&self.spec.name, count);
+        tracing::info!(issuer = %self.spec.name, keys = count, removed, "key set loaded");
     }
 
     async fn fetch(&self) -> Result<Vec<Key>, String> {
-        let body = match &self.source {
+        let body = match &self.spec.source {
             KeySource::File(path) => {
                 tokio::fs::read(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?.into()
             }
@@ -266,13 +289,13 @@ impl IssuerKeys {
         };
         let parsed = parse_jwks(&body)?;
         for s in &parsed.skipped {
-            tracing::warn!(issuer = %self.name, skipped = %s, "key skipped");
+            tracing::warn!(issuer = %self.spec.name, skipped = %s, "key skipped");
         }
         Ok(parsed.keys)
     }
 
     async fn get(&self, uri: http::Uri) -> Result<Bytes, String> {
-        let (status, body) = fetch::get(&self.client, &uri, MAX_DOCUMENT_BYTES, self.timing.fetch_timeout).await?;
+        let (status, body) = fetch::get(&self.client, &uri, MAX_DOCUMENT_BYTES, self.timing().fetch_timeout).await?;
         if status != http::StatusCode::OK {
             return Err(format!("GET {uri}: HTTP {status}"));
         }
@@ -283,21 +306,23 @@ impl IssuerKeys {
     /// `refresh_interval`; failures retry with backoff while the old set keeps serving. Holds the
     /// set only while it works on it, and ends once no config uses the set any more.
     pub async fn maintain(this: Weak<Self>) {
-        let Some(timing) = this.upgrade().map(|s| s.timing.clone()) else { return };
-        // Retries never wait longer than a normal refresh would.
-        let first = Duration::from_millis(250).min(timing.refresh_interval);
-        let cap = Duration::from_secs(30).min(timing.refresh_interval);
-        let mut backoff = first;
+        let mut backoff = None;
         loop {
             let Some(me) = this.upgrade() else { return };
             let done = me.refresh();
+            // Read each round: a reload that keeps the set may have changed them.
+            let timing = me.timing();
             drop(me);
+            // Retries never wait longer than a normal refresh would.
+            let first = Duration::from_millis(250).min(timing.refresh_interval);
+            let cap = Duration::from_secs(30).min(timing.refresh_interval);
             if wait_done(done).await {
-                backoff = first;
+                backoff = None;
                 tokio::time::sleep(timing.refresh_interval).await;
             } else {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(cap);
+                let wait = backoff.map_or(first, |b: Duration| (b * 2).min(cap));
+                backoff = Some(wait);
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -341,7 +366,8 @@ mod tests {
             fetch_timeout: Duration::from_secs(5),
         };
         let tls = crate::tls::client_config(None, None).unwrap();
-        IssuerKeys::new("i".into(), KeySource::File("unused".into()), timing, None, fetch::client(tls, None), metrics)
+        let spec = KeySpec { name: "i".into(), source: KeySource::File("unused".into()), ca_file: None };
+        IssuerKeys::new(spec, timing, fetch::client(tls, None), metrics)
     }
 
     #[test]

@@ -11,7 +11,6 @@ pub mod policy;
 pub mod profile;
 pub mod token;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::routes::{Route, StepUp};
 use challenge::{AuthRefusal, ChallengeSettings, StepUpNeeded};
-use jwks::{IssuerKeys, KeySource, KeyTiming};
+use jwks::{IssuerKeys, KeySpec, KeyTiming};
 use keys::Lookup;
 use metrics::AuthMetrics;
 use policy::{Caller, Deny, TokenKind};
@@ -33,19 +32,17 @@ use token::{Invalid, IssuerRules};
 pub struct IssuerConfig {
     pub rules: IssuerRules,
     pub profile: Profile,
-    pub source: KeySource,
+    /// The issuer's name, key source and CA file: what its key set is.
+    pub keys: KeySpec,
     pub timing: KeyTiming,
-    pub name: String,
     /// For https key servers: platform roots plus the issuer's `ca_file`.
     pub tls: rustls::ClientConfig,
-    pub ca_file: Option<PathBuf>,
 }
 
-/// Equal when every setting is: `tls` is built from `ca_file`, which is compared instead.
+/// Equal when every setting is: `tls` is built from `keys.ca_file`, which is compared instead.
 impl PartialEq for IssuerConfig {
     fn eq(&self, o: &Self) -> bool {
-        (&self.rules, &self.profile, &self.source, &self.timing, &self.name, &self.ca_file)
-            == (&o.rules, &o.profile, &o.source, &o.timing, &o.name, &o.ca_file)
+        (&self.rules, &self.profile, &self.keys, &self.timing) == (&o.rules, &o.profile, &o.keys, &o.timing)
     }
 }
 
@@ -200,21 +197,19 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// A new authenticator with an empty token cache. Key sets in `keep` that are fetched as an
-    /// issuer of `cfg` says are taken over, keys and all; the others are new and empty (their
-    /// `IssuerKeys::maintain` task is the caller's to start).
+    /// A new authenticator with an empty token cache. Key sets in `keep` with an issuer's
+    /// `KeySpec` are taken over, keys and all (their timings change when the new config is put
+    /// in service: `retime`); the others are new and empty (their `IssuerKeys::maintain` task is
+    /// the caller's to start).
     pub fn new(cfg: &AuthConfig, metrics: Arc<AuthMetrics>, keep: &[Arc<IssuerKeys>]) -> Self {
         let issuers = cfg
             .issuers
             .iter()
             .map(|i| {
-                let same = |k: &&Arc<IssuerKeys>| k.fetched_as(&i.name, &i.source, &i.timing, i.ca_file.as_deref());
-                keep.iter().find(same).cloned().unwrap_or_else(|| {
+                keep.iter().find(|k| k.spec == i.keys).cloned().unwrap_or_else(|| {
                     Arc::new(IssuerKeys::new(
-                        i.name.clone(),
-                        i.source.clone(),
+                        i.keys.clone(),
                         i.timing.clone(),
-                        i.ca_file.clone(),
                         crate::fetch::client(i.tls.clone(), None),
                         metrics.clone(),
                     ))
@@ -246,6 +241,13 @@ impl Authenticator {
             token_hash: foldhash::fast::RandomState::default(),
             doorkeeper: (cfg.cache_max_entries > 0).then(|| admission::Doorkeeper::new(cfg.cache_max_entries)),
             metrics,
+        }
+    }
+
+    /// Gives each key set the timings of `cfg`, once `cfg` is in service.
+    pub fn retime(&self, cfg: &AuthConfig) {
+        for (keys, issuer) in self.issuers.iter().zip(&cfg.issuers) {
+            keys.retime(&issuer.timing);
         }
     }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::validator::{ConfigError, Validator};
 use crate::auth::challenge::{ChallengeSettings, DEFAULT_AUTHORIZATION_URI};
-use crate::auth::jwks::{KeySource, KeyTiming};
+use crate::auth::jwks::{KeySource, KeySpec, KeyTiming};
 use crate::auth::profile::{Base, Condition, MfaRules, Profile, Test};
 use crate::auth::token::{self, IssuerPattern, IssuerRules};
 use crate::auth::{AuthConfig, IssuerConfig};
@@ -134,7 +134,7 @@ pub(super) fn validate(
         if r.issuer.matches("{tenantid}").count() > 1 {
             return Err(v.err(key("issuer"), "may hold {tenantid} at most once"));
         }
-        if issuers.iter().any(|x: &IssuerConfig| x.name == r.issuer) {
+        if issuers.iter().any(|x: &IssuerConfig| x.keys.name == r.issuer) {
             return Err(v.err(key("issuer"), format!("duplicate issuer {:?}", r.issuer)));
         }
         let source = match (&r.discovery, &r.jwks_uri, &r.jwks_file) {
@@ -207,11 +207,9 @@ pub(super) fn validate(
                 typ,
             },
             profile,
-            source,
-            timing,
-            name: r.issuer,
             tls: v.client_tls(&key("ca_file"), r.ca_file.as_deref(), None, None)?,
-            ca_file: r.ca_file.as_deref().map(|p| v.path(p)),
+            keys: KeySpec { name: r.issuer, source, ca_file: r.ca_file.as_deref().map(|p| v.path(p)) },
+            timing,
         });
     }
     let header_prefix = identity.header_prefix.unwrap_or_else(|| "x-mfa-gateway-".into()).to_ascii_lowercase();

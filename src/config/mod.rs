@@ -511,14 +511,14 @@ impl Config {
             w.push("[defaults].enforce = false: requests that match no route are report-only".to_string());
         }
         for i in &self.auth.issuers {
-            if i.name.contains("{tenantid}") && i.rules.tenants.is_empty() {
+            if i.keys.name.contains("{tenantid}") && i.rules.tenants.is_empty() {
                 w.push(format!(
                     "issuer {:?} takes tokens from any tenant and has no tenants list: an app-only token from \
                      any organisation passes every route that allows app-only tokens; list your tenants in tenants = [...]",
-                    i.name
+                    i.keys.name
                 ));
             }
-            let url = match &i.source {
+            let url = match &i.keys.source {
                 crate::auth::jwks::KeySource::Discovery(u) | crate::auth::jwks::KeySource::Jwks(u) => u,
                 crate::auth::jwks::KeySource::File(_) => continue,
             };
@@ -526,7 +526,7 @@ impl Config {
                 w.push(format!(
                     "issuer {:?} fetches its keys over plain http from {url}: anyone on the path can hand the \
                      gateway keys of their own; use https",
-                    i.name
+                    i.keys.name
                 ));
             }
         }

@@ -8,6 +8,8 @@ use mfa_gateway::config::{Config, LogConfig, LogFormat};
 
 /// Exit status for a configuration error (sysexits EX_USAGE / EX_CONFIG family).
 const EXIT_CONFIG: u8 = 64;
+/// `check --fetch`: an issuer's keys could not be had (sysexits EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +35,10 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also fetch every issuer's discovery document and keys (or read its key file), and say
+        /// per issuer what was found; exit 69 if any issuer's keys cannot be had.
+        #[arg(long)]
+        fetch: bool,
     },
     /// The MFA status report across every replica, from the counters in Prometheus.
     Report {
@@ -79,7 +85,7 @@ enum ReportFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config, fetch } => match Config::load(&config) {
             Ok(c) => {
                 for w in c.warnings() {
                     println!("warning: {w}");
@@ -92,6 +98,9 @@ fn main() -> ExitCode {
                     c.upstream.scheme,
                     c.upstream.authority
                 );
+                if fetch {
+                    return fetch_keys(&c);
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(e),
@@ -120,6 +129,27 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `check --fetch`: each issuer's keys, fetched once; exit 69 when any cannot be had.
+fn fetch_keys(c: &Config) -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut failed = 0;
+    for issuer in &c.auth.issuers {
+        match rt.block_on(mfa_gateway::auth::fetch_keys(issuer)) {
+            Ok(n) => println!("issuer {}: {n} keys", issuer.keys.name),
+            Err(why) => {
+                println!("issuer {}: cannot fetch its keys: {why}", issuer.keys.name);
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("mfa-gateway: {failed} of {} issuers have no keys", c.auth.issuers.len());
+        return ExitCode::from(EXIT_UNAVAILABLE);
+    }
+    ExitCode::SUCCESS
 }
 
 /// Exit 0; 1 when `--fail-below` is not met; 2 when Prometheus cannot be asked; 64 for bad

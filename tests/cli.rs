@@ -249,3 +249,27 @@ fn the_fleet_report_says_when_prometheus_cannot_be_asked() {
     let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1", "--fail-below", "95"]);
     assert_eq!(code, Some(64), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fetch_finds_a_bad_discovery_url_and_passes_a_good_one() {
+    let (_issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let good = keys.discovery_url();
+    // A typo in the path: the key server answers 404.
+    let typo = good.replace("openid-configuration", "openid-configuraton");
+    for (url, code, said) in [(good, 0, "1 keys"), (typo, 69, "cannot fetch its keys")] {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[[issuer]]\nissuer = \"{TEMPLATE_ISSUER}\"\ndiscovery = \"{url}\"\n\
+             audiences = [\"api\"]\ntenants = [\"aaaabbbb-0000-cccc-1111-dddd2222eeee\"]\n"
+        );
+        let file = temp_dir("check-fetch").join("gw.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(BIN).args(["check", "--fetch", "--config"]).arg(&file).output().unwrap()
+        })
+        .await
+        .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{url}: {printed}");
+        assert!(printed.contains(&format!("issuer {TEMPLATE_ISSUER}: {said}")), "{url}: {printed}");
+    }
+}

@@ -136,6 +136,11 @@ impl IssuerKeys {
         !self.keys.load().is_empty()
     }
 
+    /// How many signing keys the set holds.
+    pub fn key_count(&self) -> usize {
+        self.keys.load().len()
+    }
+
     /// Why this issuer is not ready, if it is not.
     pub fn not_ready_reason(&self) -> Option<String> {
         if self.has_keys() {

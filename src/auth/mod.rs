@@ -59,6 +59,20 @@ pub struct AuthConfig {
     pub cache_max_bytes: u64,
 }
 
+/// Fetches an issuer's keys once, as the gateway would (discovery document, then keys; or the
+/// key file), for `check --fetch`: how many keys, or why none.
+pub async fn fetch_keys(issuer: &IssuerConfig) -> Result<usize, String> {
+    let metrics = Arc::new(AuthMetrics::register(&prometheus::Registry::new()));
+    let client = crate::fetch::client(issuer.tls.clone(), None);
+    let keys = Arc::new(IssuerKeys::new(issuer.keys.clone(), issuer.timing.clone(), client, metrics));
+    let limit = issuer.timing.fetch_timeout * 2;
+    match tokio::time::timeout(limit, keys.load_now()).await {
+        Ok(true) => Ok(keys.key_count()),
+        Ok(false) => Err(keys.last_error().unwrap_or_else(|| "the fetch failed".into())),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
 /// Pure: everything a token must pass once its issuer's key is found (signature, `typ`, time,
 /// issuer and audience claims), then the identity the issuer's profile reads from it. The request
 /// path and the fuzz target both call this one function.

@@ -263,7 +263,16 @@ impl Connection<'_> {
         let io = TokioIo::new(io);
         let slot = tunnel::Slot::new(metrics.tunnels.clone());
         let lender = slot.clone();
+        // Lame duck: HTTP/2 connections get GOAWAY. Whether a connection speaks HTTP/2 is known
+        // from its first request, which may come after the lame duck began.
+        let http2 = Arc::new(AtomicBool::new(false));
+        let go_away = Arc::new(tokio::sync::Notify::new());
+        let (seen_http2, nudge) = (http2.clone(), go_away.clone());
+        let lame_stack = stack.clone();
         let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            if req.version() == http::Version::HTTP_2 && !seen_http2.swap(true, Ordering::Relaxed) {
+                nudge.notify_one();
+            }
             // Only a request that may become a tunnel carries a lease back to this connection.
             if serves == Serves::Requests(Mode::Proxy) && req.headers().contains_key(header::UPGRADE) {
                 req.extensions_mut().insert(lender.lease());
@@ -281,8 +290,22 @@ impl Connection<'_> {
         tokio::pin!(conn);
         let mut idle = IdleClock::new(limits.idle);
         let mut closing = false;
+        let lame_duck = async {
+            lame_stack.lame_duck().await;
+            // Wait until the connection is known to be HTTP/2; HTTP/1.1 responses carry
+            // `Connection: close` instead (an idle HTTP/1.1 connection closed now could meet a
+            // request already on its way).
+            while !http2.load(Ordering::Relaxed) {
+                go_away.notified().await;
+            }
+        };
+        tokio::pin!(lame_duck);
         loop {
             tokio::select! {
+                _ = &mut lame_duck, if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         // Client faults (oversized head, header timeout, bad framing) are answered

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
-use http::{Request, Response};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONNECTION};
+use http::{Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus::Registry;
@@ -49,6 +49,8 @@ pub struct Stack {
     pub report: Report,
     request_ids: RequestIds,
     draining: AtomicBool,
+    /// Turns true with `draining`, for connections to wait on: HTTP/2 ones are sent GOAWAY.
+    lame_duck: tokio::sync::watch::Sender<bool>,
 }
 
 impl Stack {
@@ -70,6 +72,7 @@ impl Stack {
             report,
             request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
+            lame_duck: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -100,6 +103,12 @@ impl Stack {
     /// Lame duck: `/readyz` says so from now on; serving goes on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+        self.lame_duck.send_replace(true);
+    }
+
+    /// Resolves once the gateway is draining (at once if it is).
+    pub async fn lame_duck(&self) {
+        let _ = self.lame_duck.subscribe().wait_for(|d| *d).await;
     }
 
     pub fn is_draining(&self) -> bool {
@@ -158,6 +167,7 @@ impl Stack {
             _ => req.method().clone(),
         };
         let grpc = is_grpc(req.headers());
+        let http1 = req.version() < Version::HTTP_2;
         // From here on the request's records are written however it ends: the first await below
         // is where a client that leaves drops this future.
         let mut end = RequestEnd::begin(
@@ -209,6 +219,11 @@ impl Stack {
             }
         };
         resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
+        // Lame duck: an HTTP/1.1 client is told to close after this response, so it reconnects
+        // (to another replica) between requests, never in the middle of one.
+        if http1 && self.is_draining() {
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 

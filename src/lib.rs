@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod fleet;
 pub mod headers;
 pub mod heap;
+pub mod hop_by_hop;
 pub mod listener;
 pub mod metrics;
 pub mod outstanding;

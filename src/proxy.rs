@@ -19,7 +19,8 @@ use prometheus::{Histogram, IntGauge, Registry};
 
 use crate::config::UpstreamConfig;
 use crate::error_chain;
-use crate::headers::{is_grpc, strip_hop_by_hop, switched_as_asked};
+use crate::headers::is_grpc;
+use crate::hop_by_hop::{strip_hop_by_hop, switched_as_asked};
 use crate::metrics::{gauge, latency, KindCounters};
 use crate::tunnel::{self, Lease};
 

@@ -161,41 +161,12 @@ async fn past_max_in_flight_503_at_once_and_slots_come_back_when_bodies_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_tunnel_holds_an_upstream_slot() {
-    let up = upstream(|mut req: Request<Incoming>| async move {
-        if !req.headers().contains_key("upgrade") {
-            return Response::new(full("plain"));
-        }
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let mut io = hyper_util::rt::TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 4];
-            io.read_exact(&mut buf).await.unwrap();
-            io.write_all(&buf).await.unwrap();
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
+    let up = tunnel_upstream("websocket").await;
     let gw = start(&public_config(up, "").replace("[upstream]\n", "[upstream]\nmax_in_flight = 1\n")).await;
-    let mut tunnel = TcpStream::connect(gw.addr).await.unwrap();
-    tunnel
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tunnel.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut tunnel = open_tunnel(gw.addr, "websocket").await;
     assert_eq!(get(gw.addr, "/plain", None).await.0, StatusCode::SERVICE_UNAVAILABLE, "the tunnel holds the slot");
     tunnel.write_all(b"ping").await.unwrap();
-    let mut back = [0u8; 4];
+    let mut back = [0u8; 5];
     tunnel.read_exact(&mut back).await.unwrap();
     drop(tunnel);
     let mut status = StatusCode::SERVICE_UNAVAILABLE;

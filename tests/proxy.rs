@@ -226,36 +226,11 @@ async fn http2_prior_knowledge() {
 
 #[tokio::test]
 async fn an_allowed_upgrade_is_tunnelled() {
-    let up = upstream(|mut req: Request<Incoming>| async move {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut io = hyper_util::rt::TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 4];
-            io.read_exact(&mut buf).await.unwrap();
-            io.write_all(&buf).await.unwrap();
-            io.write_all(b"!").await.unwrap();
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "echo")
-            .body(full(""))
-            .unwrap()
-    })
-    .await;
+    let up = tunnel_upstream("echo").await;
     // A protocol of the operator's own, named in the allowlist.
     let gw = start(&public_config(up, "").replace("[upstream]\n", "[upstream]\nupgrades = [\"echo\"]\n")).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut s = open_tunnel(gw.addr, "echo").await;
     s.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 5];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await.unwrap().unwrap();

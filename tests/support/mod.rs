@@ -54,6 +54,46 @@ where
     addr
 }
 
+/// An upstream that switches to `protocol` when asked to upgrade, then echoes four bytes and
+/// adds `!`; any other request gets `plain`.
+pub async fn tunnel_upstream(protocol: &'static str) -> SocketAddr {
+    upstream(move |mut req: Request<Incoming>| async move {
+        if !req.headers().contains_key("upgrade") {
+            return Response::new(full("plain"));
+        }
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 4];
+            io.read_exact(&mut buf).await.unwrap();
+            io.write_all(&buf).await.unwrap();
+            io.write_all(b"!").await.unwrap();
+        });
+        Response::builder()
+            .status(http::StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", protocol)
+            .body(full(""))
+            .unwrap()
+    })
+    .await
+}
+
+/// A connection to `addr` upgraded to `protocol`: the `101` read, the tunnel ready.
+pub async fn open_tunnel(addr: SocketAddr, protocol: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let ask = format!("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n");
+    s.write_all(ask.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
 /// An upstream that answers JSON describing what it received (body drained and counted).
 pub async fn echo_upstream() -> SocketAddr {
     upstream(|req: Request<Incoming>| async move {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::listener::{self, ConnectionMetrics, Drain, Serves};
+use crate::listener::{self, ConnectionMetrics, Drain, Phase, Serves};
 use crate::reload::Reloads;
 use crate::request_end::Mode;
 use crate::stack::Stack;
@@ -21,7 +21,7 @@ pub struct Running {
     /// The decision listener of authorization-only mode, when `[authz]` turns it on.
     pub authz_addr: Option<SocketAddr>,
     pub stack: Arc<Stack>,
-    shutdown: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     drain: Arc<Drain>,
@@ -63,7 +63,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
     let stack = Arc::new(Stack::new(config, &registry)?);
 
-    let (shutdown, rx) = watch::channel(false);
+    let (phase, rx) = watch::channel(Phase::Serving);
     let drain = Arc::new(Drain::default());
     let serve = |l, max, drain, serves| {
         let (stack, connections, rx) = (stack.clone(), connections.clone(), rx.clone());
@@ -83,7 +83,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         Some(authz) => tracing::info!(%addr, admin = %admin_addr, %authz, front, scheme, "listening"),
         None => tracing::info!(%addr, admin = %admin_addr, scheme, "listening"),
     }
-    Ok(Running { addr, admin_addr, authz_addr, stack, shutdown, listeners, background, drain })
+    Ok(Running { addr, admin_addr, authz_addr, stack, phase, listeners, background, drain })
 }
 
 impl Running {
@@ -92,6 +92,7 @@ impl Running {
     /// second signal) cuts the delay short. Then `shutdown`.
     pub async fn drain_and_stop(self, skip: impl std::future::Future<Output = ()>) {
         self.stack.start_draining();
+        self.phase.send_replace(Phase::LameDuck);
         let delay = self.stack.snapshot().config.server.shutdown_delay;
         tracing::info!(?delay, "draining: /readyz answers 503; serving on for shutdown_delay");
         tokio::select! {
@@ -106,7 +107,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.stack.start_draining();
         let grace = self.stack.snapshot().config.server.shutdown_grace;
-        let _ = self.shutdown.send(true);
+        self.phase.send_replace(Phase::Closing);
         for l in self.listeners {
             let _ = l.await;
         }

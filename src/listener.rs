@@ -32,6 +32,22 @@ use crate::tunnel::{self, TunnelMetrics};
 pub const CONNECTION_ERROR_KINDS: [&str; 6] =
     ["header_too_large", "header_timeout", "bad_request", "incomplete", "io", "accept"];
 
+/// Where the gateway is in its life, as the listeners and their connections see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// `shutdown_delay`: still accepting; HTTP/2 connections are sent GOAWAY (HTTP/1.1 ones are
+    /// told in their responses, `crate::stack`).
+    LameDuck,
+    /// Accepting stops; every connection is asked to finish.
+    Closing,
+}
+
+/// Resolves once `phase` is `Closing`. (wait_for's guard is not `Send`: it stays in here.)
+async fn closed(phase: &mut watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p == Phase::Closing).await;
+}
+
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Serves {
@@ -110,14 +126,14 @@ impl AcceptEpisode {
     }
 }
 
-/// Serves `listener` until `shutdown` turns true, then asks every connection to finish. Each
+/// Serves `listener` until `phase` is `Closing`, then asks every connection to finish. Each
 /// connection is served with the settings of the snapshot current when it was accepted.
 pub async fn serve(
     listener: TcpListener,
     stack: Arc<Stack>,
     metrics: Arc<ConnectionMetrics>,
     max_connections: usize,
-    mut shutdown: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
     drain: Arc<Drain>,
     serves: Serves,
 ) {
@@ -128,7 +144,7 @@ pub async fn serve(
         // At the cap, stop accepting: new connections wait in the kernel's backlog.
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            _ = shutdown.changed() => break,
+            _ = closed(&mut phase) => break,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -154,13 +170,13 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = closed(&mut phase) => break,
         };
         let _ = stream.set_nodelay(true);
         let guard = drain.hold();
         let stack = stack.clone();
         let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
+        let phase = phase.clone();
         let (builder, tls, limits) = {
             let snap = stack.snapshot();
             let grace = snap.config.server.shutdown_grace;
@@ -182,7 +198,7 @@ pub async fn serve(
             metrics.open(serves).inc();
             let activity = Arc::new(AtomicBool::new(false));
             let io = Tracked { inner: stream, active: activity.clone() };
-            let conn = Connection { activity, builder: &builder, stack, metrics: &metrics, limits, shutdown, serves };
+            let conn = Connection { activity, builder: &builder, stack, metrics: &metrics, limits, phase, serves };
             match tls {
                 None => conn.serve(io, Conn { peer, tls: false }).await,
                 Some((tls, limit)) => match handshake(io, tls, limit, &metrics).await {
@@ -250,7 +266,7 @@ struct Connection<'a> {
     stack: Arc<Stack>,
     metrics: &'a ConnectionMetrics,
     limits: Limits,
-    shutdown: watch::Receiver<bool>,
+    phase: watch::Receiver<Phase>,
     serves: Serves,
 }
 
@@ -259,19 +275,20 @@ impl Connection<'_> {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { activity, builder, stack, metrics, limits, mut shutdown, serves } = self;
+        let Connection { activity, builder, stack, metrics, limits, mut phase, serves } = self;
         let io = TokioIo::new(io);
         let slot = tunnel::Slot::new(metrics.tunnels.clone());
         let lender = slot.clone();
         // Lame duck: HTTP/2 connections get GOAWAY. Whether a connection speaks HTTP/2 is known
-        // from its first request, which may come after the lame duck began.
+        // from its first request, which may come after the lame duck began; that request
+        // nudges the loop below.
         let http2 = Arc::new(AtomicBool::new(false));
-        let go_away = Arc::new(tokio::sync::Notify::new());
-        let (seen_http2, nudge) = (http2.clone(), go_away.clone());
-        let lame_stack = stack.clone();
+        let nudge = Arc::new(tokio::sync::Notify::new());
+        let (seen_http2, first_http2) = (http2.clone(), nudge.clone());
         let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            if req.version() == http::Version::HTTP_2 && !seen_http2.swap(true, Ordering::Relaxed) {
-                nudge.notify_one();
+            if req.version() == http::Version::HTTP_2 && !seen_http2.load(Ordering::Relaxed) {
+                seen_http2.store(true, Ordering::Relaxed);
+                first_http2.notify_one();
             }
             // Only a request that may become a tunnel carries a lease back to this connection.
             if serves == Serves::Requests(Mode::Proxy) && req.headers().contains_key(header::UPGRADE) {
@@ -290,22 +307,11 @@ impl Connection<'_> {
         tokio::pin!(conn);
         let mut idle = IdleClock::new(limits.idle);
         let mut closing = false;
-        let lame_duck = async {
-            lame_stack.lame_duck().await;
-            // Wait until the connection is known to be HTTP/2; HTTP/1.1 responses carry
-            // `Connection: close` instead (an idle HTTP/1.1 connection closed now could meet a
-            // request already on its way).
-            while !http2.load(Ordering::Relaxed) {
-                go_away.notified().await;
-            }
-        };
-        tokio::pin!(lame_duck);
+        // HTTP/1.1 connections are left alone in the lame duck: their responses carry
+        // `Connection: close`, and an idle one closed now could meet a request on its way.
+        let mut lame = *phase.borrow_and_update() == Phase::LameDuck;
         loop {
             tokio::select! {
-                _ = &mut lame_duck, if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         // Client faults (oversized head, header timeout, bad framing) are answered
@@ -316,7 +322,16 @@ impl Connection<'_> {
                     }
                     break;
                 }
-                _ = shutdown.changed(), if !closing => {
+                _ = phase.changed(), if !closing => {
+                    let now = *phase.borrow_and_update();
+                    lame = now == Phase::LameDuck;
+                    if now == Phase::Closing || (lame && http2.load(Ordering::Relaxed)) {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+                // Armed only in the lame duck: the connection turned out to be HTTP/2.
+                _ = nudge.notified(), if lame && !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -330,7 +345,7 @@ impl Connection<'_> {
         }
         // hyper's part ends at an upgrade; the tunnel is still this connection's.
         if slot.in_use() {
-            hold_tunnel(&slot, &activity, idle, limits.grace, shutdown).await;
+            hold_tunnel(&slot, &activity, idle, limits.grace, phase).await;
         }
     }
 }
@@ -342,13 +357,14 @@ async fn hold_tunnel(
     activity: &AtomicBool,
     mut idle: IdleClock,
     grace: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
-    let mut deadline: Option<tokio::time::Instant> = (*shutdown.borrow()).then(|| tokio::time::Instant::now() + grace);
+    let mut deadline = (*phase.borrow() == Phase::Closing).then(|| tokio::time::Instant::now() + grace);
     loop {
         tokio::select! {
             _ = slot.released() => return,
-            _ = shutdown.changed(), if deadline.is_none() => {
+            // wait_for's `Ref` is not `Send`: dropped inside, never part of the select's output.
+            _ = closed(&mut phase), if deadline.is_none() => {
                 deadline = Some(tokio::time::Instant::now() + grace);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {

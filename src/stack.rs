@@ -49,8 +49,6 @@ pub struct Stack {
     pub report: Report,
     request_ids: RequestIds,
     draining: AtomicBool,
-    /// Turns true with `draining`, for connections to wait on: HTTP/2 ones are sent GOAWAY.
-    lame_duck: tokio::sync::watch::Sender<bool>,
 }
 
 impl Stack {
@@ -72,7 +70,6 @@ impl Stack {
             report,
             request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
-            lame_duck: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -103,12 +100,6 @@ impl Stack {
     /// Lame duck: `/readyz` says so from now on; serving goes on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
-        self.lame_duck.send_replace(true);
-    }
-
-    /// Resolves once the gateway is draining (at once if it is).
-    pub async fn lame_duck(&self) {
-        let _ = self.lame_duck.subscribe().wait_for(|d| *d).await;
     }
 
     pub fn is_draining(&self) -> bool {

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{counter, gauge, KindCounters};
 use crate::outstanding::Outstanding;
-use crate::request_end::Mode;
+use crate::request_end::{Ended, Mode};
 use crate::stack::{Conn, Stack};
 use crate::tunnel::{self, TunnelMetrics};
 
@@ -299,7 +299,7 @@ impl Connection<'_> {
                 Ok::<_, Infallible>(match serves {
                     Serves::Requests(Mode::Proxy) => stack.handle(req, conn_info).await,
                     Serves::Requests(Mode::Authz) => stack.decide(req, conn_info).await,
-                    Serves::Admin => crate::admin::route(&stack, req).map(Either::Right),
+                    Serves::Admin => crate::admin::route(&stack, req).map(|b| Ended::unrecorded(Either::Right(b))),
                 })
             }
         });

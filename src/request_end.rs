@@ -1,12 +1,17 @@
 //! The end of a request: its `requests_total` count, its duration, the in-flight gauge and its
 //! audit event. They are written from a guard's `Drop`, so they happen however the request ends,
-//! including when the client leaves and hyper drops the request's future mid-way.
+//! including when the client leaves and hyper drops the request's future mid-way. Once there is
+//! an answer, the guard travels in the response body (`Ended`): a request ends when its body
+//! ends, and a client that leaves mid-body is `client_closed`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method};
+use http_body::{Body, Frame, SizeHint};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::audit::{self, UserIds};
@@ -117,7 +122,7 @@ impl RequestMetrics {
             duration: latency(
                 reg,
                 "mfa_gateway_request_duration_seconds",
-                "Whole request time, to response headers (or to the client leaving).",
+                "Whole request time, to the end of the response body (or to the client leaving).",
             ),
             auth_duration: latency(
                 reg,
@@ -150,6 +155,7 @@ impl RequestMetrics {
     /// hashes a label set. The series of a route that a reload removes stay (counters never go
     /// back).
     pub fn route_counters(&self, route: &str) -> RouteCounters {
+        let route_name = route;
         let mut handles = Vec::with_capacity(Mode::ALL.len() * Decision::ALL.len() * KINDS.len());
         for m in Mode::ALL {
             for d in Decision::ALL {
@@ -158,19 +164,22 @@ impl RequestMetrics {
                 }
             }
         }
-        RouteCounters(handles)
+        RouteCounters { route: route_name.into(), handles }
     }
 }
 
 /// `requests_total` handles for one route, by mode, decision and token kind.
-pub struct RouteCounters(Vec<IntCounter>);
+pub struct RouteCounters {
+    route: Box<str>,
+    handles: Vec<IntCounter>,
+}
 
 impl RouteCounters {
     pub fn count(&self, mode: Mode, decision: Decision, kind: Option<TokenKind>) {
         let m = mode as usize;
         let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
         let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2);
-        self.0[(m * Decision::ALL.len() + d) * KINDS.len() + k].inc();
+        self.handles[(m * Decision::ALL.len() + d) * KINDS.len() + k].inc();
     }
 }
 
@@ -209,30 +218,32 @@ impl Derived {
     }
 }
 
-/// Where the records of a request go; borrowed from the stack and the request's snapshot.
-pub struct Sinks<'a> {
-    pub metrics: &'a RequestMetrics,
-    pub counters: &'a RouteCounters,
-    pub ratios: &'a RatioCounters,
+/// Where the records of a request go: one per snapshot, shared by its requests.
+pub struct Sinks {
+    pub metrics: Arc<RequestMetrics>,
+    /// `requests_total` handles by `Route::index`.
+    pub counters: Vec<RouteCounters>,
+    pub ratios: Arc<RatioCounters>,
     /// `Some` when `[audit]` is on.
-    pub audit: Option<&'a UserIds>,
+    pub audit: Option<Arc<UserIds>>,
 }
 
 /// Who asked for what, as the audit event names it.
-pub struct Asked<'a> {
+pub struct Asked {
     pub mode: Mode,
     pub request_id: HeaderValue,
     pub trace_id: Option<Box<str>>,
     pub client: SocketAddr,
     pub method: Method,
-    pub route: &'a str,
+    /// `Route::index`.
+    pub route: usize,
 }
 
 /// One request from the moment it is routed. Whatever else happens, dropping it writes the
 /// request's records exactly once; without an outcome, the client left first.
-pub struct RequestEnd<'a> {
-    sinks: Sinks<'a>,
-    asked: Asked<'a>,
+pub struct RequestEnd {
+    sinks: Arc<Sinks>,
+    asked: Asked,
     start: Instant,
     /// End of the gateway's own work (routing, token, policy), admitted or not.
     auth_done: Option<Instant>,
@@ -244,8 +255,8 @@ pub struct RequestEnd<'a> {
     outcome: Option<(u16, Decision, &'static str)>,
 }
 
-impl<'a> RequestEnd<'a> {
-    pub fn begin(sinks: Sinks<'a>, asked: Asked<'a>, start: Instant) -> Self {
+impl RequestEnd {
+    pub fn begin(sinks: Arc<Sinks>, asked: Asked, start: Instant) -> Self {
         sinks.metrics.in_flight.inc();
         Self {
             sinks,
@@ -271,36 +282,91 @@ impl<'a> RequestEnd<'a> {
     pub fn answered(&mut self, status: u16, decision: Decision, reason: &'static str) {
         self.outcome = Some((status, decision, reason));
     }
+
+    fn route(&self) -> &str {
+        &self.sinks.counters[self.asked.route].route
+    }
 }
 
-impl Drop for RequestEnd<'_> {
+/// A response body carrying its request's end: the records are written when the body ends, or
+/// when it is dropped before its end (the client left mid-body: `client_closed`).
+pub struct Ended<B: Body> {
+    inner: B,
+    end: Option<RequestEnd>,
+}
+
+impl<B: Body> Ended<B> {
+    pub fn new(inner: B, end: RequestEnd) -> Self {
+        Self { inner, end: Some(end) }
+    }
+
+    /// A body no request's records ride on (the admin port's).
+    pub fn unrecorded(inner: B) -> Self {
+        Self { inner, end: None }
+    }
+}
+
+impl<B: Body + Unpin> Body for Ended<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // The end of the stream, or a failure in it: the request is over now.
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.end = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for Ended<B> {
+    fn drop(&mut self) {
+        // hyper drops a body it has written whole without asking past its last frame; one it
+        // has not is a client that left mid-body.
+        if let Some(end) = self.end.as_mut() {
+            if !self.inner.is_end_stream() {
+                if let Some((_, decision, _)) = end.outcome {
+                    tracing::debug!(request_id = ?end.asked.request_id, answered = decision.as_str(),
+                        "client left before the end of the response body");
+                }
+                end.outcome = None;
+            }
+        }
+    }
+}
+
+impl Drop for RequestEnd {
     fn drop(&mut self) {
         let (status, decision, reason) = match self.outcome {
             Some(o) => o,
             None => {
-                tracing::debug!(request_id = ?self.asked.request_id, route = %self.asked.route, "client left before the answer");
+                tracing::debug!(request_id = ?self.asked.request_id, route = %self.route(), "client left before the answer ended");
                 (CLIENT_CLOSED_STATUS, Decision::ClientClosed, "client_closed")
             }
         };
-        let now_or = |t: Option<Instant>| t.unwrap_or_else(Instant::now);
-        let end = if decision == Decision::ClientClosed {
-            Instant::now()
-        } else {
-            now_or(self.upstream_done.or(self.auth_done))
-        };
-        let elapsed = end - self.start;
+        // Now: the end of the response body, or the moment the client left.
+        let elapsed = self.start.elapsed();
         let v = self.verified.as_deref();
         let kind = v.map(|v| v.kind);
-        self.sinks.counters.count(self.asked.mode, decision, kind);
+        self.sinks.counters[self.asked.route].count(self.asked.mode, decision, kind);
         self.sinks.metrics.duration.observe(elapsed.as_secs_f64());
         self.sinks.metrics.in_flight.dec();
-        let Some(user_ids) = self.sinks.audit else { return };
+        let Some(user_ids) = self.sinks.audit.as_deref() else { return };
         let auth = self.auth_done.map_or(Duration::ZERO, |t| t - self.start);
         let upstream = match (self.auth_done, self.upstream_done) {
             (Some(a), Some(u)) => u - a,
             _ => Duration::ZERO,
         };
-        let derived = v.map(|v| Derived::of(v, self.sinks.ratios, user_ids));
+        let derived = v.map(|v| Derived::of(v, &self.sinks.ratios, user_ids));
         let ids = v.zip(derived).map(|(v, d)| d.ids(v));
         audit::emit(&audit::Event {
             mode: self.asked.mode.as_str(),
@@ -308,7 +374,7 @@ impl Drop for RequestEnd<'_> {
             trace_id: self.asked.trace_id.as_deref(),
             client: self.asked.client,
             method: self.asked.method.as_str(),
-            route: self.asked.route,
+            route: self.route(),
             status,
             decision: decision.as_str(),
             reason,

@@ -17,15 +17,16 @@ use crate::config::{AdminConfig, Config, ServerConfig};
 use crate::headers::Screen;
 use crate::proxy::Proxy;
 use crate::refusal::RefusalStyle;
-use crate::request_end::{RequestMetrics, RouteCounters};
+use crate::report::RatioCounters;
+use crate::request_end::{RequestMetrics, Sinks};
 use crate::routes::RouteTable;
 
 pub struct Snapshot {
     /// The config this was built from; the next reload compares against it.
     pub config: Config,
     pub routes: RouteTable,
-    /// `requests_total` handles by `Route::index`.
-    pub counters: Vec<RouteCounters>,
+    /// Where each request's records go (`requests_total` handles by `Route::index`, ...).
+    pub sinks: Arc<Sinks>,
     pub auth: Arc<Authenticator>,
     pub proxy: Arc<Proxy>,
     pub screen: Screen,
@@ -59,7 +60,8 @@ impl Snapshot {
     pub fn build(
         config: Config,
         previous: Option<&Snapshot>,
-        requests: &RequestMetrics,
+        requests: &Arc<RequestMetrics>,
+        ratios: &Arc<RatioCounters>,
         metrics: &Arc<AuthMetrics>,
     ) -> Result<(Snapshot, Carried), String> {
         let routes = RouteTable::new(&config.routes, config.defaults).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
@@ -110,9 +112,15 @@ impl Snapshot {
             Some(p) if p.config.audit == config.audit => p.user_ids.clone(),
             _ => Arc::new(UserIds::new(&config.audit)),
         };
+        let sinks = Arc::new(Sinks {
+            metrics: requests.clone(),
+            counters,
+            ratios: ratios.clone(),
+            audit: config.audit.enabled.then(|| user_ids.clone()),
+        });
         let snapshot = Snapshot {
             routes,
-            counters,
+            sinks,
             screen: Screen::new(auth.header_prefix(), config.server.drop_underscore_headers, &config.forwarding),
             would_refuse: http::HeaderName::from_bytes(format!("{}would-refuse", auth.header_prefix()).as_bytes())
                 .map_err(|e| format!("identity.header_prefix: {e}"))?,

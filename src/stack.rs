@@ -24,7 +24,7 @@ use crate::headers::{is_grpc, RemovedCounters};
 use crate::proxy::{Origin, UpstreamBody, UpstreamMetrics};
 use crate::refusal::{Body, Refusal};
 use crate::report::{Observation, RatioCounters, Report};
-use crate::request_end::{Asked, Decision, Derived, Mode, RequestEnd, RequestMetrics, Sinks};
+use crate::request_end::{Asked, Decision, Derived, Ended, Mode, RequestEnd, RequestMetrics};
 use crate::request_id::{RequestIds, REQUEST_ID};
 use crate::routes::{Requirement, Route};
 use crate::snapshot::{Carried, Snapshot};
@@ -41,11 +41,11 @@ pub struct Conn {
 pub struct Stack {
     current: ArcSwap<Snapshot>,
     pub registry: Registry,
-    requests: RequestMetrics,
+    requests: Arc<RequestMetrics>,
     pub auth_metrics: Arc<AuthMetrics>,
     upstream: UpstreamMetrics,
     screened: RemovedCounters,
-    ratios: RatioCounters,
+    ratios: Arc<RatioCounters>,
     pub report: Report,
     request_ids: RequestIds,
     draining: AtomicBool,
@@ -54,11 +54,11 @@ pub struct Stack {
 impl Stack {
     /// Registers the request path's metric families in `registry` and builds the first snapshot.
     pub fn new(config: Config, registry: &Registry) -> Result<Self, String> {
-        let requests = RequestMetrics::register(registry);
+        let requests = Arc::new(RequestMetrics::register(registry));
         let auth_metrics = Arc::new(AuthMetrics::register(registry));
-        let ratios = RatioCounters::register(registry, &config.metrics);
+        let ratios = Arc::new(RatioCounters::register(registry, &config.metrics));
         let report = Report::new(config.report.clone());
-        let (first, _) = Snapshot::build(config, None, &requests, &auth_metrics)?;
+        let (first, _) = Snapshot::build(config, None, &requests, &ratios, &auth_metrics)?;
         Ok(Self {
             current: ArcSwap::from_pointee(first),
             registry: registry.clone(),
@@ -80,7 +80,7 @@ impl Stack {
 
     /// Builds the next snapshot from `config`, keeping what it can of `previous`.
     pub fn build(&self, config: Config, previous: &Snapshot) -> Result<(Snapshot, Carried), String> {
-        Snapshot::build(config, Some(previous), &self.requests, &self.auth_metrics)
+        Snapshot::build(config, Some(previous), &self.requests, &self.ratios, &self.auth_metrics)
     }
 
     /// Puts `next` in place for every request that starts from now on; requests in flight keep
@@ -107,18 +107,18 @@ impl Stack {
     }
 
     /// Proxy mode: decides, then forwards or refuses.
-    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Ended<Body>> {
         self.serve(req, conn, Mode::Proxy).await
     }
 
     /// Authorization-only mode: `req` is a front proxy's question about another request; the
     /// answer is the decision (200 with the identity headers, or the refusal proxy mode would
     /// give), and nothing is forwarded.
-    pub async fn decide(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    pub async fn decide(&self, req: Request<Incoming>, conn: Conn) -> Response<Ended<Body>> {
         self.serve(req, conn, Mode::Authz).await
     }
 
-    async fn serve(&self, mut req: Request<Incoming>, conn: Conn, mode: Mode) -> Response<Body> {
+    async fn serve(&self, mut req: Request<Incoming>, conn: Conn, mode: Mode) -> Response<Ended<Body>> {
         let start = Instant::now();
         // One load per request: the whole request sees one config, old or new.
         let snap = self.current.load_full();
@@ -162,12 +162,7 @@ impl Stack {
         // From here on the request's records are written however it ends: the first await below
         // is where a client that leaves drops this future.
         let mut end = RequestEnd::begin(
-            Sinks {
-                metrics: &self.requests,
-                counters: &snap.counters[route.index],
-                ratios: &self.ratios,
-                audit: snap.config.audit.enabled.then_some(&*snap.user_ids),
-            },
+            snap.sinks.clone(),
             Asked {
                 mode,
                 request_id: request_id.clone(),
@@ -175,7 +170,7 @@ impl Stack {
                 trace_id: if snap.config.audit.enabled { audit::trace_id(req.headers()).map(Box::from) } else { None },
                 client: conn.peer,
                 method,
-                route: &route.name,
+                route: route.index,
             },
             start,
         );
@@ -215,7 +210,8 @@ impl Stack {
         if http1 && self.is_draining() {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        resp
+        // The request ends with its response body.
+        resp.map(|body| Ended::new(body, end))
     }
 
     /// The counter and log line a refusal gets besides `requests_total`.
@@ -254,7 +250,7 @@ impl Stack {
         mut req: Request<Incoming>,
         route: &Route,
         origin: &Origin,
-        end: &mut RequestEnd<'_>,
+        end: &mut RequestEnd,
     ) -> Result<Response<UpstreamBody>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
         crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
@@ -284,7 +280,7 @@ impl Stack {
         req: &Request<Incoming>,
         path: &str,
         route: &Route,
-        end: &mut RequestEnd<'_>,
+        end: &mut RequestEnd,
     ) -> Result<Response<Body>, Refusal> {
         // Front proxies hand over the raw request target, dot segments and all, and resolve them
         // themselves before routing: the same one-spelling rule as proxy mode.
@@ -319,7 +315,7 @@ impl Stack {
         snap: &Snapshot,
         headers: &mut HeaderMap,
         route: &Route,
-        end: &mut RequestEnd<'_>,
+        end: &mut RequestEnd,
     ) -> Result<(), Refusal> {
         if route.require == Requirement::Public {
             return Ok(());

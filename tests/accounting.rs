@@ -286,3 +286,40 @@ async fn the_report_needs_its_secret_off_loopback() {
     assert!(serde_json::from_str::<Value>(&body).unwrap()["totals"].is_object());
     assert_eq!(get(admin, "/metrics", None).await.0, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_ends_with_its_body_and_a_client_that_leaves_mid_body_is_client_closed() {
+    let (up, bodies) = held_body_upstream().await;
+    let gw = Binary::start(&public_config(up, "[log]\nformat = \"json\"\n[audit]\nenabled = true\n"), None);
+    let in_flight = "mfa_gateway_requests_in_flight";
+    let closed =
+        r#"mfa_gateway_requests_total{decision="client_closed",mode="proxy",route="unmatched",token_kind="none"}"#;
+    let allowed = r#"mfa_gateway_requests_total{decision="allowed",mode="proxy",route="unmatched",token_kind="none"}"#;
+    let c = client();
+    let ask = || Request::get(format!("http://{}/stream", gw.addr)).body(full("")).unwrap();
+
+    // A slow body: in flight until it ends, and the duration covers it.
+    let resp = c.request(ask()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(gw.metric(in_flight).await, 1.0, "headers sent, body still streaming: still in flight");
+    assert_eq!(gw.metric(allowed).await, 0.0, "not counted before its body ends");
+    bodies.lock().unwrap().clear();
+    http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+    assert_eq!(settles(&gw, in_flight, 0.0, Duration::from_secs(5)).await, 0.0);
+    assert_eq!(settles(&gw, allowed, 1.0, Duration::from_secs(5)).await, 1.0);
+    let event = audit_events(&gw).pop().expect("an audit event");
+    assert_eq!((event["status"].as_u64(), event["decision"].as_str()), (Some(200), Some("allowed")));
+    assert!(event["duration_us"].as_u64().unwrap() >= 600_000, "the duration covers the body: {event}");
+
+    // A client that leaves mid-body: client_closed, and in flight back to 0.
+    let resp = c.request(ask()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(resp);
+    drop(c);
+    assert_eq!(settles(&gw, closed, 1.0, Duration::from_secs(5)).await, 1.0, "counted client_closed");
+    assert_eq!(settles(&gw, in_flight, 0.0, Duration::from_secs(5)).await, 0.0);
+    assert_eq!(gw.metric(allowed).await, 1.0, "not counted allowed as well");
+    let event = audit_events(&gw).pop().expect("an audit event");
+    assert_eq!((event["status"].as_u64(), event["decision"].as_str()), (Some(499), Some("client_closed")));
+}

@@ -3,16 +3,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::channel::{Channel, Sender};
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -94,26 +88,9 @@ async fn the_admin_cap_holds_and_the_api_port_keeps_serving() {
     assert!((1.0..=2.0).contains(&open), "admin connections open: {open}");
 }
 
-/// An upstream that answers at once and holds each body open until the test ends it.
-async fn held_upstream() -> (SocketAddr, Arc<Mutex<Vec<Sender<Bytes>>>>) {
-    let senders: Arc<Mutex<Vec<Sender<Bytes>>>> = Arc::default();
-    let held = senders.clone();
-    let addr = upstream(move |_req: Request<Incoming>| {
-        let held = held.clone();
-        async move {
-            let (mut tx, body) = Channel::<Bytes>::new(4);
-            tx.send(Frame::data(Bytes::from_static(b"first part;"))).await.unwrap();
-            held.lock().unwrap().push(tx);
-            Response::new(body.map_err(|e| match e {}).boxed())
-        }
-    })
-    .await;
-    (addr, senders)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_in_flight_503_at_once_and_slots_come_back_when_bodies_end() {
-    let (up, bodies) = held_upstream().await;
+    let (up, bodies) = held_body_upstream().await;
     let gw = start(&public_config(up, "").replace("[upstream]\n", "[upstream]\nmax_in_flight = 2\n")).await;
     let c = client();
     let ask = || Request::get(format!("http://{}/stream", gw.addr)).body(full("")).unwrap();

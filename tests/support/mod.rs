@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
+use http_body::Frame;
+use http_body_util::channel::{Channel, Sender};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -92,6 +94,23 @@ pub async fn open_tunnel(addr: SocketAddr, protocol: &str) -> TcpStream {
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     s
+}
+
+/// An upstream that answers at once and holds each body open until the test ends it.
+pub async fn held_body_upstream() -> (SocketAddr, Arc<Mutex<Vec<Sender<Bytes>>>>) {
+    let senders: Arc<Mutex<Vec<Sender<Bytes>>>> = Arc::default();
+    let held = senders.clone();
+    let addr = upstream(move |_req: Request<Incoming>| {
+        let held = held.clone();
+        async move {
+            let (mut tx, body) = Channel::<Bytes>::new(4);
+            tx.send(Frame::data(Bytes::from_static(b"first part;"))).await.unwrap();
+            held.lock().unwrap().push(tx);
+            Response::new(body.map_err(|e| match e {}).boxed())
+        }
+    })
+    .await;
+    (addr, senders)
 }
 
 /// An upstream that answers JSON describing what it received (body drained and counted).

@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 use prometheus::Registry;
 
-use crate::hop_by_hop::{connection_tokens, has_hop_by_hop, strip_hop_by_hop, HOP_BY_HOP};
+use crate::hop_by_hop::{self, connection_tokens, has_hop_by_hop, strip_hop_by_hop};
 use crate::metrics::KindCounters;
 
 /// Headers that make common upstream frameworks serve another URL or method than the request
@@ -255,10 +255,7 @@ fn fold(name: &str) -> String {
 /// A name the gateway sets or strips itself, besides the identity prefix: a client's underscore
 /// twin of one of these could shadow the gateway's own.
 fn owned(folded: &str) -> bool {
-    SET_PREFIXES.iter().any(|p| folded.starts_with(p))
-        || SET_NAMES.contains(&folded)
-        || folded.starts_with("proxy-")
-        || HOP_BY_HOP.iter().any(|h| h.as_str() == folded)
+    SET_PREFIXES.iter().any(|p| folded.starts_with(p)) || SET_NAMES.contains(&folded) || hop_by_hop::fixed(folded)
 }
 
 /// A gRPC request: `content-type: application/grpc`, `application/grpc+proto` and the like.

@@ -3,18 +3,6 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1, and RFC 9113 §3.2.1's `HTTP2-Settings`), besides
-/// `Proxy-*` and whatever `Connection` names.
-pub static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("http2-settings"),
-];
-
 /// Whether an upstream's `101` switched to a protocol the gateway asked for.
 pub fn switched_as_asked(asked: &HeaderValue, answered: Option<&HeaderValue>) -> bool {
     let (Ok(asked), Some(Ok(answered))) = (asked.to_str(), answered.map(HeaderValue::to_str)) else {
@@ -34,13 +22,20 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether any name is hop-by-hop: in the fixed list (`Connection` among them) or `Proxy-*`.
-/// A pass over the names, hashing none.
-pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
-    headers.keys().any(|k| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-"))
+/// A name in the fixed hop-by-hop set (RFC 9110 §7.6.1, and RFC 9113 §3.2.1's
+/// `HTTP2-Settings`), or `Proxy-*`; `name` is lowercase.
+pub fn fixed(name: &str) -> bool {
+    matches!(name, "connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "keep-alive" | "http2-settings")
+        || name.starts_with("proxy-")
 }
 
-/// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and whatever
+/// Whether any name is hop-by-hop: in the fixed set (`Connection` among them) or `Proxy-*`.
+/// A pass over the names, hashing none.
+pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| fixed(k.as_str()))
+}
+
+/// Removes hop-by-hop headers: the fixed set, every `Proxy-*` header, and whatever
 /// `Connection` names. `TE: trailers` stays (as that one value): HTTP/2 allows it, and gRPC
 /// servers require it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -54,24 +49,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    let named: Vec<HeaderName> =
-        connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Only the names present are removed: one pass to find them, no hashing of absent ones.
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| fixed(k.as_str()) || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(k.as_str())))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    remove_prefixed(headers, "proxy-");
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
-/// Removes every header whose (lowercase) name starts with `prefix`; allocates only when one does.
-pub fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
-    if headers.keys().any(|k| k.as_str().starts_with(prefix)) {
-        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with(prefix)).cloned().collect();
-        for name in names {
-            headers.remove(name);
-        }
     }
 }
 

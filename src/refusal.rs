@@ -9,10 +9,11 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings};
+use crate::auth::metrics::AuthMetrics;
 use crate::auth::policy::Deny;
 use crate::authz::Flaw;
 use crate::path::PathFlaw;
-use crate::proxy::{UpstreamBody, UpstreamError};
+use crate::proxy::{UpstreamBody, UpstreamError, UpstreamMetrics};
 use crate::request_end::Decision;
 
 /// Response body: the upstream's, streamed, or a short one of ours.
@@ -39,6 +40,15 @@ pub struct RefusalStyle {
     pub request_context: Option<HeaderValue>,
 }
 
+/// The counters a refusal may add to, besides `requests_total` (which `RequestEnd` writes).
+pub struct RefusalSinks<'a> {
+    pub auth: &'a AuthMetrics,
+    pub upstream: &'a UpstreamMetrics,
+}
+
+// Each meaning of a refusal is one exhaustive match below: a new variant does not compile until
+// it has its decision, reason, response, counter and log line.
+#[deny(clippy::wildcard_enum_match_arm)]
 impl Refusal {
     pub fn decision(&self) -> Decision {
         match self {
@@ -66,6 +76,44 @@ impl Refusal {
             Refusal::BadOriginal(_) => "bad_original_request",
             Refusal::Upstream(e) => e.kind(),
             Refusal::UpstreamBusy => "upstream_busy",
+        }
+    }
+
+    /// The counter and log line a refusal gets besides `requests_total`: the client's faults at
+    /// debug, the gateway's own (no keys, the upstream) at warn.
+    pub fn record(&self, sinks: &RefusalSinks<'_>, request_id: &HeaderValue, route: &str) {
+        match self {
+            Refusal::Auth(AuthRefusal::MissingToken) => {
+                tracing::debug!(?request_id, route, "no token");
+            }
+            Refusal::Auth(a @ (AuthRefusal::Denied(_) | AuthRefusal::StepUp(_))) => {
+                if let Some(kind) = a.step_up_kind() {
+                    sinks.auth.step_up_challenge(kind);
+                }
+                tracing::debug!(?request_id, route, reason = self.reason(), "refused by the route's requirement");
+            }
+            Refusal::Auth(AuthRefusal::Invalid(i)) => {
+                sinks.auth.invalid_token(*i);
+                tracing::debug!(?request_id, route, reason = self.reason(), "token refused");
+            }
+            Refusal::Auth(AuthRefusal::KeysUnavailable) => {
+                tracing::warn!(?request_id, route, "no signing keys for the token's issuer");
+            }
+            Refusal::BadPath(flaw) => {
+                tracing::debug!(?request_id, flaw = flaw.description(), "path not in normal form");
+            }
+            Refusal::BadOriginal(flaw) => {
+                tracing::debug!(?request_id, flaw = flaw.description(), "front proxy's question refused");
+            }
+            Refusal::Upstream(e) => {
+                sinks.upstream.failed(e);
+                tracing::warn!(?request_id, route, kind = e.kind(), error = ?e, "upstream failed");
+            }
+            // Counted in requests_total; a line per request at warn would flood the log under
+            // overload.
+            Refusal::UpstreamBusy => {
+                tracing::debug!(?request_id, route, "upstream slots all taken; refused");
+            }
         }
     }
 

@@ -15,14 +15,13 @@ use hyper::body::Incoming;
 use prometheus::Registry;
 
 use crate::audit;
-use crate::auth::challenge::AuthRefusal;
 use crate::auth::metrics::AuthMetrics;
 use crate::auth::Verified;
 use crate::authz::Flaw;
 use crate::config::Config;
 use crate::headers::{is_grpc, RemovedCounters};
 use crate::proxy::{Origin, UpstreamBody, UpstreamMetrics};
-use crate::refusal::{Body, Refusal};
+use crate::refusal::{Body, Refusal, RefusalSinks};
 use crate::report::{Observation, RatioCounters, Report};
 use crate::request_end::{Asked, Decision, Derived, Ended, Mode, RequestEnd, RequestMetrics};
 use crate::request_id::{RequestIds, REQUEST_ID};
@@ -198,7 +197,8 @@ impl Stack {
             }
             Err(refusal) => {
                 let (decision, reason) = (refusal.decision(), refusal.reason());
-                self.note(&refusal, &request_id, route);
+                let sinks = RefusalSinks { auth: &self.auth_metrics, upstream: &self.upstream };
+                refusal.record(&sinks, &request_id, &route.name);
                 let resp = refusal.into_response(&snap.style, &request_id, grpc);
                 end.answered(resp.status().as_u16(), decision, reason);
                 resp
@@ -212,36 +212,6 @@ impl Stack {
         }
         // The request ends with its response body.
         resp.map(|body| Ended::new(body, end))
-    }
-
-    /// The counter and log line a refusal gets besides `requests_total`.
-    fn note(&self, refusal: &Refusal, request_id: &HeaderValue, route: &Route) {
-        match refusal {
-            Refusal::Auth(a @ (AuthRefusal::Denied(_) | AuthRefusal::StepUp(_))) => {
-                if let Some(kind) = a.step_up_kind() {
-                    self.auth_metrics.step_up_challenge(kind);
-                }
-            }
-            Refusal::Auth(AuthRefusal::Invalid(i)) => {
-                self.auth_metrics.invalid_token(*i);
-                tracing::debug!(?request_id, route = %route.name, reason = refusal.reason(), "token refused");
-            }
-            Refusal::Auth(AuthRefusal::KeysUnavailable) => {
-                tracing::warn!(?request_id, route = %route.name, "no signing keys for the token's issuer");
-            }
-            Refusal::BadOriginal(flaw) => {
-                tracing::debug!(?request_id, flaw = flaw.description(), "front proxy's question refused");
-            }
-            Refusal::Upstream(e) => {
-                self.upstream.failed(e);
-                tracing::warn!(?request_id, route = %route.name, kind = e.kind(), error = ?e, "upstream failed");
-            }
-            // Counted in requests_total; a line per request would flood the log under overload.
-            Refusal::UpstreamBusy => {
-                tracing::debug!(?request_id, route = %route.name, "upstream slots all taken; refused");
-            }
-            _ => {}
-        }
     }
 
     async fn pass(

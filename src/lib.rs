@@ -13,6 +13,7 @@ pub mod dev;
 pub mod error_chain;
 pub mod fetch;
 pub mod fleet;
+pub mod guarded;
 pub mod headers;
 pub mod heap;
 pub mod hop_by_hop;

@@ -299,7 +299,7 @@ impl Connection<'_> {
                 Ok::<_, Infallible>(match serves {
                     Serves::Requests(Mode::Proxy) => stack.handle(req, conn_info).await,
                     Serves::Requests(Mode::Authz) => stack.decide(req, conn_info).await,
-                    Serves::Admin => crate::admin::route(&stack, req).map(|b| Ended::unrecorded(Either::Right(b))),
+                    Serves::Admin => crate::admin::route(&stack, req).map(|b| Ended::new(Either::Right(b), None)),
                 })
             }
         });

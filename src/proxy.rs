@@ -2,15 +2,11 @@
 //! gRPC. Bodies (and their trailers) stream both ways; nothing here buffers a body.
 
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -19,6 +15,7 @@ use prometheus::{Histogram, IntGauge, Registry};
 
 use crate::config::UpstreamConfig;
 use crate::error_chain;
+use crate::guarded::{Guard, Guarded};
 use crate::headers::is_grpc;
 use crate::hop_by_hop::{strip_hop_by_hop, switched_as_asked};
 use crate::metrics::{gauge, latency, KindCounters};
@@ -115,31 +112,9 @@ impl Drop for InFlight {
 }
 
 /// The upstream's response body, streamed; its slot goes back when it ends or is dropped.
-pub struct UpstreamBody {
-    inner: Incoming,
-    slot: Option<InFlight>,
-}
+pub type UpstreamBody = Guarded<Incoming, InFlight>;
 
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.slot = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+impl Guard for InFlight {}
 
 pub struct Proxy {
     client: Client<Connector, Incoming>,
@@ -257,12 +232,12 @@ impl Proxy {
                     drop(slot);
                 });
                 // Keep Connection/Upgrade: the client needs them to complete the switch.
-                return Ok(resp.map(|inner| UpstreamBody { inner, slot: None }));
+                return Ok(resp.map(|inner| Guarded::new(inner, None)));
             }
             return Err(UpstreamError::Protocol("upstream switched to a protocol the gateway did not ask for".into()));
         }
         strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(|inner| UpstreamBody { inner, slot: Some(slot) }))
+        Ok(resp.map(|inner| Guarded::new(inner, Some(slot))))
     }
 }
 

@@ -5,18 +5,16 @@
 //! ends, and a client that leaves mid-body is `client_closed`.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method};
-use http_body::{Body, Frame, SizeHint};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::audit::{self, UserIds};
 use crate::auth::policy::TokenKind;
 use crate::auth::Verified;
+use crate::guarded::{Guard, Guarded};
 use crate::metrics::{counter_vec, gauge, latency};
 use crate::report::RatioCounters;
 
@@ -290,56 +288,13 @@ impl RequestEnd {
 
 /// A response body carrying its request's end: the records are written when the body ends, or
 /// when it is dropped before its end (the client left mid-body: `client_closed`).
-pub struct Ended<B: Body> {
-    inner: B,
-    end: Option<RequestEnd>,
-}
+pub type Ended<B> = Guarded<B, RequestEnd>;
 
-impl<B: Body> Ended<B> {
-    pub fn new(inner: B, end: RequestEnd) -> Self {
-        Self { inner, end: Some(end) }
-    }
-
-    /// A body no request's records ride on (the admin port's).
-    pub fn unrecorded(inner: B) -> Self {
-        Self { inner, end: None }
-    }
-}
-
-impl<B: Body + Unpin> Body for Ended<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        // The end of the stream, or a failure in it: the request is over now.
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.end = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B: Body> Drop for Ended<B> {
-    fn drop(&mut self) {
-        // hyper drops a body it has written whole without asking past its last frame; one it
-        // has not is a client that left mid-body.
-        if let Some(end) = self.end.as_mut() {
-            if !self.inner.is_end_stream() {
-                if let Some((_, decision, _)) = end.outcome {
-                    tracing::debug!(request_id = ?end.asked.request_id, answered = decision.as_str(),
-                        "client left before the end of the response body");
-                }
-                end.outcome = None;
-            }
+impl Guard for RequestEnd {
+    fn cut_short(&mut self) {
+        if let Some((_, decision, _)) = self.outcome.take() {
+            tracing::debug!(request_id = ?self.asked.request_id, answered = decision.as_str(),
+                "client left before the end of the response body");
         }
     }
 }

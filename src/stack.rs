@@ -211,7 +211,7 @@ impl Stack {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         // The request ends with its response body.
-        resp.map(|body| Ended::new(body, end))
+        resp.map(|body| Ended::new(body, Some(end)))
     }
 
     async fn pass(

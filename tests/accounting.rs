@@ -13,7 +13,7 @@ use mfa_gateway::dev::entra_claims;
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Polls `metric` on the binary until it reads `want`, for up to `within`.
 async fn settles(gw: &Binary, metric: &str, want: f64, within: Duration) -> f64 {
@@ -90,59 +90,6 @@ async fn clients_that_leave_mid_request_are_counted_and_audited() {
     }
 }
 
-/// An upstream that switches a request that asks to an echo tunnel, and answers others `ok`.
-async fn tunnel_upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                if !String::from_utf8_lossy(&head).to_lowercase().contains("upgrade: websocket") {
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
-                    return;
-                }
-                let reply = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
-                if s.write_all(reply.as_bytes()).await.is_err() {
-                    return;
-                }
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
-/// Opens a tunnel through the gateway and checks that it echoes.
-async fn open_tunnel(gw: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(gw).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed before the 101: {}", String::from_utf8_lossy(&head));
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    echo(&mut s, b"ping").await;
-    s
-}
-
-async fn echo(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).await.unwrap();
-    let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut back)).await.expect("echo in time").unwrap();
-    assert_eq!(back, msg);
-}
-
 /// Reads until the gateway closes the tunnel; how long that took.
 async fn closed_within(s: &mut TcpStream, limit: Duration) -> Duration {
     let t = Instant::now();
@@ -158,9 +105,9 @@ fn tunnel_config(up: SocketAddr, server: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_counts_against_max_connections() {
-    let up = tunnel_upstream().await;
+    let up = tunnel_upstream("websocket").await;
     let gw = Binary::start(&tunnel_config(up, "max_connections = 1\n"), None);
-    let mut tunnel = open_tunnel(gw.addr).await;
+    let mut tunnel = open_tunnel(gw.addr, "websocket").await;
     assert_eq!(gw.metric("mfa_gateway_tunnels_open").await, 1.0);
     assert_eq!(gw.metric("mfa_gateway_connections_open").await, 1.0);
     // The one slot is the tunnel's: a second client waits in the backlog, unserved.
@@ -180,10 +127,10 @@ async fn a_tunnel_counts_against_max_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_a_silent_tunnel_and_spares_a_busy_one() {
-    let up = tunnel_upstream().await;
+    let up = tunnel_upstream("websocket").await;
     let gw = Binary::start(&tunnel_config(up, "idle_timeout = \"1s\"\n"), None);
-    let mut busy = open_tunnel(gw.addr).await;
-    let mut silent = open_tunnel(gw.addr).await;
+    let mut busy = open_tunnel(gw.addr, "websocket").await;
+    let mut silent = open_tunnel(gw.addr, "websocket").await;
     let talk = tokio::spawn(async move {
         for _ in 0..10 {
             echo(&mut busy, b"x").await;
@@ -200,11 +147,11 @@ async fn idle_timeout_closes_a_silent_tunnel_and_spares_a_busy_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_closes_tunnels_at_the_end_of_the_grace_period() {
-    let up = tunnel_upstream().await;
+    let up = tunnel_upstream("websocket").await;
     let server = "shutdown_delay = \"0s\"\nidle_timeout = \"60s\"\n";
     let mut gw =
         Binary::start(&tunnel_config(up, server).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"2s\""), None);
-    let mut tunnel = open_tunnel(gw.addr).await;
+    let mut tunnel = open_tunnel(gw.addr, "websocket").await;
     let t = Instant::now();
     gw.signal("TERM");
     tokio::time::sleep(Duration::from_millis(700)).await;

@@ -142,9 +142,7 @@ async fn an_open_tunnel_holds_an_upstream_slot() {
     let gw = start(&public_config(up, "").replace("[upstream]\n", "[upstream]\nmax_in_flight = 1\n")).await;
     let mut tunnel = open_tunnel(gw.addr, "websocket").await;
     assert_eq!(get(gw.addr, "/plain", None).await.0, StatusCode::SERVICE_UNAVAILABLE, "the tunnel holds the slot");
-    tunnel.write_all(b"ping").await.unwrap();
-    let mut back = [0u8; 5];
-    tunnel.read_exact(&mut back).await.unwrap();
+    echo(&mut tunnel, b"still open").await;
     drop(tunnel);
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..100 {

@@ -56,8 +56,8 @@ where
     addr
 }
 
-/// An upstream that switches to `protocol` when asked to upgrade, then echoes four bytes and
-/// adds `!`; any other request gets `plain`.
+/// An upstream that switches to `protocol` when asked to upgrade, then echoes every byte until
+/// the client closes; any other request gets `plain`.
 pub async fn tunnel_upstream(protocol: &'static str) -> SocketAddr {
     upstream(move |mut req: Request<Incoming>| async move {
         if !req.headers().contains_key("upgrade") {
@@ -65,11 +65,9 @@ pub async fn tunnel_upstream(protocol: &'static str) -> SocketAddr {
         }
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
-            let mut io = TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 4];
-            io.read_exact(&mut buf).await.unwrap();
-            io.write_all(&buf).await.unwrap();
-            io.write_all(b"!").await.unwrap();
+            let io = TokioIo::new(on.await.unwrap());
+            let (mut r, mut w) = tokio::io::split(io);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
         });
         Response::builder()
             .status(http::StatusCode::SWITCHING_PROTOCOLS)
@@ -81,7 +79,15 @@ pub async fn tunnel_upstream(protocol: &'static str) -> SocketAddr {
     .await
 }
 
-/// A connection to `addr` upgraded to `protocol`: the `101` read, the tunnel ready.
+/// Writes `msg` into a tunnel and reads the echo back.
+pub async fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut back)).await.expect("echo in time").unwrap();
+    assert_eq!(back, msg);
+}
+
+/// A connection to `addr` upgraded to `protocol`: the `101` read, and one echo through it.
 pub async fn open_tunnel(addr: SocketAddr, protocol: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let ask = format!("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n");
@@ -93,6 +99,7 @@ pub async fn open_tunnel(addr: SocketAddr, protocol: &str) -> TcpStream {
         head.push(b[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    echo(&mut s, b"ping").await;
     s
 }
 

@@ -146,63 +146,47 @@ async fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> (
     for key in keep_fixed(&old.config, &mut new) {
         tracing::warn!(key, "this setting cannot change without a restart; the running value is kept");
     }
-    let built = stack.build(new, &old);
-    // Never put a key set in service that has not loaded: a new issuer, a changed key source or
-    // an edited key file is fetched (read) first, within its fetch timeout.
-    let built = match built {
-        Ok((next, carried)) => match warm(&next, &old).await {
-            Ok(()) => Ok((next, carried)),
-            Err(e) => {
-                tracing::error!(reason = why, error = %e,
-                    "config reload refused: a key set did not load; the previous config keeps serving, and the reload is retried");
-                reloads.error.inc();
-                return (restamped(), Outcome::KeysNotLoaded);
-            }
-        },
-        Err(e) => Err(e),
-    };
-    match built {
-        Ok((next, carried)) => {
-            let files = next.config.files.clone();
-            let routes = next.config.routes.len();
-            // Logged and counted just before the swap, so whoever sees the new behaviour also
-            // finds its record.
-            tracing::info!(
-                reason = why,
-                routes,
-                token_cache_kept = carried.token_cache,
-                key_sets_kept = carried.key_sets_kept,
-                key_sets_new = carried.key_sets_new,
-                upstream_pool_kept = carried.upstream_pool,
-                "config reloaded"
-            );
-            reloads.ok.inc();
-            reloads.succeeded();
-            stack.swap(next);
-            (files, Outcome::Done)
-        }
+    let (next, carried) = match stack.build(new, &old) {
+        Ok(built) => built,
         Err(e) => {
             tracing::error!(reason = why, error = %e, "config reload failed; the previous config keeps serving");
             reloads.error.inc();
-            (restamped(), Outcome::Done)
+            return (restamped(), Outcome::Done);
         }
+    };
+    // Never put a key set in service that has not loaded: a new issuer, a changed key source or
+    // an edited key file is fetched (read) first.
+    if let Err(e) = warm(&next, &old).await {
+        tracing::error!(reason = why, error = %e,
+            "config reload refused: a key set did not load; the previous config keeps serving, and the reload is retried");
+        reloads.error.inc();
+        return (restamped(), Outcome::KeysNotLoaded);
     }
+    let files = next.config.files.clone();
+    let routes = next.config.routes.len();
+    // Logged and counted just before the swap, so whoever sees the new behaviour also finds its
+    // record.
+    tracing::info!(
+        reason = why,
+        routes,
+        token_cache_kept = carried.token_cache,
+        key_sets_kept = carried.key_sets_kept,
+        key_sets_new = carried.key_sets_new,
+        upstream_pool_kept = carried.upstream_pool,
+        "config reloaded"
+    );
+    reloads.ok.inc();
+    reloads.succeeded();
+    stack.swap(next);
+    (files, Outcome::Done)
 }
 
 /// Waits for each key set of `next` that `old` does not have to load; the first that does not
-/// (within twice its fetch timeout: a discovery document, then the keys) is the error.
+/// is the error.
 async fn warm(next: &Snapshot, old: &Snapshot) -> Result<(), String> {
     let fresh = next.auth.issuers.iter().filter(|k| !old.auth.issuers.iter().any(|o| Arc::ptr_eq(o, k)));
     for keys in fresh {
-        let limit = keys.timing().fetch_timeout * 2;
-        match tokio::time::timeout(limit, keys.load_now()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                let why = keys.last_error().unwrap_or_else(|| "the fetch failed".into());
-                return Err(format!("issuer {}: {why}", keys.spec.name));
-            }
-            Err(_) => return Err(format!("issuer {}: no keys within {limit:?}", keys.spec.name)),
-        }
+        keys.load_now().await.map_err(|why| format!("issuer {}: {why}", keys.spec.name))?;
     }
     Ok(())
 }

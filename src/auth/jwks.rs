@@ -112,15 +112,18 @@ impl IssuerKeys {
         self.timing.load_full()
     }
 
-    /// Fetches now (or joins the fetch under way); whether it loaded a set. A reload waits on
-    /// this, within `fetch_timeout`, before it puts a new set in service.
-    pub async fn load_now(self: &Arc<Self>) -> bool {
-        wait_done(self.refresh()).await
-    }
-
-    /// Why the last fetch failed, if it did.
-    pub fn last_error(&self) -> Option<String> {
-        self.health.lock().unwrap().last_error.clone()
+    /// Fetches now (or joins the fetch under way) and waits at most twice `fetch_timeout` (a
+    /// discovery document, then the keys): how many keys loaded, or why none. A reload waits on
+    /// this before it puts a new set in service; `check --fetch` asks it of every issuer.
+    pub async fn load_now(self: &Arc<Self>) -> Result<usize, String> {
+        let limit = self.timing().fetch_timeout * 2;
+        match tokio::time::timeout(limit, wait_done(self.refresh())).await {
+            Ok(true) => Ok(self.keys.load().len()),
+            Ok(false) => {
+                Err(self.health.lock().unwrap().last_error.clone().unwrap_or_else(|| "the fetch failed".into()))
+            }
+            Err(_) => Err(format!("no keys within {limit:?}")),
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -134,11 +137,6 @@ impl IssuerKeys {
 
     pub fn has_keys(&self) -> bool {
         !self.keys.load().is_empty()
-    }
-
-    /// How many signing keys the set holds.
-    pub fn key_count(&self) -> usize {
-        self.keys.load().len()
     }
 
     /// Why this issuer is not ready, if it is not.

@@ -150,7 +150,10 @@ impl Screen {
                 }
             }
             for t in connection_tokens(headers) {
-                if self.sets(&fold(t)) {
+                // Folded only when it needs to be: most tokens are `keep-alive` or `close`.
+                let needs_fold = t.bytes().any(|b| b == b'_' || b.is_ascii_uppercase());
+                let folded = if needs_fold { std::borrow::Cow::Owned(fold(t)) } else { std::borrow::Cow::Borrowed(t) };
+                if self.sets(&folded) {
                     if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
                         removed(&name, Removed::Nominated);
                     }
@@ -238,9 +241,7 @@ impl Screen {
 
     /// A name the gateway sets on the way upstream.
     fn sets(&self, folded: &str) -> bool {
-        folded.starts_with(&self.identity_prefix)
-            || SET_PREFIXES.iter().any(|p| folded.starts_with(p))
-            || SET_NAMES.contains(&folded)
+        folded.starts_with(&self.identity_prefix) || set_besides_identity(folded)
     }
 }
 
@@ -255,7 +256,12 @@ fn fold(name: &str) -> String {
 /// A name the gateway sets or strips itself, besides the identity prefix: a client's underscore
 /// twin of one of these could shadow the gateway's own.
 fn owned(folded: &str) -> bool {
-    SET_PREFIXES.iter().any(|p| folded.starts_with(p)) || SET_NAMES.contains(&folded) || hop_by_hop::fixed(folded)
+    set_besides_identity(folded) || hop_by_hop::fixed(folded)
+}
+
+/// `X-Forwarded-*` and `x-request-id`: what the gateway sets besides the identity headers.
+fn set_besides_identity(folded: &str) -> bool {
+    SET_PREFIXES.iter().any(|p| folded.starts_with(p)) || SET_NAMES.contains(&folded)
 }
 
 /// A gRPC request: `content-type: application/grpc`, `application/grpc+proto` and the like.

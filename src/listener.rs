@@ -363,7 +363,6 @@ async fn hold_tunnel(
     loop {
         tokio::select! {
             _ = slot.released() => return,
-            // wait_for's `Ref` is not `Send`: dropped inside, never part of the select's output.
             _ = closed(&mut phase), if deadline.is_none() => {
                 deadline = Some(tokio::time::Instant::now() + grace);
             }

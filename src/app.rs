@@ -5,11 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::listener::{self, ConnectionMetrics, Drain, Phase, Serves};
+use crate::listener::{self, ConnectionMetrics, Drain, Serves};
 use crate::reload::Reloads;
 use crate::request_end::Mode;
 use crate::stack::Stack;
@@ -21,7 +20,6 @@ pub struct Running {
     /// The decision listener of authorization-only mode, when `[authz]` turns it on.
     pub authz_addr: Option<SocketAddr>,
     pub stack: Arc<Stack>,
-    phase: watch::Sender<Phase>,
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     drain: Arc<Drain>,
@@ -63,11 +61,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
     let stack = Arc::new(Stack::new(config, &registry)?);
 
-    let (phase, rx) = watch::channel(Phase::Serving);
     let drain = Arc::new(Drain::default());
     let serve = |l, max, drain, serves| {
-        let (stack, connections, rx) = (stack.clone(), connections.clone(), rx.clone());
-        tokio::spawn(listener::serve(l, stack, connections, max, rx, drain, serves))
+        let (stack, connections) = (stack.clone(), connections.clone());
+        tokio::spawn(listener::serve(l, stack, connections, max, drain, serves))
     };
     let mut listeners = vec![serve(listener, max_connections, drain.clone(), Serves::Requests(Mode::Proxy))];
     if let Some(decisions) = decisions {
@@ -83,7 +80,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         Some(authz) => tracing::info!(%addr, admin = %admin_addr, %authz, front, scheme, "listening"),
         None => tracing::info!(%addr, admin = %admin_addr, scheme, "listening"),
     }
-    Ok(Running { addr, admin_addr, authz_addr, stack, phase, listeners, background, drain })
+    Ok(Running { addr, admin_addr, authz_addr, stack, listeners, background, drain })
 }
 
 impl Running {
@@ -92,7 +89,6 @@ impl Running {
     /// second signal) cuts the delay short. Then `shutdown`.
     pub async fn drain_and_stop(self, skip: impl std::future::Future<Output = ()>) {
         self.stack.start_draining();
-        self.phase.send_replace(Phase::LameDuck);
         let delay = self.stack.snapshot().config.server.shutdown_delay;
         tracing::info!(?delay, "draining: /readyz answers 503; serving on for shutdown_delay");
         tokio::select! {
@@ -105,9 +101,8 @@ impl Running {
     /// Stops accepting; open connections are asked to finish (`Connection: close` on the next
     /// HTTP/1.1 response, GOAWAY on HTTP/2) and get `shutdown_grace` to do so; then returns.
     pub async fn shutdown(self) {
-        self.stack.start_draining();
         let grace = self.stack.snapshot().config.server.shutdown_grace;
-        self.phase.send_replace(Phase::Closing);
+        self.stack.close();
         for l in self.listeners {
             let _ = l.await;
         }

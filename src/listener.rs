@@ -25,23 +25,12 @@ use tokio_rustls::TlsAcceptor;
 use crate::metrics::{counter, gauge, KindCounters};
 use crate::outstanding::Outstanding;
 use crate::request_end::{Ended, Mode};
-use crate::stack::{Conn, Stack};
+use crate::stack::{Conn, Phase, Stack};
 use crate::tunnel::{self, TunnelMetrics};
 
 /// Connection failure kinds; the `kind` label of `connection_errors_total`.
 pub const CONNECTION_ERROR_KINDS: [&str; 6] =
     ["header_too_large", "header_timeout", "bad_request", "incomplete", "io", "accept"];
-
-/// Where the gateway is in its life, as the listeners and their connections see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Serving,
-    /// `shutdown_delay`: still accepting; HTTP/2 connections are sent GOAWAY (HTTP/1.1 ones are
-    /// told in their responses, `crate::stack`).
-    LameDuck,
-    /// Accepting stops; every connection is asked to finish.
-    Closing,
-}
 
 /// Resolves once `phase` is `Closing`. (wait_for's guard is not `Send`: it stays in here.)
 async fn closed(phase: &mut watch::Receiver<Phase>) {
@@ -126,17 +115,18 @@ impl AcceptEpisode {
     }
 }
 
-/// Serves `listener` until `phase` is `Closing`, then asks every connection to finish. Each
-/// connection is served with the settings of the snapshot current when it was accepted.
+/// Serves `listener` until the stack's phase is `Closing`, then asks every connection to
+/// finish. Each connection is served with the settings of the snapshot current when it was
+/// accepted.
 pub async fn serve(
     listener: TcpListener,
     stack: Arc<Stack>,
     metrics: Arc<ConnectionMetrics>,
     max_connections: usize,
-    mut phase: watch::Receiver<Phase>,
     drain: Arc<Drain>,
     serves: Serves,
 ) {
+    let mut phase = stack.phase();
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut accept_failures: Option<AcceptEpisode> = None;
 

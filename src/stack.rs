@@ -28,6 +28,17 @@ use crate::request_id::{RequestIds, REQUEST_ID};
 use crate::routes::{Requirement, Route};
 use crate::snapshot::{Carried, Snapshot};
 
+/// Where the gateway is in its life, as the listeners and their connections see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    /// `shutdown_delay`: still accepting; HTTP/2 connections are sent GOAWAY (HTTP/1.1 ones are
+    /// told in their responses).
+    LameDuck,
+    /// Accepting stops; every connection is asked to finish.
+    Closing,
+}
+
 /// The connection a request came in on.
 #[derive(Debug, Clone, Copy)]
 pub struct Conn {
@@ -47,7 +58,10 @@ pub struct Stack {
     ratios: Arc<RatioCounters>,
     pub report: Report,
     request_ids: RequestIds,
+    /// `phase` is past `Serving`: read on every HTTP/1.1 response, so an atomic, not the watch.
     draining: AtomicBool,
+    /// For the listeners and their connections to wait on.
+    phase: tokio::sync::watch::Sender<Phase>,
 }
 
 impl Stack {
@@ -69,6 +83,7 @@ impl Stack {
             report,
             request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
+            phase: tokio::sync::watch::Sender::new(Phase::Serving),
         })
     }
 
@@ -96,9 +111,30 @@ impl Stack {
         }
     }
 
-    /// Lame duck: `/readyz` says so from now on; serving goes on.
+    /// Lame duck: `/readyz` says so from now on; serving goes on, and clients are moved away.
     pub fn start_draining(&self) {
+        self.enter(Phase::LameDuck);
+    }
+
+    /// Accepting stops; every connection is asked to finish.
+    pub fn close(&self) {
+        self.enter(Phase::Closing);
+    }
+
+    /// Phases only move forward.
+    fn enter(&self, next: Phase) {
         self.draining.store(true, Ordering::Release);
+        self.phase.send_if_modified(|p| {
+            let forward = *p < next;
+            if forward {
+                *p = next;
+            }
+            forward
+        });
+    }
+
+    pub fn phase(&self) -> tokio::sync::watch::Receiver<Phase> {
+        self.phase.subscribe()
     }
 
     pub fn is_draining(&self) -> bool {

@@ -7,6 +7,8 @@ use crate::config::{AuditConfig, UserIdMode};
 
 /// Turns `upn`/`oid` into what may be logged and reported.
 pub struct UserIds {
+    /// Tells this instance from any other, for ids derived under it and kept (`Memo`).
+    id: u64,
     mode: UserIdMode,
     key: Option<aws_lc_rs::hmac::Key>,
 }
@@ -15,7 +17,12 @@ impl UserIds {
     pub fn new(cfg: &AuditConfig) -> Self {
         let key = (cfg.user_ids == UserIdMode::Hash)
             .then(|| aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, cfg.hash_key.as_bytes()));
-        Self { mode: cfg.user_ids, key }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self { id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed), mode: cfg.user_ids, key }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn is_plain(&self) -> bool {

@@ -54,9 +54,10 @@ impl Refusal {
         match self {
             Refusal::Auth(AuthRefusal::MissingToken) => Decision::MissingToken,
             Refusal::Auth(AuthRefusal::Invalid(_)) => Decision::InvalidToken,
-            Refusal::Auth(AuthRefusal::Denied(Deny::MfaRequired | Deny::AuthTooOld)) => Decision::MfaRequired,
-            Refusal::Auth(AuthRefusal::StepUp(_)) => Decision::MfaRequired,
-            Refusal::Auth(AuthRefusal::Denied(_)) => Decision::Forbidden,
+            Refusal::Auth(AuthRefusal::Denied(d)) => match d.why() {
+                Deny::MfaRequired | Deny::AuthTooOld => Decision::MfaRequired,
+                Deny::AppOnlyNotAllowed | Deny::MissingRole | Deny::MissingScope => Decision::Forbidden,
+            },
             Refusal::Auth(AuthRefusal::KeysUnavailable) => Decision::KeysUnavailable,
             Refusal::BadPath(_) | Refusal::BadOriginal(_) => Decision::BadRequest,
             Refusal::Upstream(_) => Decision::UpstreamError,
@@ -69,8 +70,7 @@ impl Refusal {
         match self {
             Refusal::Auth(AuthRefusal::MissingToken) => "missing_token",
             Refusal::Auth(AuthRefusal::Invalid(i)) => i.reason(),
-            Refusal::Auth(AuthRefusal::Denied(d)) => d.reason(),
-            Refusal::Auth(AuthRefusal::StepUp(s)) => s.why.reason(),
+            Refusal::Auth(AuthRefusal::Denied(d)) => d.why().reason(),
             Refusal::Auth(AuthRefusal::KeysUnavailable) => "keys_unavailable",
             Refusal::BadPath(_) => "path_not_normal",
             Refusal::BadOriginal(_) => "bad_original_request",
@@ -86,8 +86,8 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::MissingToken) => {
                 tracing::debug!(?request_id, route, "no token");
             }
-            Refusal::Auth(a @ (AuthRefusal::Denied(_) | AuthRefusal::StepUp(_))) => {
-                if let Some(kind) = a.step_up_kind() {
+            Refusal::Auth(AuthRefusal::Denied(d)) => {
+                if let Some(kind) = d.step_up_kind() {
                     sinks.auth.step_up_challenge(kind);
                 }
                 tracing::debug!(?request_id, route, reason = self.reason(), "refused by the route's requirement");

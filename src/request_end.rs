@@ -5,9 +5,10 @@
 //! ends, and a client that leaves mid-body is `client_closed`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use http::{HeaderValue, Method};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
@@ -181,38 +182,67 @@ impl RouteCounters {
     }
 }
 
-/// Redacted (user, oid), as audit events and the report may show them.
-type RedactedIds = (Option<Box<str>>, Option<Box<str>>);
+/// A verified token as the request path holds it: with what it derives from the token once.
+pub type Token = Verified<Memo>;
 
-/// Per-token values derived once and kept on the cached token (`Verified::annotations`).
-pub struct Derived {
-    pub ratio: IntCounter,
-    /// `None` in plain mode, where the claims are used as they are.
-    redacted: Option<RedactedIds>,
+/// What the request path derives from a verified token once and keeps with it in the token
+/// cache, so a cached token costs nothing more per request: its MFA-ratio counter, and its ids
+/// as `[audit]` shows them.
+#[derive(Default)]
+pub struct Memo {
+    ratio: OnceLock<IntCounter>,
+    /// Tagged with the `UserIds` that made it: a reload that changes `[audit]` keeps the token
+    /// cache, and the next request redacts under the new settings.
+    redacted: ArcSwapOption<Redacted>,
 }
 
-impl Derived {
-    /// The cached token's derived values. A snapshot whose `[audit]` differs has its own token
-    /// cache, so redaction always follows the settings of the snapshot that verified it.
-    pub fn of<'v>(v: &'v Verified, ratios: &RatioCounters, user_ids: &UserIds) -> &'v Derived {
-        let any = v.annotations.get_or_init(|| {
-            Box::new(Derived {
-                ratio: ratios.counter(v.app_id(), v.kind, v.mfa),
-                redacted: (!user_ids.is_plain()).then(|| {
-                    let show = |id: Option<&str>| user_ids.show(id).map(String::into_boxed_str);
-                    (show(v.user()), show(v.oid()))
-                }),
-            })
-        });
-        any.downcast_ref::<Derived>().expect("only request_end sets annotations")
+/// (user, oid) as one `UserIds` shows them.
+pub struct Redacted {
+    by: u64,
+    user: Option<Box<str>>,
+    oid: Option<Box<str>>,
+}
+
+/// A token's (user, oid) as logs and the report may show them.
+pub enum Ids<'v> {
+    Plain(&'v Token),
+    Redacted(Arc<Redacted>),
+}
+
+impl Ids<'_> {
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Ids::Plain(v) => v.user(),
+            Ids::Redacted(r) => r.user.as_deref(),
+        }
     }
 
-    /// (user, oid) as logs and the report may show them.
-    pub fn ids<'v>(&'v self, v: &'v Verified) -> (Option<&'v str>, Option<&'v str>) {
-        match &self.redacted {
-            None => (v.user(), v.oid()),
-            Some((user, oid)) => (user.as_deref(), oid.as_deref()),
+    pub fn oid(&self) -> Option<&str> {
+        match self {
+            Ids::Plain(v) => v.oid(),
+            Ids::Redacted(r) => r.oid.as_deref(),
         }
+    }
+}
+
+impl Memo {
+    /// The token's MFA-ratio counter (the `app` label resolved once per token).
+    pub fn ratio<'v>(v: &'v Token, ratios: &RatioCounters) -> &'v IntCounter {
+        v.memo.ratio.get_or_init(|| ratios.counter(v.app_id(), v.kind, v.mfa))
+    }
+
+    /// The token's ids under `user_ids`' settings.
+    pub fn ids<'v>(v: &'v Token, user_ids: &UserIds) -> Ids<'v> {
+        if user_ids.is_plain() {
+            return Ids::Plain(v);
+        }
+        if let Some(r) = v.memo.redacted.load_full().filter(|r| r.by == user_ids.id()) {
+            return Ids::Redacted(r);
+        }
+        let show = |id: Option<&str>| user_ids.show(id).map(String::into_boxed_str);
+        let r = Arc::new(Redacted { by: user_ids.id(), user: show(v.user()), oid: show(v.oid()) });
+        v.memo.redacted.store(Some(r.clone()));
+        Ids::Redacted(r)
     }
 }
 
@@ -247,7 +277,7 @@ pub struct RequestEnd {
     auth_done: Option<Instant>,
     /// Upstream response headers (or the upstream's failure).
     pub upstream_done: Option<Instant>,
-    pub verified: Option<Arc<Verified>>,
+    pub verified: Option<Arc<Token>>,
     /// A report-only route's rules would have refused it, for this reason.
     pub would_refuse: Option<&'static str>,
     outcome: Option<(u16, Decision, &'static str)>,
@@ -321,8 +351,7 @@ impl Drop for RequestEnd {
             (Some(a), Some(u)) => u - a,
             _ => Duration::ZERO,
         };
-        let derived = v.map(|v| Derived::of(v, &self.sinks.ratios, user_ids));
-        let ids = v.zip(derived).map(|(v, d)| d.ids(v));
+        let ids = v.map(|v| Memo::ids(v, user_ids));
         audit::emit(&audit::Event {
             mode: self.asked.mode.as_str(),
             request_id: self.asked.request_id.to_str().unwrap_or("-"),
@@ -336,8 +365,8 @@ impl Drop for RequestEnd {
             token_kind: kind_label(kind),
             tenant: v.and_then(|v| v.tid()),
             app: v.and_then(|v| v.app_id()),
-            user: ids.and_then(|i| i.0),
-            object_id: ids.and_then(|i| i.1),
+            user: ids.as_ref().and_then(Ids::user),
+            object_id: ids.as_ref().and_then(Ids::oid),
             duration_us: elapsed.as_micros() as u64,
             auth_us: auth.as_micros() as u64,
             upstream_us: upstream.as_micros() as u64,

@@ -18,7 +18,7 @@ use crate::headers::Screen;
 use crate::proxy::Proxy;
 use crate::refusal::RefusalStyle;
 use crate::report::RatioCounters;
-use crate::request_end::{RequestMetrics, Sinks};
+use crate::request_end::{Memo, RequestMetrics, Sinks};
 use crate::routes::RouteTable;
 
 pub struct Snapshot {
@@ -27,7 +27,7 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Where each request's records go (`requests_total` handles by `Route::index`, ...).
     pub sinks: Arc<Sinks>,
-    pub auth: Arc<Authenticator>,
+    pub auth: Arc<Authenticator<Memo>>,
     pub proxy: Arc<Proxy>,
     pub screen: Screen,
     /// `<identity prefix>would-refuse`: set on requests a report-only route lets through.
@@ -75,9 +75,9 @@ impl Snapshot {
         // A key set whose key file or CA file changed is read again, as a new set.
         let spec_untouched = |s: &KeySpec| s.files().all(|f| untouched(Some(f)));
         let issuers_untouched = config.auth.issuers.iter().all(|i| spec_untouched(&i.keys));
-        // The cache holds verdicts and the ids derived from tokens (redacted per `[audit]`).
+        // The cache holds verdicts; what `[audit]` derives from a token is redone under new settings.
         let auth = match previous {
-            Some(p) if p.config.auth == config.auth && p.config.audit == config.audit && issuers_untouched => {
+            Some(p) if p.config.auth == config.auth && issuers_untouched => {
                 carried.token_cache = true;
                 carried.key_sets_kept = p.auth.issuers.len();
                 p.auth.clone()

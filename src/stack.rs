@@ -15,15 +15,15 @@ use hyper::body::Incoming;
 use prometheus::Registry;
 
 use crate::audit;
+use crate::auth::challenge::AuthRefusal;
 use crate::auth::metrics::AuthMetrics;
-use crate::auth::Verified;
 use crate::authz::Flaw;
 use crate::config::Config;
 use crate::headers::{is_grpc, RemovedCounters};
 use crate::proxy::{Origin, UpstreamBody, UpstreamMetrics};
 use crate::refusal::{Body, Refusal, RefusalSinks};
 use crate::report::{Observation, RatioCounters, Report};
-use crate::request_end::{Asked, Decision, Derived, Ended, Mode, RequestEnd, RequestMetrics};
+use crate::request_end::{Asked, Decision, Ended, Memo, Mode, RequestEnd, RequestMetrics, Token};
 use crate::request_id::{RequestIds, REQUEST_ID};
 use crate::routes::{Requirement, Route};
 use crate::snapshot::{Carried, Snapshot};
@@ -335,8 +335,8 @@ impl Stack {
         // marked and counted.
         match snap.auth.authorize(route, &v) {
             Ok(()) => {}
-            Err(refusal) if !route.enforce => {
-                let why = refusal.deny().expect("authorize refuses with a policy reason");
+            Err(denial) if !route.enforce => {
+                let why = denial.why();
                 self.requests.would_refuse(&route.name, why.reason(), self.ratios.app_label(v.app_id()), v.kind);
                 self.report.would_refuse(
                     crate::auth::unix_now(),
@@ -347,7 +347,7 @@ impl Stack {
                 tracing::debug!(route = %route.name, reason = why.reason(), "report-only route: would refuse");
                 end.would_refuse = Some(why.reason());
             }
-            Err(refusal) => return Err(Refusal::Auth(refusal)),
+            Err(denial) => return Err(Refusal::Auth(AuthRefusal::Denied(denial))),
         }
         // Tell the upstream who called, from verified claims only.
         for (name, value) in snap.auth.identity_headers(&v) {
@@ -360,16 +360,16 @@ impl Stack {
     }
 
     /// The status report's inputs: one App+User (with or without MFA) or app-only request.
-    fn observe(&self, snap: &Snapshot, v: &Verified, route: &Route) {
-        let d = Derived::of(v, &self.ratios, &snap.user_ids);
-        d.ratio.inc();
+    fn observe(&self, snap: &Snapshot, v: &Token, route: &Route) {
+        Memo::ratio(v, &self.ratios).inc();
+        let ids = Memo::ids(v, &snap.user_ids);
         self.report.record(&Observation {
             unix_secs: crate::auth::unix_now(),
             route: &route.name,
             kind: v.kind,
             mfa: v.mfa,
             app: v.app_id().unwrap_or("none"),
-            user: d.ids(v).0,
+            user: ids.user(),
             tenant: v.tid(),
         });
     }

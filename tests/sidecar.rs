@@ -249,6 +249,38 @@ async fn a_reload_keeps_key_sets_and_forgets_verified_tokens_only_when_their_rul
     assert!(reloaded[1].contains("\"token_cache_kept\":false") && reloaded[1].contains("\"key_sets_new\":0"));
 }
 
+/// `[audit]` decides only how ids are shown, never a verdict: a change to it keeps the verified
+/// tokens, and the next request of a cached token is shown under the new settings.
+#[tokio::test]
+async fn a_change_to_audit_keeps_cached_tokens_and_shows_their_ids_under_the_new_settings() {
+    let s = Setup::new().await;
+    let gw = Binary::start(&s.text("mfa", "", ""), None);
+    gw.ready().await;
+    let mfa = s.token("mfa");
+    let (hits, misses) =
+        (r#"mfa_gateway_token_cache_total{result="hit"}"#, r#"mfa_gateway_token_cache_total{result="miss"}"#);
+    // Twice: a token is cached on its second sighting; the third is a hit.
+    for _ in 0..3 {
+        assert_eq!(get(gw.addr, "/v1/offers", Some(&mfa)).await.0, StatusCode::OK);
+    }
+    assert_eq!((gw.metric(misses).await, gw.metric(hits).await), (2.0, 1.0));
+    let audited = |id: String| move |l: &str| l.contains("mfa_gateway::audit") && l.contains(&id);
+    let (_, headers, _) = get(gw.addr, "/v1/offers", Some(&mfa)).await;
+    let before = line(&gw, audited(headers["x-request-id"].to_str().unwrap().into())).await;
+    assert!(before.contains("\"user\":\"Adminagent.csp@"), "{before}");
+
+    let hashed = "[audit]\nenabled = true\nuser_ids = \"hash\"\nhash_key = \"0123456789abcdef0123\"\n";
+    std::fs::write(&gw.file, s.text("mfa", "", "").replace("[audit]\nenabled = true\n", hashed)).unwrap();
+    line(&gw, |l| l.contains("config reloaded")).await;
+    let (status, headers, _) = get(gw.addr, "/v1/offers", Some(&mfa)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((gw.metric(misses).await, gw.metric(hits).await), (2.0, 3.0), "the [audit] change emptied the cache");
+    let after = line(&gw, audited(headers["x-request-id"].to_str().unwrap().into())).await;
+    assert!(after.contains("\"user\":\"h:") && !after.contains("Adminagent"), "{after}");
+    let reloaded = line(&gw, |l| l.contains("config reloaded")).await;
+    assert!(reloaded.contains("\"token_cache_kept\":true"), "{reloaded}");
+}
+
 #[tokio::test]
 async fn settings_that_cannot_change_live_keep_their_values_with_a_warning() {
     let s = Setup::new().await;

@@ -13,11 +13,19 @@ pub enum AuthRefusal {
     /// No `Authorization: Bearer` on a route that needs a token.
     MissingToken,
     Invalid(Invalid),
-    Denied(Deny),
-    /// MFA missing or too old, on a route that sends a challenge the client can act on.
-    StepUp(StepUpNeeded),
+    /// The token verified; the route's rule refused it.
+    Denied(Denial),
     /// No key could be had for the token's issuer: our fault, not the caller's.
     KeysUnavailable,
+}
+
+/// A route's rule refused a verified token: all that `Authenticator::authorize` can return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// Refused as the rule says; MFA missing or too old gets the Partner Center refusal.
+    Plain(Deny),
+    /// MFA missing or too old, on a route that sends a challenge the client can act on.
+    StepUp(StepUpNeeded),
 }
 
 /// A step-up refusal: the route's challenge, and what it needs from the token.
@@ -32,23 +40,22 @@ pub struct StepUpNeeded {
     pub tid: Option<[u8; 36]>,
 }
 
-impl AuthRefusal {
+impl Denial {
+    /// The rule that refused.
+    pub fn why(&self) -> Deny {
+        match self {
+            Denial::Plain(d) => *d,
+            Denial::StepUp(s) => s.why,
+        }
+    }
+
     /// The `kind` label of `step_up_challenges_total` when this refusal asks the client to sign
     /// in again (MFA missing or too old).
     pub fn step_up_kind(&self) -> Option<&'static str> {
         match self {
-            AuthRefusal::Denied(Deny::MfaRequired | Deny::AuthTooOld) => Some(StepUp::PartnerCenter.as_str()),
-            AuthRefusal::StepUp(s) => Some(s.style.as_str()),
-            _ => None,
-        }
-    }
-
-    /// The route rule that refused, when a rule did (not the token).
-    pub fn deny(&self) -> Option<Deny> {
-        match self {
-            AuthRefusal::Denied(d) => Some(*d),
-            AuthRefusal::StepUp(s) => Some(s.why),
-            _ => None,
+            Denial::Plain(Deny::MfaRequired | Deny::AuthTooOld) => Some(StepUp::PartnerCenter.as_str()),
+            Denial::Plain(Deny::AppOnlyNotAllowed | Deny::MissingRole | Deny::MissingScope) => None,
+            Denial::StepUp(s) => Some(s.style.as_str()),
         }
     }
 }
@@ -87,94 +94,31 @@ pub struct Challenge {
 
 pub const MFA_REASON_PHRASE: &str = "Unauthorized - MFA required";
 
+/// The challenge for a refusal under the `[challenge]` settings.
 pub fn challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challenge {
-    let realm_param = settings.realm.as_deref().map(|r| format!("realm=\"{r}\"")).unwrap_or_default();
-    let bearer = |params: &[String]| {
-        let all: Vec<&str> = std::iter::once(realm_param.as_str())
-            .filter(|s| !s.is_empty())
-            .chain(params.iter().map(String::as_str))
-            .collect();
-        if all.is_empty() {
-            "Bearer".to_string()
-        } else {
-            format!("Bearer {}", all.join(", "))
-        }
-    };
     match refusal {
         // RFC 6750 §3.1: a request without credentials gets no error code.
-        AuthRefusal::MissingToken => Challenge {
-            status: StatusCode::UNAUTHORIZED,
-            reason_phrase: None,
-            www_authenticate: Some(bearer(&[])),
-            error: "missing_token",
-            description: "a Bearer token is required",
-            retry_after_secs: None,
-        },
-        AuthRefusal::Invalid(why) => Challenge {
-            status: StatusCode::UNAUTHORIZED,
-            reason_phrase: None,
-            www_authenticate: Some(bearer(&[
-                "error=\"invalid_token\"".to_string(),
-                format!("error_description=\"{}\"", why.description()),
-            ])),
-            error: "invalid_token",
-            description: why.description(),
-            retry_after_secs: None,
-        },
-        // The Partner Center wire format, byte for byte: reason phrase and a bare error code.
-        AuthRefusal::Denied(why @ (Deny::MfaRequired | Deny::AuthTooOld)) => Challenge {
-            status: StatusCode::UNAUTHORIZED,
-            reason_phrase: Some(MFA_REASON_PHRASE),
-            www_authenticate: Some("Bearer error=\"invalid_token\"".to_string()),
-            error: "invalid_token",
-            description: why.description(),
-            retry_after_secs: None,
-        },
-        // RFC 9470 §3.
-        AuthRefusal::StepUp(s) if s.style == StepUp::Rfc9470 => {
-            let mut params = vec![
-                "error=\"insufficient_user_authentication\"".to_string(),
-                format!("error_description=\"{}\"", s.why.description()),
-            ];
-            params.extend(settings.acr_values.as_deref().map(|v| format!("acr_values=\"{v}\"")));
-            params.extend(s.max_age.map(|m| format!("max_age=\"{m}\"")));
+        AuthRefusal::MissingToken => unauthorized(bearer(settings, &[]), "missing_token", "a Bearer token is required"),
+        AuthRefusal::Invalid(why) => {
+            let params = ["error=\"invalid_token\"".into(), format!("error_description=\"{}\"", why.description())];
+            unauthorized(bearer(settings, &params), "invalid_token", why.description())
+        }
+        AuthRefusal::Denied(Denial::Plain(why @ (Deny::MfaRequired | Deny::AuthTooOld))) => partner_center(why),
+        AuthRefusal::Denied(Denial::Plain(
+            why @ (Deny::AppOnlyNotAllowed | Deny::MissingRole | Deny::MissingScope),
+        )) => {
+            let params =
+                ["error=\"insufficient_scope\"".into(), format!("error_description=\"{}\"", why.description())];
             Challenge {
-                status: StatusCode::UNAUTHORIZED,
-                reason_phrase: None,
-                www_authenticate: Some(bearer(&params)),
-                error: "insufficient_user_authentication",
-                description: s.why.description(),
-                retry_after_secs: None,
+                status: StatusCode::FORBIDDEN,
+                ..unauthorized(bearer(settings, &params), "insufficient_scope", why.description())
             }
         }
-        // Entra's claims challenge, in the shape MSAL parses (`realm=""` included).
-        AuthRefusal::StepUp(s) => {
-            let tenant = s.tid.as_ref().and_then(|t| std::str::from_utf8(t).ok()).unwrap_or("organizations");
-            let uri = settings.authorization_uri.replace("{tid}", tenant);
-            let context = settings.auth_context.as_deref().unwrap_or_default();
-            let claims = format!("{{\"access_token\":{{\"acrs\":{{\"essential\":true,\"value\":\"{context}\"}}}}}}");
-            let claims = base64::engine::general_purpose::STANDARD.encode(claims);
-            Challenge {
-                status: StatusCode::UNAUTHORIZED,
-                reason_phrase: None,
-                www_authenticate: Some(format!(
-                    "Bearer realm=\"\", authorization_uri=\"{uri}\", error=\"insufficient_claims\", claims=\"{claims}\""
-                )),
-                error: "insufficient_claims",
-                description: s.why.description(),
-                retry_after_secs: None,
-            }
-        }
-        AuthRefusal::Denied(why) => Challenge {
-            status: StatusCode::FORBIDDEN,
-            reason_phrase: None,
-            www_authenticate: Some(bearer(&[
-                "error=\"insufficient_scope\"".to_string(),
-                format!("error_description=\"{}\"", why.description()),
-            ])),
-            error: "insufficient_scope",
-            description: why.description(),
-            retry_after_secs: None,
+        AuthRefusal::Denied(Denial::StepUp(s)) => match s.style {
+            StepUp::Rfc9470 => rfc9470(&s, settings),
+            StepUp::EntraClaims => entra_claims(&s, settings),
+            // A route whose step-up is the plain refusal never asks for one (`authorize`).
+            StepUp::PartnerCenter => partner_center(s.why),
         },
         AuthRefusal::KeysUnavailable => Challenge {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -185,6 +129,59 @@ pub fn challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challeng
             retry_after_secs: Some(5),
         },
     }
+}
+
+/// `Bearer` with the configured realm first, then `params`.
+fn bearer(settings: &ChallengeSettings, params: &[String]) -> String {
+    let realm = settings.realm.as_deref().map(|r| format!("realm=\"{r}\""));
+    let all: Vec<&str> = realm.iter().map(String::as_str).chain(params.iter().map(String::as_str)).collect();
+    if all.is_empty() {
+        "Bearer".to_string()
+    } else {
+        format!("Bearer {}", all.join(", "))
+    }
+}
+
+fn unauthorized(www_authenticate: String, error: &'static str, description: &'static str) -> Challenge {
+    Challenge {
+        status: StatusCode::UNAUTHORIZED,
+        reason_phrase: None,
+        www_authenticate: Some(www_authenticate),
+        error,
+        description,
+        retry_after_secs: None,
+    }
+}
+
+/// The Partner Center wire format, byte for byte: reason phrase and a bare error code.
+fn partner_center(why: Deny) -> Challenge {
+    Challenge {
+        reason_phrase: Some(MFA_REASON_PHRASE),
+        ..unauthorized("Bearer error=\"invalid_token\"".to_string(), "invalid_token", why.description())
+    }
+}
+
+/// RFC 9470 §3.
+fn rfc9470(s: &StepUpNeeded, settings: &ChallengeSettings) -> Challenge {
+    let mut params = vec![
+        "error=\"insufficient_user_authentication\"".to_string(),
+        format!("error_description=\"{}\"", s.why.description()),
+    ];
+    params.extend(settings.acr_values.as_deref().map(|v| format!("acr_values=\"{v}\"")));
+    params.extend(s.max_age.map(|m| format!("max_age=\"{m}\"")));
+    unauthorized(bearer(settings, &params), "insufficient_user_authentication", s.why.description())
+}
+
+/// Entra's claims challenge, in the shape MSAL parses (`realm=""` included).
+fn entra_claims(s: &StepUpNeeded, settings: &ChallengeSettings) -> Challenge {
+    let tenant = s.tid.as_ref().and_then(|t| std::str::from_utf8(t).ok()).unwrap_or("organizations");
+    let uri = settings.authorization_uri.replace("{tid}", tenant);
+    let context = settings.auth_context.as_deref().unwrap_or_default();
+    let claims = format!("{{\"access_token\":{{\"acrs\":{{\"essential\":true,\"value\":\"{context}\"}}}}}}");
+    let claims = base64::engine::general_purpose::STANDARD.encode(claims);
+    let www =
+        format!("Bearer realm=\"\", authorization_uri=\"{uri}\", error=\"insufficient_claims\", claims=\"{claims}\"");
+    unauthorized(www, "insufficient_claims", s.why.description())
 }
 
 #[cfg(test)]
@@ -206,12 +203,12 @@ mod tests {
             Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token expired\"")
         );
 
-        let c = challenge(AuthRefusal::Denied(Deny::MfaRequired), &api);
+        let c = challenge(AuthRefusal::Denied(Denial::Plain(Deny::MfaRequired)), &api);
         assert_eq!(c.status, StatusCode::UNAUTHORIZED);
         assert_eq!(c.reason_phrase, Some("Unauthorized - MFA required"));
         assert_eq!(c.www_authenticate.as_deref(), Some("Bearer error=\"invalid_token\""));
 
-        let c = challenge(AuthRefusal::Denied(Deny::AppOnlyNotAllowed), &plain);
+        let c = challenge(AuthRefusal::Denied(Denial::Plain(Deny::AppOnlyNotAllowed)), &plain);
         assert_eq!(c.status, StatusCode::FORBIDDEN);
         assert!(c.www_authenticate.unwrap().starts_with("Bearer error=\"insufficient_scope\", error_description="));
 

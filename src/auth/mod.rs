@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::routes::{Route, StepUp};
-use challenge::{AuthRefusal, ChallengeSettings, StepUpNeeded};
+use challenge::{AuthRefusal, ChallengeSettings, Denial, StepUpNeeded};
 use jwks::{IssuerKeys, KeySpec, KeyTiming};
 use keys::Lookup;
 use metrics::AuthMetrics;
@@ -86,9 +86,10 @@ pub fn accept<'p>(
 // ---------------------------------------------------------------------------------------------
 // The authenticator.
 
-/// A token that verified: what policy and the upstream need, computed once and cached.
+/// A token that verified: what policy and the upstream need, computed once and cached. `M` is
+/// whatever the caller derives from the token once and keeps with it (`memo`); auth never reads it.
 #[derive(Debug)]
-pub struct Verified {
+pub struct Verified<M = ()> {
     pub issuer: usize,
     epoch: u64,
     pub exp: i64,
@@ -104,9 +105,8 @@ pub struct Verified {
     /// kept once, as the header value the upstream receives (a claim that cannot be a header
     /// value is left out, not mangled).
     ids: [Option<HeaderValue>; 5],
-    /// Values other layers derive from this token once (metric handles, redacted ids), so a
-    /// cached token costs them nothing per request. Set and read by the stack.
-    pub annotations: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    /// The caller's own, made with `M::default()` when the token verifies.
+    pub memo: M,
     /// The token itself, when cached: the cache is keyed by its hash, and a hit counts only when
     /// this matches.
     token: Option<TokenText>,
@@ -127,7 +127,7 @@ const APP: usize = 2;
 const UPN: usize = 3;
 const USER: usize = 4;
 
-impl Verified {
+impl<M> Verified<M> {
     pub fn caller(&self) -> Caller<'_> {
         Caller { kind: self.kind, mfa: self.mfa, roles: &self.roles, scopes: &self.scopes, auth_time: self.auth_time }
     }
@@ -160,11 +160,11 @@ impl Verified {
 }
 
 /// What a cache entry costs besides the token and claims it keeps: the `Verified` itself, its
-/// `Arc`, the annotations, and moka's table, deque and timer nodes. Measured: about 2.2 KiB per
+/// `Arc`, the memo, and moka's table, deque and timer nodes. Measured: about 2.2 KiB per
 /// entry with a 1 KiB token.
 const ENTRY_OVERHEAD: usize = 1200;
 
-impl Verified {
+impl<M> Verified<M> {
     /// Bytes this entry holds in the cache, roughly.
     fn weight(&self) -> usize {
         let ids: usize = self.ids.iter().flatten().map(HeaderValue::len).sum();
@@ -175,8 +175,8 @@ impl Verified {
 
 struct UntilExp;
 
-impl moka::Expiry<u64, Arc<Verified>> for UntilExp {
-    fn expire_after_create(&self, _: &u64, v: &Arc<Verified>, _: std::time::Instant) -> Option<Duration> {
+impl<M> moka::Expiry<u64, Arc<Verified<M>>> for UntilExp {
+    fn expire_after_create(&self, _: &u64, v: &Arc<Verified<M>>, _: std::time::Instant) -> Option<Duration> {
         Some(Duration::from_secs((v.exp - unix_now()).max(0) as u64))
     }
 }
@@ -185,7 +185,7 @@ pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-pub struct Authenticator {
+pub struct Authenticator<M = ()> {
     pub issuers: Vec<Arc<IssuerKeys>>,
     /// What each issuer demands of its tokens, and how they are read, by the index of `issuers`.
     rules: Vec<IssuerRules>,
@@ -197,14 +197,14 @@ pub struct Authenticator {
     /// Verified tokens by a seeded 64-bit hash of the token. A hash, not the ~1 KB token, is what
     /// the cache's table rehashes and compares as it grows and evicts; the entry keeps the token
     /// and a lookup whose token differs is a miss, so two tokens with one hash never share an entry.
-    cache: moka::sync::Cache<u64, Arc<Verified>, foldhash::fast::RandomState>,
+    cache: moka::sync::Cache<u64, Arc<Verified<M>>, foldhash::fast::RandomState>,
     token_hash: foldhash::fast::RandomState,
     /// `None` with the cache off (`[cache] max_entries = 0`).
     doorkeeper: Option<admission::Doorkeeper>,
     metrics: Arc<AuthMetrics>,
 }
 
-impl Authenticator {
+impl<M: Default + Send + Sync + 'static> Authenticator<M> {
     /// A new authenticator with an empty token cache. Key sets in `keep` with an issuer's
     /// `KeySpec` are taken over, keys and all (their timings change when the new config is put
     /// in service: `retime`); the others are new and empty (their `IssuerKeys::maintain` task is
@@ -242,7 +242,7 @@ impl Authenticator {
                 let share = cfg.cache_max_bytes.checked_div(cfg.cache_max_entries).unwrap_or(0) as usize;
                 moka::sync::Cache::builder()
                     .max_capacity(if cfg.cache_max_entries == 0 { 0 } else { cfg.cache_max_bytes })
-                    .weigher(move |_, v: &Arc<Verified>| v.weight().max(share).min(u32::MAX as usize) as u32)
+                    .weigher(move |_, v: &Arc<Verified<M>>| v.weight().max(share).min(u32::MAX as usize) as u32)
                     .expire_after(UntilExp)
                     .build_with_hasher(foldhash::fast::RandomState::default())
             },
@@ -270,7 +270,7 @@ impl Authenticator {
     }
 
     /// Verifies the request's bearer token (from cache when it verified before).
-    pub async fn verify(&self, headers: &HeaderMap) -> Result<Arc<Verified>, AuthRefusal> {
+    pub async fn verify(&self, headers: &HeaderMap) -> Result<Arc<Verified<M>>, AuthRefusal> {
         let token = match token::bearer(headers) {
             Ok(Some(t)) => t,
             Ok(None) => return Err(AuthRefusal::MissingToken),
@@ -300,7 +300,7 @@ impl Authenticator {
         Ok(v)
     }
 
-    async fn verify_uncached(&self, token: &str, keep: bool) -> Result<Verified, AuthRefusal> {
+    async fn verify_uncached(&self, token: &str, keep: bool) -> Result<Verified<M>, AuthRefusal> {
         let invalid = AuthRefusal::Invalid;
         let parsed = token::parse(token, self.max_token_bytes).map_err(invalid)?;
         let iss = parsed.claims.iss().ok_or(invalid(Invalid::UnknownIssuer))?;
@@ -347,13 +347,16 @@ impl Authenticator {
             auth_time: id.auth_time,
             claims_capable: id.claims_capable,
             ids: [value(id.tid), value(id.oid), value(id.app_id), value(id.upn), value(id.user)],
-            annotations: std::sync::OnceLock::new(),
+            memo: M::default(),
             token: keep.then(|| TokenText(token.into())),
         })
     }
 
     /// The identity headers for the upstream, from a verified token's claims only.
-    pub fn identity_headers<'a>(&'a self, v: &'a Verified) -> impl Iterator<Item = (&'a HeaderName, HeaderValue)> + 'a {
+    pub fn identity_headers<'a>(
+        &'a self,
+        v: &'a Verified<M>,
+    ) -> impl Iterator<Item = (&'a HeaderName, HeaderValue)> + 'a {
         let kind = HeaderValue::from_static(v.kind.as_str());
         let mfa = HeaderValue::from_static(if v.mfa { "true" } else { "false" });
         let values = [Some(kind), Some(mfa)].into_iter().chain(v.ids.iter().cloned());
@@ -362,7 +365,7 @@ impl Authenticator {
 
     /// Applies the route's requirement to a verified token. Missing or stale MFA becomes the
     /// route's step-up challenge when the client can act on it.
-    pub fn authorize(&self, route: &Route, v: &Verified) -> Result<(), AuthRefusal> {
+    pub fn authorize(&self, route: &Route, v: &Verified<M>) -> Result<(), Denial> {
         // The clock is read only where the route limits the sign-in's age.
         let now = if route.max_auth_age.is_some() { unix_now() } else { 0 };
         policy::decide(route, &v.caller(), now).map_err(|why| {
@@ -372,10 +375,10 @@ impl Authenticator {
                 _ => false,
             };
             if !step_up {
-                return AuthRefusal::Denied(why);
+                return Denial::Plain(why);
             }
             let tid = v.tid().filter(|t| token::is_guid(t)).and_then(|t| t.as_bytes().try_into().ok());
-            AuthRefusal::StepUp(StepUpNeeded { style: route.step_up, why, max_age: route.max_auth_age, tid })
+            Denial::StepUp(StepUpNeeded { style: route.step_up, why, max_age: route.max_auth_age, tid })
         })
     }
 

@@ -2,6 +2,8 @@
 //!
 //! A request goes listener -> stack -> auth -> proxy; open the files in that order.
 
+#![deny(clippy::too_many_lines)]
+
 pub mod admin;
 pub mod app;
 pub mod audit;

@@ -1,5 +1,7 @@
 //! CLI only: parse arguments, load and validate the config, start logging, hand over to `run`.
 
+#![deny(clippy::too_many_lines)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -130,7 +130,7 @@ impl Proxy {
     pub fn new(upstream: &UpstreamConfig) -> Self {
         let connector = |http2: bool| match &upstream.tls {
             // HTTP/2 to the upstream when its ALPN offers it.
-            Some(tls) => crate::tls::https_connector(tls.clone(), http2, Some(upstream.connect_timeout)),
+            Some(tls) => crate::tls::https_connector(tls.0.clone(), http2, Some(upstream.connect_timeout)),
             None => {
                 let mut http = HttpConnector::new();
                 http.set_connect_timeout(Some(upstream.connect_timeout));

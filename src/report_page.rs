@@ -35,30 +35,53 @@ pub fn utc(secs: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string().replacen('T', " ", 1).replace('Z', " UTC")
 }
 
-/// The page for one instance's `/report`.
+const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:2rem;color:#1b1f23;max-width:60rem}\
+     h1{font-size:1.3rem;margin:0 0 .2rem} .sub{color:#57606a}\
+     .ratio{font-size:4rem;font-weight:700;margin:1rem 0 .3rem}\
+     .ok{color:#1a7f37} .low{color:#cf222e} .none{color:#57606a}\
+     .bar{position:relative;height:1.1rem;background:#eaeef2;border-radius:3px}\
+     .fill{height:100%;border-radius:3px} .fill.ok{background:#2da44e} .fill.low{background:#e5534b}\
+     .line{position:absolute;top:-3px;bottom:-3px;left:95%;border-left:2px dashed #1b1f23}\
+     table{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem}\
+     th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:middle}\
+     th{font-weight:600} td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums} td.b{width:35%}";
+
+/// The CSS class of a ratio against the 95 % target.
+fn class(ratio: Option<f64>) -> &'static str {
+    match ratio {
+        Some(r) if r >= TARGET => "ok",
+        Some(_) => "low",
+        None => "none",
+    }
+}
+
+/// The page for one instance's `/report`, or the fleet's.
 pub fn render(s: &Snapshot) -> String {
     let mut h = String::with_capacity(8 * 1024);
+    headline(&mut h, s);
+    applications(&mut h, s);
+    would_refuse(&mut h, s);
+    if s.scope == FLEET_SCOPE {
+        // Prometheus holds counters, not users: those are on each instance's /report.
+        h.push_str("<p class=\"sub\">Users and requests without MFA: see each instance's /report.</p></body></html>\n");
+    } else {
+        users(&mut h, s);
+    }
+    h
+}
+
+/// Title, the ratio in large type against the 95 % line, and the totals.
+fn headline(h: &mut String, s: &Snapshot) {
     let ratio = s.app_user_mfa_ratio;
     let verdict = match ratio {
-        Some(r) if r >= TARGET => ("ok", "at or above 95 %"),
-        Some(_) => ("low", "below 95 %"),
-        None => ("none", "nothing to measure yet"),
+        Some(r) if r >= TARGET => "at or above 95 %",
+        Some(_) => "below 95 %",
+        None => "nothing to measure yet",
     };
     let _ = write!(
         h,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>MFA status report</title><style>\
-         body{{font:15px/1.4 system-ui,sans-serif;margin:2rem;color:#1b1f23;max-width:60rem}}\
-         h1{{font-size:1.3rem;margin:0 0 .2rem}} .sub{{color:#57606a}}\
-         .ratio{{font-size:4rem;font-weight:700;margin:1rem 0 .3rem}}\
-         .ok{{color:#1a7f37}} .low{{color:#cf222e}} .none{{color:#57606a}}\
-         .bar{{position:relative;height:1.1rem;background:#eaeef2;border-radius:3px}}\
-         .fill{{height:100%;border-radius:3px}} .fill.ok{{background:#2da44e}} .fill.low{{background:#e5534b}}\
-         .line{{position:absolute;top:-3px;bottom:-3px;left:95%;border-left:2px dashed #1b1f23}}\
-         table{{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem}}\
-         th,td{{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:middle}}\
-         th{{font-weight:600}} td.n{{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}} td.b{{width:35%}}\
-         </style></head><body>\
+         <title>MFA status report</title><style>{STYLE}</style></head><body>\
          <h1>MFA status report: {scope}</h1>\
          <div class=\"sub\">Last {days}, generated {generated}. App+User requests with MFA over all \
          App+User requests; app-only requests are not counted in the ratio.</div>\
@@ -69,31 +92,28 @@ pub fn render(s: &Snapshot) -> String {
         scope = esc(s.scope),
         days = s.window.clone().unwrap_or_else(|| format!("{} days", s.window_days)),
         generated = utc(s.generated_at),
-        class = verdict.0,
+        class = class(ratio),
         ratio = percent(ratio),
         width = ratio.unwrap_or(0.0) * 100.0,
-        verdict = verdict.1,
         with = s.totals.app_user_with_mfa,
         without = s.totals.app_user_without_mfa,
         app_only = s.totals.app_only,
     );
+}
 
+fn applications(h: &mut String, s: &Snapshot) {
     h.push_str(
         "<h2>Applications</h2><table><tr><th>application</th><th>App+User with MFA</th><th>ratio</th>\
          <th>requests</th><th>with MFA</th><th>without</th><th>app-only</th></tr>",
     );
     for a in &s.applications {
-        let class = match a.app_user_mfa_ratio {
-            Some(r) if r >= TARGET => "ok",
-            Some(_) => "low",
-            None => "none",
-        };
         let _ = write!(
             h,
             "<tr><td>{app}</td><td class=\"b\"><div class=\"bar\"><div class=\"fill {class}\" style=\"width:{w:.1}%\"></div>\
              <div class=\"line\"></div></div></td><td class=\"n\">{r}</td><td class=\"n\">{req}</td><td class=\"n\">{with}</td>\
              <td class=\"n\">{without}</td><td class=\"n\">{only}</td></tr>",
             app = esc(&a.app),
+            class = class(a.app_user_mfa_ratio),
             w = a.app_user_mfa_ratio.unwrap_or(0.0) * 100.0,
             r = a.app_user_mfa_ratio.map_or("-".to_string(), |r| format!("{:.1} %", r * 100.0)),
             req = a.requests,
@@ -103,30 +123,32 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     h.push_str("</table>");
-    if !s.would_refuse.is_empty() {
-        h.push_str(
-            "<h2>Report-only routes: would refuse</h2><p class=\"sub\">Requests forwarded because their route has \
-             enforce = false; with enforce = true each would have been refused for this reason.</p>\
-             <table><tr><th>route</th><th>application</th><th>reason</th><th>requests</th></tr>",
-        );
-        for w in &s.would_refuse {
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
-                esc(&w.route),
-                esc(&w.app),
-                w.reason,
-                w.requests
-            );
-        }
-        h.push_str("</table>");
-    }
-    if s.scope == FLEET_SCOPE {
-        // Prometheus holds counters, not users: those are on each instance's /report.
-        h.push_str("<p class=\"sub\">Users and requests without MFA: see each instance's /report.</p></body></html>\n");
-        return h;
-    }
+}
 
+fn would_refuse(h: &mut String, s: &Snapshot) {
+    if s.would_refuse.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<h2>Report-only routes: would refuse</h2><p class=\"sub\">Requests forwarded because their route has \
+         enforce = false; with enforce = true each would have been refused for this reason.</p>\
+         <table><tr><th>route</th><th>application</th><th>reason</th><th>requests</th></tr>",
+    );
+    for w in &s.would_refuse {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+            esc(&w.route),
+            esc(&w.app),
+            w.reason,
+            w.requests
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// One instance's users and recent requests without MFA.
+fn users(h: &mut String, s: &Snapshot) {
     h.push_str(
         "<h2>Users without MFA</h2><table><tr><th>user</th><th>last seen</th><th>requests without MFA</th></tr>",
     );
@@ -152,7 +174,6 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     h.push_str("</table></body></html>\n");
-    h
 }
 
 #[cfg(test)]

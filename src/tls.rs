@@ -142,6 +142,24 @@ pub fn server_config(c: &ServerTlsFiles) -> Result<ServerConfig, String> {
     Ok(config)
 }
 
+/// A client TLS config, built from files the config names. It compares equal to any other, so
+/// the settings around it can derive `PartialEq`: whether it must be built again is decided by
+/// those files, which a reload compares by their stamps (`Config::changed`).
+#[derive(Clone)]
+pub struct ClientTls(pub ClientConfig);
+
+impl PartialEq for ClientTls {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls(..)")
+    }
+}
+
 /// Client config: platform roots plus `ca_file`, and an optional client certificate.
 pub fn client_config(ca_file: Option<&Path>, identity: Option<&Identity>) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();

@@ -28,7 +28,7 @@ use token::{Invalid, IssuerRules};
 // ---------------------------------------------------------------------------------------------
 // Configuration ([[issuer]], [mfa], [identity], [challenge], [cache]).
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerConfig {
     pub rules: IssuerRules,
     pub profile: Profile,
@@ -36,14 +36,7 @@ pub struct IssuerConfig {
     pub keys: KeySpec,
     pub timing: KeyTiming,
     /// For https key servers: platform roots plus the issuer's `ca_file`.
-    pub tls: rustls::ClientConfig,
-}
-
-/// Equal when every setting is: `tls` is built from `keys.ca_file`, which is compared instead.
-impl PartialEq for IssuerConfig {
-    fn eq(&self, o: &Self) -> bool {
-        (&self.rules, &self.profile, &self.keys, &self.timing) == (&o.rules, &o.profile, &o.keys, &o.timing)
-    }
+    pub tls: crate::tls::ClientTls,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +56,7 @@ pub struct AuthConfig {
 /// key file), for `check --fetch`: how many keys, or why none.
 pub async fn fetch_keys(issuer: &IssuerConfig) -> Result<usize, String> {
     let metrics = Arc::new(AuthMetrics::register(&prometheus::Registry::new()));
-    let client = crate::fetch::client(issuer.tls.clone(), None);
+    let client = crate::fetch::client(issuer.tls.0.clone(), None);
     Arc::new(IssuerKeys::new(issuer.keys.clone(), issuer.timing.clone(), client, metrics)).load_now().await
 }
 
@@ -218,7 +211,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
                     Arc::new(IssuerKeys::new(
                         i.keys.clone(),
                         i.timing.clone(),
-                        crate::fetch::client(i.tls.clone(), None),
+                        crate::fetch::client(i.tls.0.clone(), None),
                         metrics.clone(),
                     ))
                 })

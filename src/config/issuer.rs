@@ -125,92 +125,12 @@ pub(super) fn validate(
     cache: RawCache,
 ) -> Result<AuthConfig, ConfigError> {
     let mfa = mfa_rules(v, "mfa", mfa)?;
-    let mut issuers = Vec::with_capacity(raw.len());
-    for (i, mut r) in raw.into_iter().enumerate() {
-        let key = |k: &str| format!("issuer[{i}].{k}");
-        if r.issuer.is_empty() {
-            return Err(v.err(key("issuer"), "must not be empty"));
+    let mut issuers: Vec<IssuerConfig> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        if issuers.iter().any(|x| x.keys.name == r.issuer) {
+            return Err(v.err(format!("issuer[{i}].issuer"), format!("duplicate issuer {:?}", r.issuer)));
         }
-        if r.issuer.matches("{tenantid}").count() > 1 {
-            return Err(v.err(key("issuer"), "may hold {tenantid} at most once"));
-        }
-        if issuers.iter().any(|x: &IssuerConfig| x.keys.name == r.issuer) {
-            return Err(v.err(key("issuer"), format!("duplicate issuer {:?}", r.issuer)));
-        }
-        let source = match (&r.discovery, &r.jwks_uri, &r.jwks_file) {
-            (Some(u), None, None) => KeySource::Discovery(v.url(&key("discovery"), u)?),
-            (None, Some(u), None) => KeySource::Jwks(v.url(&key("jwks_uri"), u)?),
-            (None, None, Some(f)) => KeySource::File(v.path(f)),
-            _ => return Err(v.err(key("discovery"), "give exactly one of discovery, jwks_uri, jwks_file")),
-        };
-        if r.audiences.is_empty() {
-            return Err(v.err(key("audiences"), "at least one audience is required"));
-        }
-        let mut tenants = Vec::with_capacity(r.tenants.len());
-        for t in &r.tenants {
-            if !token::is_guid(t) {
-                return Err(v.err(key("tenants"), format!("{t:?} is not a GUID")));
-            }
-            tenants.push(t.to_ascii_lowercase());
-        }
-        let names = r.algorithms.take().unwrap_or_else(|| vec!["RS256".into()]);
-        if names.is_empty() {
-            return Err(v.err(key("algorithms"), "at least one algorithm is required"));
-        }
-        let mut algorithms = Vec::with_capacity(names.len());
-        for n in &names {
-            match n.parse::<Algorithm>() {
-                Ok(a) if ALLOWED_ALGS.contains(&a) => algorithms.push(a),
-                _ => {
-                    return Err(v.err(
-                        key("algorithms"),
-                        format!("{n:?} is not allowed; use RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA"),
-                    ))
-                }
-            }
-        }
-        let leeway = v.duration(&key("leeway"), r.leeway.as_deref().unwrap_or("60s"))?;
-        if leeway > Duration::from_secs(600) {
-            return Err(v.err(key("leeway"), "must be at most 10m"));
-        }
-        let max_token_bytes = r.max_token_bytes.unwrap_or(16 * 1024);
-        if !(256..=64 * 1024).contains(&max_token_bytes) {
-            return Err(v.err(key("max_token_bytes"), "must be between 256 and 65536"));
-        }
-        let own = match r.mfa.take() {
-            Some(m) => mfa_rules(v, &key("mfa"), m)?,
-            None => mfa.clone(),
-        };
-        let profile = issuer_profile(v, &key, &r, own)?;
-        let typ = match &r.require_typ {
-            Some(list) if list.iter().any(|t| t.trim().is_empty()) => {
-                return Err(v.err(key("require_typ"), "values must not be empty; use [] to leave typ unchecked"))
-            }
-            Some(list) => list.iter().map(|t| t.to_ascii_lowercase()).collect(),
-            None => profile.base.default_typ().iter().map(|t| t.to_string()).collect(),
-        };
-        let timing = KeyTiming {
-            refresh_interval: v.nonzero(&key("refresh_interval"), r.refresh_interval.as_deref().unwrap_or("1h"))?,
-            refetch_min_interval: v
-                .duration(&key("refetch_min_interval"), r.refetch_min_interval.as_deref().unwrap_or("5m"))?,
-            max_stale: v.nonzero(&key("max_stale"), r.max_stale.as_deref().unwrap_or("24h"))?,
-            fetch_timeout: v.nonzero(&key("fetch_timeout"), r.fetch_timeout.as_deref().unwrap_or("5s"))?,
-        };
-        issuers.push(IssuerConfig {
-            rules: IssuerRules {
-                issuer: IssuerPattern::new(&r.issuer),
-                audiences: r.audiences,
-                tenants,
-                algorithms,
-                leeway_secs: leeway.as_secs() as i64,
-                max_token_bytes,
-                typ,
-            },
-            profile,
-            tls: v.client_tls(&key("ca_file"), r.ca_file.as_deref(), None, None)?,
-            keys: KeySpec { name: r.issuer, source, ca_file: r.ca_file.as_deref().map(|p| v.path(p)) },
-            timing,
-        });
+        issuers.push(issuer(v, i, r, &mfa)?);
     }
     let header_prefix = identity.header_prefix.unwrap_or_else(|| "x-mfa-gateway-".into()).to_ascii_lowercase();
     if header_prefix.len() < 3 || HeaderName::from_bytes(format!("{header_prefix}x").as_bytes()).is_err() {
@@ -243,6 +163,94 @@ pub(super) fn validate(
         cache_max_entries,
         cache_max_bytes,
     })
+}
+
+/// One `[[issuer]]` table, checked; `mfa` is the top-level `[mfa]` it inherits.
+fn issuer(v: &Validator<'_>, i: usize, mut r: RawIssuer, mfa: &MfaRules) -> Result<IssuerConfig, ConfigError> {
+    let key = |k: &str| format!("issuer[{i}].{k}");
+    if r.issuer.is_empty() {
+        return Err(v.err(key("issuer"), "must not be empty"));
+    }
+    if r.issuer.matches("{tenantid}").count() > 1 {
+        return Err(v.err(key("issuer"), "may hold {tenantid} at most once"));
+    }
+    let source = match (&r.discovery, &r.jwks_uri, &r.jwks_file) {
+        (Some(u), None, None) => KeySource::Discovery(v.url(&key("discovery"), u)?),
+        (None, Some(u), None) => KeySource::Jwks(v.url(&key("jwks_uri"), u)?),
+        (None, None, Some(f)) => KeySource::File(v.path(f)),
+        _ => return Err(v.err(key("discovery"), "give exactly one of discovery, jwks_uri, jwks_file")),
+    };
+    if r.audiences.is_empty() {
+        return Err(v.err(key("audiences"), "at least one audience is required"));
+    }
+    let mut tenants = Vec::with_capacity(r.tenants.len());
+    for t in &r.tenants {
+        if !token::is_guid(t) {
+            return Err(v.err(key("tenants"), format!("{t:?} is not a GUID")));
+        }
+        tenants.push(t.to_ascii_lowercase());
+    }
+    let algorithms = algorithms(v, &key("algorithms"), r.algorithms.take())?;
+    let leeway = v.duration(&key("leeway"), r.leeway.as_deref().unwrap_or("60s"))?;
+    if leeway > Duration::from_secs(600) {
+        return Err(v.err(key("leeway"), "must be at most 10m"));
+    }
+    let max_token_bytes = r.max_token_bytes.unwrap_or(16 * 1024);
+    if !(256..=64 * 1024).contains(&max_token_bytes) {
+        return Err(v.err(key("max_token_bytes"), "must be between 256 and 65536"));
+    }
+    let own = match r.mfa.take() {
+        Some(m) => mfa_rules(v, &key("mfa"), m)?,
+        None => mfa.clone(),
+    };
+    let profile = issuer_profile(v, &key, &r, own)?;
+    let typ = match &r.require_typ {
+        Some(list) if list.iter().any(|t| t.trim().is_empty()) => {
+            return Err(v.err(key("require_typ"), "values must not be empty; use [] to leave typ unchecked"))
+        }
+        Some(list) => list.iter().map(|t| t.to_ascii_lowercase()).collect(),
+        None => profile.base.default_typ().iter().map(|t| t.to_string()).collect(),
+    };
+    let timing = KeyTiming {
+        refresh_interval: v.nonzero(&key("refresh_interval"), r.refresh_interval.as_deref().unwrap_or("1h"))?,
+        refetch_min_interval: v
+            .duration(&key("refetch_min_interval"), r.refetch_min_interval.as_deref().unwrap_or("5m"))?,
+        max_stale: v.nonzero(&key("max_stale"), r.max_stale.as_deref().unwrap_or("24h"))?,
+        fetch_timeout: v.nonzero(&key("fetch_timeout"), r.fetch_timeout.as_deref().unwrap_or("5s"))?,
+    };
+    Ok(IssuerConfig {
+        rules: IssuerRules {
+            issuer: IssuerPattern::new(&r.issuer),
+            audiences: r.audiences,
+            tenants,
+            algorithms,
+            leeway_secs: leeway.as_secs() as i64,
+            max_token_bytes,
+            typ,
+        },
+        profile,
+        tls: v.client_tls(&key("ca_file"), r.ca_file.as_deref(), None, None)?,
+        keys: KeySpec { name: r.issuer, source, ca_file: r.ca_file.as_deref().map(|p| v.path(p)) },
+        timing,
+    })
+}
+
+/// `algorithms`: RS256 when unset; asymmetric ones from `ALLOWED_ALGS` only.
+fn algorithms(v: &Validator<'_>, key: &str, names: Option<Vec<String>>) -> Result<Vec<Algorithm>, ConfigError> {
+    let names = names.unwrap_or_else(|| vec!["RS256".into()]);
+    if names.is_empty() {
+        return Err(v.err(key, "at least one algorithm is required"));
+    }
+    names
+        .iter()
+        .map(|n| match n.parse::<Algorithm>() {
+            Ok(a) if ALLOWED_ALGS.contains(&a) => Ok(a),
+            _ => Err(v.err(
+                key,
+                format!("{n:?} is not allowed; use RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA"),
+            )),
+        })
+        .collect()
 }
 
 /// Header-safe token text for a challenge parameter: letters, digits and `-._:/`.

@@ -97,7 +97,7 @@ pub struct AdminConfig {
     pub idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub scheme: Scheme,
     pub authority: Authority,
@@ -109,21 +109,11 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     /// TLS settings for `https://` upstreams (platform roots plus `ca_file`).
-    pub tls: Option<rustls::ClientConfig>,
+    pub tls: Option<crate::tls::ClientTls>,
     /// The files `tls` was built from (`ca_file`, `client_cert`, `client_key`).
     pub tls_files: Vec<PathBuf>,
     /// Requests upstream at once (tunnels included); past it, 503 at once.
     pub max_in_flight: usize,
-}
-
-/// Equal when every setting is: `tls` is built from `tls_files`, which are compared instead.
-impl PartialEq for UpstreamConfig {
-    fn eq(&self, o: &Self) -> bool {
-        (&self.scheme, &self.authority, self.connect_timeout, self.timeout, &self.host)
-            == (&o.scheme, &o.authority, o.connect_timeout, o.timeout, &o.host)
-            && (self.pool_idle_timeout, self.pool_max_idle_per_host, &self.tls_files, self.max_in_flight)
-                == (o.pool_idle_timeout, o.pool_max_idle_per_host, &o.tls_files, o.max_in_flight)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -103,14 +103,14 @@ impl Validator<'_> {
         ca_file: Option<&str>,
         cert: Option<&str>,
         private_key: Option<&str>,
-    ) -> Result<rustls::ClientConfig, ConfigError> {
+    ) -> Result<crate::tls::ClientTls, ConfigError> {
         let identity = match (cert, private_key) {
             (Some(c), Some(k)) => Some(crate::tls::Identity { cert: self.path(c), key: self.path(k) }),
             (None, None) => None,
             _ => return Err(self.err(format!("{key}.client_cert"), "client_cert and client_key go together")),
         };
         let ca = ca_file.map(|p| self.path(p));
-        crate::tls::client_config(ca.as_deref(), identity.as_ref()).map_err(|e| self.err(key, e))
+        crate::tls::client_config(ca.as_deref(), identity.as_ref()).map(crate::tls::ClientTls).map_err(|e| self.err(key, e))
     }
 
     pub fn nonzero(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {

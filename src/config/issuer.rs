@@ -245,10 +245,10 @@ fn algorithms(v: &Validator<'_>, key: &str, names: Option<Vec<String>>) -> Resul
         .iter()
         .map(|n| match n.parse::<Algorithm>() {
             Ok(a) if ALLOWED_ALGS.contains(&a) => Ok(a),
-            _ => Err(v.err(
-                key,
-                format!("{n:?} is not allowed; use RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA"),
-            )),
+            _ => {
+                Err(v
+                    .err(key, format!("{n:?} is not allowed; use RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA")))
+            }
         })
         .collect()
 }

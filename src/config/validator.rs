@@ -110,7 +110,9 @@ impl Validator<'_> {
             _ => return Err(self.err(format!("{key}.client_cert"), "client_cert and client_key go together")),
         };
         let ca = ca_file.map(|p| self.path(p));
-        crate::tls::client_config(ca.as_deref(), identity.as_ref()).map(crate::tls::ClientTls).map_err(|e| self.err(key, e))
+        crate::tls::client_config(ca.as_deref(), identity.as_ref())
+            .map(crate::tls::ClientTls)
+            .map_err(|e| self.err(key, e))
     }
 
     pub fn nonzero(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {

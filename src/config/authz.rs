@@ -1,0 +1,81 @@
+//! `[authz]`: the decision listener of authorization-only mode, and which front proxy asks.
+
+use http::HeaderName;
+use serde::Deserialize;
+
+use super::validator::{ConfigError, Validator};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuthz {
+    listen: Option<String>,
+    front: Option<crate::authz::FrontKind>,
+    method_header: Option<String>,
+    uri_header: Option<String>,
+    path_prefix: Option<String>,
+}
+
+impl Validator<'_> {
+    pub(super) fn authz(&self, a: RawAuthz) -> Result<Option<crate::authz::AuthzConfig>, ConfigError> {
+        use crate::authz::{AuthzConfig, Front, FrontKind};
+        let Some(listen) = a.listen else {
+            if a.front.is_some() || a.method_header.is_some() || a.uri_header.is_some() || a.path_prefix.is_some() {
+                return Err(self.err(
+                    "authz.listen",
+                    "[authz] settings without listen; set listen to turn the decision listener on",
+                ));
+            }
+            return Ok(None);
+        };
+        let listen = self.addr("authz.listen", &listen)?;
+        // Never guessed: which headers carry the original request depends on the front proxy.
+        let kind = a.front.ok_or_else(|| {
+            self.err(
+                "authz.front",
+                "required with authz.listen: \"nginx\", \"traefik\" or \"envoy\" (where the original request is read)",
+            )
+        })?;
+        let header = |key: &str, v: Option<String>, default: &'static str| match v {
+            None => Ok(HeaderName::from_static(default)),
+            Some(v) => HeaderName::from_bytes(v.as_bytes())
+                .map_err(|_| self.err(format!("authz.{key}"), format!("{v:?} is not a header name"))),
+        };
+        if kind != FrontKind::Nginx && (a.method_header.is_some() || a.uri_header.is_some()) {
+            return Err(self.err(
+                "authz.method_header",
+                format!(
+                    "front = \"{}\" has fixed header names; method_header and uri_header are for nginx",
+                    kind.as_str()
+                ),
+            ));
+        }
+        if kind != FrontKind::Envoy && a.path_prefix.is_some() {
+            return Err(self.err("authz.path_prefix", "path_prefix is for front = \"envoy\""));
+        }
+        let front = match kind {
+            FrontKind::Nginx => Front::Headers {
+                kind,
+                method: header("method_header", a.method_header, "x-original-method")?,
+                uri: header("uri_header", a.uri_header, "x-original-uri")?,
+            },
+            FrontKind::Traefik => Front::Headers {
+                kind,
+                method: HeaderName::from_static("x-forwarded-method"),
+                uri: HeaderName::from_static("x-forwarded-uri"),
+            },
+            FrontKind::Envoy => {
+                let path_prefix = a.path_prefix.unwrap_or_default();
+                if !(path_prefix.is_empty() || path_prefix.starts_with('/') && !path_prefix.ends_with('/')) {
+                    return Err(self.err(
+                        "authz.path_prefix",
+                        format!(
+                            "{path_prefix:?}: write it as ext_authz's path_prefix, e.g. \"/authz\" (no trailing '/')"
+                        ),
+                    ));
+                }
+                Front::Envoy { path_prefix }
+            }
+        };
+        Ok(Some(AuthzConfig { listen, front }))
+    }
+}

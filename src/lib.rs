@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod outstanding;
 pub mod path;
 pub mod proxy;
+pub mod ratios;
 pub mod refusal;
 pub mod reload;
 pub mod report;

@@ -17,7 +17,7 @@ use crate::auth::policy::TokenKind;
 use crate::auth::Verified;
 use crate::guarded::{Guard, Guarded};
 use crate::metrics::{counter_vec, gauge, latency};
-use crate::report::RatioCounters;
+use crate::ratios::RatioCounters;
 
 /// What became of a request; the `decision` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

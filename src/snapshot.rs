@@ -16,8 +16,8 @@ use crate::auth::Authenticator;
 use crate::config::{AdminConfig, Config, ServerConfig};
 use crate::headers::Screen;
 use crate::proxy::Proxy;
+use crate::ratios::RatioCounters;
 use crate::refusal::RefusalStyle;
-use crate::report::RatioCounters;
 use crate::request_end::{Memo, RequestMetrics, Sinks};
 use crate::routes::RouteTable;
 

@@ -3,8 +3,8 @@
 use base64::Engine;
 use http::StatusCode;
 
+use super::invalid::Invalid;
 use super::policy::Deny;
-use super::token::Invalid;
 use crate::routes::StepUp;
 
 /// Why the auth step refused a request.

@@ -356,7 +356,7 @@ async fn wait_done(mut rx: watch::Receiver<Option<bool>>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::token::Invalid;
+    use crate::auth::invalid::Invalid;
 
     const TID: &str = "aaaabbbb-0000-cccc-1111-dddd2222eeee";
 

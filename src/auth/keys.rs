@@ -4,7 +4,8 @@ use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use super::token::{Invalid, IssuerPattern, IssuerRules, Parsed};
+use super::invalid::Invalid;
+use super::token::{IssuerPattern, IssuerRules, Parsed};
 
 /// The key's type, which fixes the algorithms it may verify (no RSA/EC/EdDSA confusion, and no
 /// HMAC: symmetric keys in a published set are never trusted).

@@ -4,7 +4,7 @@ use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opt
 
 use crate::metrics::{counter, counter_vec, gauge, register, KindCounters};
 
-use super::token::Invalid;
+use super::invalid::Invalid;
 
 /// The `kind` label of `step_up_challenges_total` (`routes::StepUp` names).
 pub const STEP_UP_KINDS: [&str; 3] = ["partner_center", "rfc9470", "entra_claims"];

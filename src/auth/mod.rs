@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod challenge;
+pub mod invalid;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
@@ -18,12 +19,13 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::routes::{Route, StepUp};
 use challenge::{AuthRefusal, ChallengeSettings, Denial, StepUpNeeded};
+use invalid::Invalid;
 use jwks::{IssuerKeys, KeySpec, KeyTiming};
 use keys::Lookup;
 use metrics::AuthMetrics;
 use policy::{Caller, Deny, TokenKind};
 use profile::Profile;
-use token::{Invalid, IssuerRules};
+use token::IssuerRules;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration ([[issuer]], [mfa], [identity], [challenge], [cache]).

@@ -34,7 +34,7 @@ pub struct Config {
     pub forwarding: crate::headers::Forwarding,
     pub log: LogConfig,
     pub audit: AuditConfig,
-    pub metrics: crate::report::MetricsConfig,
+    pub metrics: crate::ratios::MetricsConfig,
     pub report: crate::report::ReportConfig,
     /// `[authz]`: the decision listener of authorization-only mode, when on.
     pub authz: Option<crate::authz::AuthzConfig>,

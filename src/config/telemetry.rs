@@ -116,9 +116,9 @@ impl Validator<'_> {
         Ok(audit)
     }
 
-    pub(super) fn metrics(&self, m: RawMetrics) -> Result<crate::report::MetricsConfig, ConfigError> {
+    pub(super) fn metrics(&self, m: RawMetrics) -> Result<crate::ratios::MetricsConfig, ConfigError> {
         for a in &m.apps {
-            if a.is_empty() || a.len() > 64 || a == crate::report::OTHER_APP || a == "none" {
+            if a.is_empty() || a.len() > 64 || a == crate::ratios::OTHER_APP || a == "none" {
                 return Err(self.err("metrics.apps", format!("{a:?} cannot be an app label")));
             }
         }
@@ -126,7 +126,7 @@ impl Validator<'_> {
         if max_apps > 1000 {
             return Err(self.err("metrics.max_apps", "must be at most 1000 (each app adds three series)"));
         }
-        Ok(crate::report::MetricsConfig { apps: m.apps, max_apps })
+        Ok(crate::ratios::MetricsConfig { apps: m.apps, max_apps })
     }
 
     /// `[report]`, and the secret its `token_file` holds.

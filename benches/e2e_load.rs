@@ -244,7 +244,7 @@ fn main() {
         for extra in ["", "[cache]\nmax_entries = 0\n"] {
             let config = mfa_gateway::config::Config::parse(&format!("{text}{extra}"), "e2e_load", None).unwrap();
             let r = mfa_gateway::app::start(config).await.unwrap();
-            while !r.stack.snapshot().auth.not_ready().is_empty() {
+            while !r.not_ready().is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             running.push(r);

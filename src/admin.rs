@@ -12,21 +12,21 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::stack::Stack;
+use crate::gateway::Gateway;
 
 /// One admin request; the accept loop is `crate::listener`'s, with `[admin]`'s limits.
-pub fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if stack.is_draining() {
+            if gateway.is_draining() {
                 // Lame duck: load balancers stop sending while requests still get served.
                 return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into());
             }
-            let reasons = stack.snapshot().auth.not_ready();
+            let reasons = gateway.snapshot().auth.not_ready();
             if reasons.is_empty() {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
@@ -37,20 +37,12 @@ pub fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/metrics" => {
-            // Ages are computed at scrape time, so a stuck refresher still shows as stale.
-            let auth = &stack.snapshot().auth;
-            for i in &auth.issuers {
-                stack.auth_metrics.key_set_age(&i.spec.name, i.age_secs());
-            }
-            stack.auth_metrics.cache_bytes.set(auth.cache_bytes() as i64);
-            reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render(&stack.registry).into())
-        }
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", gateway.scrape().into()),
         "/report" => {
-            if let Some(refused) = report_refusal(stack, &req) {
+            if let Some(refused) = report_refusal(gateway, &req) {
                 return refused;
             }
-            let snapshot = stack.report.snapshot(crate::auth::unix_now());
+            let snapshot = gateway.report().snapshot(crate::auth::unix_now());
             // A browser asks for HTML first; scripts and Prometheus-side tooling get JSON.
             let wants_html = req
                 .headers()
@@ -69,8 +61,8 @@ pub fn route(stack: &Stack, req: Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// The refusal for a request that may not read `/report`; `None` when it may.
-fn report_refusal(stack: &Stack, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
-    let snap = stack.snapshot();
+fn report_refusal(gateway: &Gateway, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let snap = gateway.snapshot();
     let Some(token) = &snap.config.report_token else {
         if snap.config.admin.listen.ip().is_loopback() {
             return None;

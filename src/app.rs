@@ -1,4 +1,4 @@
-//! Wiring only: metrics, the first snapshot, the request stack, listeners, the config watcher,
+//! Wiring only: metrics, the first snapshot, the request gateway, listeners, the config watcher,
 //! and the drain. Nothing depends on this module.
 
 use std::net::SocketAddr;
@@ -8,10 +8,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::listener::{self, ConnectionMetrics, Drain, Serves};
+use crate::gateway::Gateway;
+use crate::listener::{self, ConnectionMetrics, Serves};
+use crate::outstanding::Outstanding;
 use crate::reload::Reloads;
 use crate::request_end::Mode;
-use crate::stack::Stack;
 
 /// A started gateway: its bound addresses and the handle to stop it.
 pub struct Running {
@@ -19,37 +20,42 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The decision listener of authorization-only mode, when `[authz]` turns it on.
     pub authz_addr: Option<SocketAddr>,
-    pub stack: Arc<Stack>,
+    pub(crate) gateway: Arc<Gateway>,
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
-    drain: Arc<Drain>,
+    drain: Arc<Outstanding>,
 }
 
 /// Binds the ports and starts serving. The config is already validated.
-pub async fn start(config: Config) -> Result<Running, String> {
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key})")]
+    Listen { key: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Build(#[from] crate::snapshot::BuildError),
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listen = |source| StartError::Listen { key, addr, source };
+    let l = TcpListener::bind(addr).await.map_err(listen)?;
+    let bound = l.local_addr().map_err(listen)?;
+    Ok((l, bound))
+}
+
+pub async fn start(config: Config) -> Result<Running, StartError> {
     // One TLS provider for the process (key fetches now, TLS listeners later).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
-    let admin = TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (admin.listen): {e}", config.admin.listen))?;
-    let decisions = match &config.authz {
-        Some(a) => Some(
-            TcpListener::bind(a.listen)
-                .await
-                .map_err(|e| format!("cannot listen on {} (authz.listen): {e}", a.listen))?,
-        ),
-        None => None,
+    let (listener, addr) = bind("server.listen", config.server.listen).await?;
+    let (admin, admin_addr) = bind("admin.listen", config.admin.listen).await?;
+    let (decisions, authz_addr) = match &config.authz {
+        Some(a) => bind("authz.listen", a.listen).await.map(|(l, bound)| (Some(l), Some(bound)))?,
+        None => (None, None),
     };
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
-    let authz_addr = decisions.as_ref().map(TcpListener::local_addr).transpose().map_err(|e| e.to_string())?;
     let front = config.authz.as_ref().map_or("-", |a| a.front.kind().as_str());
 
     let registry = crate::metrics::registry();
@@ -59,37 +65,42 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let admin_max_connections = config.admin.max_connections;
     let scheme = if config.server.tls.is_some() { "https" } else { "http" };
     // Keys load in the background: the gateway serves (and /readyz says why not ready) meanwhile.
-    let stack = Arc::new(Stack::new(config, &registry)?);
+    let gateway = Arc::new(Gateway::new(config, &registry)?);
 
-    let drain = Arc::new(Drain::default());
+    let drain = Arc::new(Outstanding::default());
     let serve = |l, max, drain, serves| {
-        let (stack, connections) = (stack.clone(), connections.clone());
-        tokio::spawn(listener::serve(l, stack, connections, max, drain, serves))
+        let (gateway, connections) = (gateway.clone(), connections.clone());
+        tokio::spawn(listener::serve(l, gateway, connections, max, drain, serves))
     };
     let mut listeners = vec![serve(listener, max_connections, drain.clone(), Serves::Requests(Mode::Proxy))];
     if let Some(decisions) = decisions {
         listeners.push(serve(decisions, max_connections, drain.clone(), Serves::Requests(Mode::Authz)));
     }
     // Admin connections are not waited for at shutdown: probes and scrapes end on their own.
-    listeners.push(serve(admin, admin_max_connections, Arc::new(Drain::default()), Serves::Admin));
+    listeners.push(serve(admin, admin_max_connections, Arc::new(Outstanding::default()), Serves::Admin));
     let background = vec![
-        tokio::spawn(crate::reload::watch(stack.clone(), reloads)),
+        tokio::spawn(crate::reload::watch(gateway.clone(), reloads)),
         tokio::spawn(crate::heap::trim_periodically(crate::heap::TRIM_EVERY)),
     ];
     match authz_addr {
         Some(authz) => tracing::info!(%addr, admin = %admin_addr, %authz, front, scheme, "listening"),
         None => tracing::info!(%addr, admin = %admin_addr, scheme, "listening"),
     }
-    Ok(Running { addr, admin_addr, authz_addr, stack, listeners, background, drain })
+    Ok(Running { addr, admin_addr, authz_addr, gateway, listeners, background, drain })
 }
 
 impl Running {
+    /// Why the gateway is not ready to judge tokens (as `/readyz` says); empty when it is.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.gateway.snapshot().auth.not_ready()
+    }
+
     /// Lame duck, then shutdown: `/readyz` answers 503 at once while the API port accepts and
     /// serves for `server.shutdown_delay` (so load balancers stop sending first); `skip` (a
     /// second signal) cuts the delay short. Then `shutdown`.
     pub async fn drain_and_stop(self, skip: impl std::future::Future<Output = ()>) {
-        self.stack.start_draining();
-        let delay = self.stack.snapshot().config.server.shutdown_delay;
+        self.gateway.start_draining();
+        let delay = self.gateway.snapshot().config.server.shutdown_delay;
         tracing::info!(?delay, "draining: /readyz answers 503; serving on for shutdown_delay");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -101,8 +112,8 @@ impl Running {
     /// Stops accepting; open connections are asked to finish (`Connection: close` on the next
     /// HTTP/1.1 response, GOAWAY on HTTP/2) and get `shutdown_grace` to do so; then returns.
     pub async fn shutdown(self) {
-        let grace = self.stack.snapshot().config.server.shutdown_grace;
-        self.stack.close();
+        let grace = self.gateway.snapshot().config.server.shutdown_grace;
+        self.gateway.close();
         for l in self.listeners {
             let _ = l.await;
         }

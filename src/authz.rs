@@ -57,7 +57,7 @@ impl Front {
 
 /// Why the original request could not be read; answered 400 and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flaw {
+pub(crate) enum Flaw {
     MissingMethod,
     RepeatedMethod,
     BadMethod,
@@ -74,7 +74,7 @@ pub enum Flaw {
 }
 
 impl Flaw {
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             Flaw::MissingMethod => "the front proxy's original-method header is missing",
             Flaw::RepeatedMethod => "the front proxy's original-method header is repeated",
@@ -90,7 +90,7 @@ impl Flaw {
 }
 
 /// The method and request target of the request the front proxy asks about.
-pub fn original(
+pub(crate) fn original(
     front: &Front,
     method: &Method,
     uri: &Uri,

@@ -22,8 +22,8 @@ pub fn profile_config(
     listen: &str,
     admin: &str,
     tls: Option<(&Path, &Path)>,
-) -> Result<Config, String> {
-    let mut doc: toml::Table = PROFILE.parse().map_err(|e| format!("embedded profile: {e}"))?;
+) -> Result<Config, DemoError> {
+    let mut doc: toml::Table = PROFILE.parse()?;
     let set = |doc: &mut toml::Table, table: &str, key: &str, value: &str| {
         if let Some(toml::Value::Table(t)) = doc.get_mut(table) {
             t.insert(key.into(), toml::Value::String(value.into()));
@@ -55,7 +55,7 @@ pub fn profile_config(
             first.insert("discovery".into(), toml::Value::String(discovery.into()));
         }
     }
-    Config::parse(&doc.to_string(), "partner-center profile (demo)", None).map_err(|e| e.to_string())
+    Ok(Config::parse(&doc.to_string(), "partner-center profile (demo)", None)?)
 }
 
 pub struct DemoOptions {
@@ -66,20 +66,39 @@ pub struct DemoOptions {
     pub tls: bool,
 }
 
+/// Why the demo did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot {what}")]
+    Io { what: String, source: std::io::Error },
+    #[error("cannot make a certificate")]
+    Certificate(#[from] rcgen::Error),
+    #[error("the embedded profile")]
+    Profile(#[from] toml::de::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Start(#[from] crate::app::StartError),
+}
+
+fn io(what: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> DemoError {
+    move |source| DemoError::Io { what: what(), source }
+}
+
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run(opts: DemoOptions) -> Result<(), String> {
+pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     let issuer = DevIssuer::generate("demo-1");
     let keys = KeyServer::start(
-        TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?,
+        TcpListener::bind("127.0.0.1:0").await.map_err(io(|| "listen for the dev issuer".into()))?,
         json!({"keys": [issuer.jwk()]}),
         "https://sts.windows.net/{tenantid}/",
     );
-    let upstream = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let upstream_url = format!("http://{}", upstream.local_addr().map_err(|e| e.to_string())?);
+    let upstream = TcpListener::bind("127.0.0.1:0").await.map_err(io(|| "listen for the demo upstream".into()))?;
+    let upstream_url =
+        format!("http://{}", upstream.local_addr().map_err(io(|| "listen for the demo upstream".into()))?);
     start_echo_upstream(upstream, "x-mfa-gateway-");
 
-    std::fs::create_dir_all(&opts.tokens_dir)
-        .map_err(|e| format!("cannot create {}: {e}", opts.tokens_dir.display()))?;
+    std::fs::create_dir_all(&opts.tokens_dir).map_err(io(|| format!("create {}", opts.tokens_dir.display())))?;
     let tls_files = if opts.tls { Some(write_self_signed(&opts.tokens_dir)?) } else { None };
     let tls = tls_files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let config = profile_config(&keys.discovery_url(), &upstream_url, &opts.listen, &opts.admin, tls)?;
@@ -87,7 +106,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let paths = write_tokens(&issuer, &opts.tokens_dir)?;
     let running = crate::app::start(config).await?;
     for _ in 0..100 {
-        if running.stack.snapshot().auth.not_ready().is_empty() {
+        if running.not_ready().is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -99,24 +118,23 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn write_tokens(issuer: &DevIssuer, dir: &Path) -> Result<[PathBuf; 3], String> {
+fn write_tokens(issuer: &DevIssuer, dir: &Path) -> Result<[PathBuf; 3], DemoError> {
     let mut out = Vec::new();
     for kind in ["mfa", "nomfa", "app"] {
         let path = dir.join(format!("{kind}.jwt"));
         std::fs::write(&path, issuer.mint(&entra_claims(kind, 12 * 3600)))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .map_err(io(|| format!("write {}", path.display())))?;
         out.push(path);
     }
     Ok(out.try_into().expect("three paths"))
 }
 
 /// A self-signed certificate for localhost and 127.0.0.1: (cert.pem, key.pem).
-fn write_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+fn write_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
     let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
-    std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(|e| format!("cannot write {}: {e}", key.display()))?;
+    std::fs::write(&cert, ck.cert.pem()).map_err(io(|| format!("write {}", cert.display())))?;
+    std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(io(|| format!("write {}", key.display())))?;
     Ok((cert, key))
 }
 

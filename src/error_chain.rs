@@ -17,7 +17,7 @@ pub fn describe(e: &(dyn Error + 'static)) -> String {
 
 /// Whether any cause satisfies `test`. Connectors nest errors in `io::Error`s, whose `source()`
 /// skips the wrapped error, so each of those is unwrapped too.
-pub fn any(e: &(dyn Error + 'static), test: &dyn Fn(&(dyn Error + 'static)) -> bool) -> bool {
+pub(crate) fn any(e: &(dyn Error + 'static), test: &dyn Fn(&(dyn Error + 'static)) -> bool) -> bool {
     fn node(e: &(dyn Error + 'static), test: &dyn Fn(&(dyn Error + 'static)) -> bool) -> bool {
         if test(e) {
             return true;

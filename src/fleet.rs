@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::report::{summarize, Counts, Snapshot, FLEET_SCOPE};
+use crate::report::{summarize, Counts, StatusReport, FLEET_SCOPE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -16,11 +16,17 @@ pub enum Format {
     Html,
 }
 
-/// What went wrong, and the exit status it means.
-#[derive(Debug)]
+/// Why Prometheus could not be asked, or did not answer as its API does (`report` exits 2).
+#[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// Prometheus could not be asked, or did not answer as its API does: exit 2.
-    Prometheus(String),
+    #[error("bad Prometheus URL {base:?}")]
+    Url { base: String, source: http::uri::InvalidUri },
+    #[error("cannot query Prometheus at {base}")]
+    Unreachable { base: String, source: crate::fetch::FetchError },
+    #[error("cannot query Prometheus at {base}: HTTP {status}, {why}")]
+    Answer { base: String, status: http::StatusCode, why: String },
+    #[error("no TLS client")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One series of an instant vector: its labels and value.
@@ -65,7 +71,7 @@ pub fn valid_window(w: &str) -> bool {
 
 /// Pure: the query results -> the report. `increase` extrapolates to the window's edges, so
 /// each count is rounded to whole requests.
-pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], window: &str, now: i64) -> Snapshot {
+pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], window: &str, now: i64) -> StatusReport {
     let mut per_app: HashMap<String, Counts> = HashMap::new();
     let whole = |v: f64| if v.is_finite() && v > 0.0 { v.round() as u64 } else { 0 };
     for (app, mfa, v) in app_user {
@@ -89,7 +95,7 @@ pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], windo
             .then_with(|| b.requests.cmp(&a.requests))
             .then_with(|| a.app.cmp(&b.app))
     });
-    Snapshot {
+    StatusReport {
         scope: FLEET_SCOPE,
         window_days: 0,
         window: Some(window.to_string()),
@@ -104,8 +110,8 @@ pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], windo
 }
 
 /// Asks Prometheus at `base` for both counters' increase over `window`.
-pub async fn fetch(base: &str, window: &str, now: i64) -> Result<Snapshot, FleetError> {
-    let tls = crate::tls::client_config(None, None).map_err(FleetError::Prometheus)?;
+pub async fn fetch(base: &str, window: &str, now: i64) -> Result<StatusReport, FleetError> {
+    let tls = crate::tls::client_config(None, None)?;
     let client = crate::fetch::client(tls, Some(Duration::from_secs(5)));
     let user =
         query(&client, base, &format!("sum by (app, mfa) (increase(mfa_gateway_app_user_requests_total[{window}]))"))
@@ -140,21 +146,22 @@ async fn query(client: &crate::fetch::Client, base: &str, promql: &str) -> Resul
         })
         .collect();
     let url = format!("{}/api/v1/query?query={encoded}", base.trim_end_matches('/'));
-    let uri: http::Uri = url.parse().map_err(|e| FleetError::Prometheus(format!("bad URL {base:?}: {e}")))?;
-    let unreachable = |e: String| FleetError::Prometheus(format!("cannot query Prometheus at {base}: {e}"));
+    let uri: http::Uri = url.parse().map_err(|source| FleetError::Url { base: base.into(), source })?;
     // Prometheus answers errors (a bad query, say) with a JSON body too, so any status is read.
-    let (status, body) =
-        crate::fetch::get(client, &uri, 16 * 1024 * 1024, Duration::from_secs(30)).await.map_err(unreachable)?;
-    let answer: ApiAnswer = serde_json::from_slice(&body)
-        .map_err(|_| unreachable(format!("HTTP {status}, not a Prometheus API answer")))?;
-    if answer.status != "success" {
-        return Err(unreachable(answer.error.unwrap_or_else(|| format!("HTTP {status}"))));
+    let (status, body) = crate::fetch::get(client, &uri, 16 * 1024 * 1024, Duration::from_secs(30))
+        .await
+        .map_err(|source| FleetError::Unreachable { base: base.into(), source })?;
+    let answer = |why: String| FleetError::Answer { base: base.into(), status, why };
+    let parsed: ApiAnswer = serde_json::from_slice(&body).map_err(|_| answer("not a Prometheus API answer".into()))?;
+    if parsed.status != "success" {
+        return Err(answer(parsed.error.unwrap_or_else(|| "no error given".into())));
     }
+    let answer = parsed;
     Ok(answer.data.map(|d| d.result).unwrap_or_default())
 }
 
 /// The report as a terminal table.
-pub fn text(s: &Snapshot) -> String {
+pub fn text(s: &StatusReport) -> String {
     let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1} %", r * 100.0));
     let mut out = format!(
         "MFA status report, {}, last {}, generated {}\nApp+User MFA ratio: {}\nApp+User with MFA {}, without MFA {}, app-only {}\n",
@@ -193,7 +200,7 @@ pub fn text(s: &Snapshot) -> String {
 }
 
 /// The report in the asked format.
-pub fn render(s: &Snapshot, format: Format) -> String {
+pub fn render(s: &StatusReport, format: Format) -> String {
     match format {
         Format::Text => text(s),
         Format::Json => serde_json::to_string_pretty(s).unwrap_or_default() + "\n",

@@ -1,4 +1,4 @@
-//! Header names the gateway owns, below both the stack and the proxy: the hop-by-hop set, and
+//! Header names the gateway owns, below both the request path (`gateway`) and the proxy: the hop-by-hop set, and
 //! the screen that a request passes on receipt, before anything reads it. The screen applies
 //! `Connection` (so a client's nomination removes only what the client sent, never a header the
 //! gateway adds later), keeps an upgrade only from the allowlist, and removes client headers an

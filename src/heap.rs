@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 /// How often the heap is trimmed. A trim of a few tens of MiB took 0.5-6.5 ms on the build machine.
-pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Trims the heap every `every`, on a blocking thread (the trim takes the allocator's locks).
-pub async fn trim_periodically(every: Duration) {
+pub(crate) async fn trim_periodically(every: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -24,7 +24,7 @@ pub async fn trim_periodically(every: Duration) {
 
 /// Returns free pages to the system; true when there were any.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn trim() -> bool {
+pub(crate) fn trim() -> bool {
     // SAFETY: malloc_trim only walks and releases the allocator's own free lists.
     unsafe { libc::malloc_trim(0) == 1 }
 }

@@ -4,7 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Whether an upstream's `101` switched to a protocol the gateway asked for.
-pub fn switched_as_asked(asked: &HeaderValue, answered: Option<&HeaderValue>) -> bool {
+pub(crate) fn switched_as_asked(asked: &HeaderValue, answered: Option<&HeaderValue>) -> bool {
     let (Ok(asked), Some(Ok(answered))) = (asked.to_str(), answered.map(HeaderValue::to_str)) else {
         return false;
     };
@@ -12,7 +12,7 @@ pub fn switched_as_asked(asked: &HeaderValue, answered: Option<&HeaderValue>) ->
     !answered.is_empty() && asked.split(',').any(|p| p.trim().eq_ignore_ascii_case(answered))
 }
 
-pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -24,21 +24,21 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// A name in the fixed hop-by-hop set (RFC 9110 §7.6.1, and RFC 9113 §3.2.1's
 /// `HTTP2-Settings`), or `Proxy-*`; `name` is lowercase.
-pub fn fixed(name: &str) -> bool {
+pub(crate) fn fixed(name: &str) -> bool {
     matches!(name, "connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "keep-alive" | "http2-settings")
         || name.starts_with("proxy-")
 }
 
 /// Whether any name is hop-by-hop: in the fixed set (`Connection` among them) or `Proxy-*`.
 /// A pass over the names, hashing none.
-pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+pub(crate) fn has_hop_by_hop(headers: &HeaderMap) -> bool {
     headers.keys().any(|k| fixed(k.as_str()))
 }
 
 /// Removes hop-by-hop headers: the fixed set, every `Proxy-*` header, and whatever
 /// `Connection` names. `TE: trailers` stays (as that one value): HTTP/2 allows it, and gRPC
 /// servers require it.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Whatever `Connection` names is only removed when `Connection` is there.
     if !has_hop_by_hop(headers) {
         return;

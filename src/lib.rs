@@ -1,41 +1,42 @@
 //! mfa-gateway: a reverse proxy that verifies bearer tokens and enforces MFA per route.
 //!
-//! A request goes listener -> stack -> auth -> proxy; open the files in that order.
+//! A request goes listener -> gateway -> auth -> proxy; open the files in that order.
 
 #![deny(clippy::too_many_lines)]
+#![deny(unreachable_pub)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;
-pub mod authz;
+pub(crate) mod authz;
 pub mod config;
 pub mod demo;
 pub mod dev;
 pub mod error_chain;
-pub mod fetch;
+pub(crate) mod fetch;
 pub mod fleet;
-pub mod guarded;
+pub(crate) mod gateway;
+pub(crate) mod guarded;
 pub mod headers;
-pub mod heap;
-pub mod hop_by_hop;
-pub mod listener;
-pub mod metrics;
-pub mod outstanding;
+pub(crate) mod heap;
+pub(crate) mod hop_by_hop;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod outstanding;
 pub mod path;
-pub mod proxy;
-pub mod ratios;
-pub mod refusal;
-pub mod reload;
+pub(crate) mod proxy;
+pub(crate) mod ratios;
+pub(crate) mod refusal;
+pub(crate) mod reload;
 pub mod report;
-pub mod report_page;
+pub(crate) mod report_page;
 pub mod request_end;
-pub mod request_id;
+pub(crate) mod request_id;
 pub mod routes;
-pub mod snapshot;
-pub mod stack;
-pub mod tls;
-pub mod tunnel;
+pub(crate) mod snapshot;
+pub(crate) mod tls;
+pub(crate) mod tunnel;
 
 use config::{Config, LogConfig, LogFormat};
 
@@ -78,6 +79,7 @@ pub fn run(config: Config) -> i32 {
         let running = match app::start(config).await {
             Ok(r) => r,
             Err(e) => {
+                let e = error_chain::describe(&e);
                 tracing::error!(error = %e, "start-up failed");
                 eprintln!("mfa-gateway: {e}");
                 return 1;

@@ -22,14 +22,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::gateway::{Gateway, Peer, Phase};
 use crate::metrics::{counter, gauge, KindCounters};
 use crate::outstanding::Outstanding;
 use crate::request_end::{Ended, Mode};
-use crate::stack::{Conn, Phase, Stack};
 use crate::tunnel::{self, TunnelMetrics};
 
 /// Connection failure kinds; the `kind` label of `connection_errors_total`.
-pub const CONNECTION_ERROR_KINDS: [&str; 6] =
+pub(crate) const CONNECTION_ERROR_KINDS: [&str; 6] =
     ["header_too_large", "header_timeout", "bad_request", "incomplete", "io", "accept"];
 
 /// Resolves once `phase` is `Closing`. (wait_for's guard is not `Send`: it stays in here.)
@@ -39,7 +39,7 @@ async fn closed(phase: &mut watch::Receiver<Phase>) {
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Serves {
+pub(crate) enum Serves {
     /// The API port (proxy mode) or the decision listener (authorization-only mode).
     Requests(Mode),
     /// The admin port: probes, metrics, the status report.
@@ -47,7 +47,7 @@ pub enum Serves {
 }
 
 /// The connection families.
-pub struct ConnectionMetrics {
+pub(crate) struct ConnectionMetrics {
     open: IntGauge,
     admin_open: IntGauge,
     errors: KindCounters,
@@ -56,7 +56,7 @@ pub struct ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
-    pub fn register(reg: &Registry) -> Self {
+    pub(crate) fn register(reg: &Registry) -> Self {
         Self {
             open: gauge(
                 reg,
@@ -87,9 +87,6 @@ impl ConnectionMetrics {
     }
 }
 
-/// The open connections, which a shutdown waits for (`Outstanding::wait` with the grace).
-pub type Drain = Outstanding;
-
 /// A run of failed accepts, logged once when it starts and once when it ends. While descriptors
 /// are short, accepts fail and succeed in turn as connections close; the episode ends only after
 /// a second without a failure.
@@ -115,18 +112,18 @@ impl AcceptEpisode {
     }
 }
 
-/// Serves `listener` until the stack's phase is `Closing`, then asks every connection to
+/// Serves `listener` until the gateway's phase is `Closing`, then asks every connection to
 /// finish. Each connection is served with the settings of the snapshot current when it was
 /// accepted.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
-    stack: Arc<Stack>,
+    gateway: Arc<Gateway>,
     metrics: Arc<ConnectionMetrics>,
     max_connections: usize,
-    drain: Arc<Drain>,
+    drain: Arc<Outstanding>,
     serves: Serves,
 ) {
-    let mut phase = stack.phase();
+    let mut phase = gateway.phase();
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut accept_failures: Option<AcceptEpisode> = None;
 
@@ -164,11 +161,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let guard = drain.hold();
-        let stack = stack.clone();
+        let gateway = gateway.clone();
         let metrics = metrics.clone();
         let phase = phase.clone();
         let (builder, tls, limits) = {
-            let snap = stack.snapshot();
+            let snap = gateway.snapshot();
             let grace = snap.config.server.shutdown_grace;
             match serves {
                 Serves::Requests(mode) => {
@@ -188,11 +185,11 @@ pub async fn serve(
             metrics.open(serves).inc();
             let activity = Arc::new(AtomicBool::new(false));
             let io = Tracked { inner: stream, active: activity.clone() };
-            let conn = Connection { activity, builder: &builder, stack, metrics: &metrics, limits, phase, serves };
+            let conn = Connection { activity, builder: &builder, gateway, metrics: &metrics, limits, phase, serves };
             match tls {
-                None => conn.serve(io, Conn { peer, tls: false }).await,
+                None => conn.serve(io, Peer { addr: peer, tls: false }).await,
                 Some((tls, limit)) => match handshake(io, tls, limit, &metrics).await {
-                    Some(io) => conn.serve(io, Conn { peer, tls: true }).await,
+                    Some(io) => conn.serve(io, Peer { addr: peer, tls: true }).await,
                     None => tracing::debug!(client = %peer, "TLS handshake did not complete"),
                 },
             }
@@ -253,7 +250,7 @@ struct Limits {
 struct Connection<'a> {
     activity: Arc<AtomicBool>,
     builder: &'a auto::Builder<TokioExecutor>,
-    stack: Arc<Stack>,
+    gateway: Arc<Gateway>,
     metrics: &'a ConnectionMetrics,
     limits: Limits,
     phase: watch::Receiver<Phase>,
@@ -261,11 +258,11 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
-    async fn serve<I>(self, io: I, conn_info: Conn)
+    async fn serve<I>(self, io: I, peer: Peer)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { activity, builder, stack, metrics, limits, mut phase, serves } = self;
+        let Connection { activity, builder, gateway, metrics, limits, mut phase, serves } = self;
         let io = TokioIo::new(io);
         let slot = tunnel::Slot::new(metrics.tunnels.clone());
         let lender = slot.clone();
@@ -284,12 +281,12 @@ impl Connection<'_> {
             if serves == Serves::Requests(Mode::Proxy) && req.headers().contains_key(header::UPGRADE) {
                 req.extensions_mut().insert(lender.lease());
             }
-            let stack = stack.clone();
+            let gateway = gateway.clone();
             async move {
                 Ok::<_, Infallible>(match serves {
-                    Serves::Requests(Mode::Proxy) => stack.handle(req, conn_info).await,
-                    Serves::Requests(Mode::Authz) => stack.decide(req, conn_info).await,
-                    Serves::Admin => crate::admin::route(&stack, req).map(|b| Ended::new(Either::Right(b), None)),
+                    Serves::Requests(Mode::Proxy) => gateway.handle(req, peer).await,
+                    Serves::Requests(Mode::Authz) => gateway.decide(req, peer).await,
+                    Serves::Admin => crate::admin::route(&gateway, req).map(|b| Ended::new(Either::Right(b), None)),
                 })
             }
         });
@@ -308,7 +305,7 @@ impl Connection<'_> {
                         // by hyper itself; count them here so they show up.
                         let kind = connection_error_kind(&*e);
                         metrics.errors.inc(kind);
-                        tracing::debug!(client = %conn_info.peer, kind, error = %e, "connection ended with an error");
+                        tracing::debug!(client = %peer.addr, kind, error = %e, "connection ended with an error");
                     }
                     break;
                 }

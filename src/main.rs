@@ -125,7 +125,7 @@ fn main() -> ExitCode {
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("mfa-gateway demo: {e}");
+                    eprintln!("mfa-gateway demo: {}", mfa_gateway::error_chain::describe(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -142,7 +142,11 @@ fn fetch_keys(c: &Config) -> ExitCode {
         match rt.block_on(mfa_gateway::auth::fetch_keys(issuer)) {
             Ok(n) => println!("issuer {}: {n} keys", issuer.keys.name),
             Err(why) => {
-                println!("issuer {}: cannot fetch its keys: {why}", issuer.keys.name);
+                println!(
+                    "issuer {}: cannot fetch its keys: {}",
+                    issuer.keys.name,
+                    mfa_gateway::error_chain::describe(&why)
+                );
                 failed += 1;
             }
         }
@@ -176,8 +180,8 @@ fn fleet_report(
     let now = mfa_gateway::auth::unix_now();
     let report = match rt.block_on(fleet::fetch(prometheus, window, now)) {
         Ok(r) => r,
-        Err(fleet::FleetError::Prometheus(why)) => {
-            eprintln!("mfa-gateway report: {why}");
+        Err(e) => {
+            eprintln!("mfa-gateway report: {}", mfa_gateway::error_chain::describe(&e));
             return ExitCode::from(2);
         }
     };

@@ -7,7 +7,7 @@ use prometheus::{
 };
 
 /// A registry holding `mfa_gateway_build_info`; the families are added by their owners.
-pub fn registry() -> Registry {
+pub(crate) fn registry() -> Registry {
     let registry = Registry::new();
     let build = register(
         &registry,
@@ -18,26 +18,26 @@ pub fn registry() -> Registry {
 }
 
 /// Registers `c` and returns it. Names are fixed in the source, so a clash is a bug.
-pub fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
+pub(crate) fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
     reg.register(Box::new(c.clone())).expect("metric names are unique");
     c
 }
 
-pub fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+pub(crate) fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
     register(reg, IntCounter::new(name, help).unwrap())
 }
 
-pub fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(reg, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
 }
 
-pub fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+pub(crate) fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
     register(reg, IntGauge::new(name, help).unwrap())
 }
 
 /// A latency histogram with buckets from 25 µs to 10 s: resolves the gateway's own microseconds
 /// and slow upstreams alike.
-pub fn latency(reg: &Registry, name: &str, help: &str) -> Histogram {
+pub(crate) fn latency(reg: &Registry, name: &str, help: &str) -> Histogram {
     let buckets = vec![
         0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         2.5, 5.0, 10.0,
@@ -46,23 +46,29 @@ pub fn latency(reg: &Registry, name: &str, help: &str) -> Histogram {
 }
 
 /// Counters for a fixed set of values of one label, resolved once; unknown values are ignored.
-pub struct KindCounters {
+pub(crate) struct KindCounters {
     kinds: &'static [&'static str],
     handles: Vec<IntCounter>,
 }
 
 impl KindCounters {
     /// A family labelled `kind`.
-    pub fn new(reg: &Registry, name: &str, help: &str, kinds: &'static [&'static str]) -> Self {
+    pub(crate) fn new(reg: &Registry, name: &str, help: &str, kinds: &'static [&'static str]) -> Self {
         Self::labelled(reg, name, help, "kind", kinds)
     }
 
-    pub fn labelled(reg: &Registry, name: &str, help: &str, label: &str, kinds: &'static [&'static str]) -> Self {
+    pub(crate) fn labelled(
+        reg: &Registry,
+        name: &str,
+        help: &str,
+        label: &str,
+        kinds: &'static [&'static str],
+    ) -> Self {
         let vec = counter_vec(reg, name, help, &[label]);
         Self { kinds, handles: kinds.iter().map(|k| vec.with_label_values(&[k])).collect() }
     }
 
-    pub fn inc(&self, kind: &str) {
+    pub(crate) fn inc(&self, kind: &str) {
         if let Some(i) = self.kinds.iter().position(|k| *k == kind) {
             self.handles[i].inc();
         }
@@ -70,7 +76,7 @@ impl KindCounters {
 }
 
 /// The Prometheus text exposition.
-pub fn render(reg: &Registry) -> Vec<u8> {
+pub(crate) fn render(reg: &Registry) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * 1024);
     let _ = TextEncoder::new().encode(&reg.gather(), &mut out);
     out

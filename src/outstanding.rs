@@ -9,24 +9,24 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 #[derive(Default)]
-pub struct Outstanding {
+pub(crate) struct Outstanding {
     open: AtomicUsize,
     none_left: Notify,
 }
 
 impl Outstanding {
     /// One more out, until the returned guard drops.
-    pub fn hold(self: &Arc<Self>) -> Held {
+    pub(crate) fn hold(self: &Arc<Self>) -> Held {
         self.open.fetch_add(1, Ordering::AcqRel);
         Held(self.clone())
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
     /// Waits until none is out, or `limit` has passed; returns how many are still out.
-    pub async fn wait(&self, limit: Option<Duration>) -> usize {
+    pub(crate) async fn wait(&self, limit: Option<Duration>) -> usize {
         let deadline = limit.map(|l| tokio::time::Instant::now() + l);
         loop {
             let notified = self.none_left.notified();
@@ -46,7 +46,7 @@ impl Outstanding {
 }
 
 /// One thing out; dropping it brings it back.
-pub struct Held(Arc<Outstanding>);
+pub(crate) struct Held(Arc<Outstanding>);
 
 impl Drop for Held {
     fn drop(&mut self) {

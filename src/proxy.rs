@@ -22,17 +22,17 @@ use crate::metrics::{gauge, latency, KindCounters};
 use crate::tunnel::{self, Lease};
 
 /// Upstream failure kinds; the `kind` label of `upstream_errors_total`.
-pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["dns", "connect", "timeout", "tls", "protocol"];
+pub(crate) const UPSTREAM_ERROR_KINDS: [&str; 5] = ["dns", "connect", "timeout", "tls", "protocol"];
 
 /// The upstream families: failures by kind, time to response headers, requests in flight.
-pub struct UpstreamMetrics {
+pub(crate) struct UpstreamMetrics {
     errors: KindCounters,
     pub duration: Histogram,
     in_flight: IntGauge,
 }
 
 impl UpstreamMetrics {
-    pub fn register(reg: &Registry) -> Self {
+    pub(crate) fn register(reg: &Registry) -> Self {
         Self {
             errors: KindCounters::new(
                 reg,
@@ -50,43 +50,52 @@ impl UpstreamMetrics {
         }
     }
 
-    pub fn failed(&self, e: &UpstreamError) {
+    pub(crate) fn failed(&self, e: &UpstreamError) {
         self.errors.inc(e.kind());
     }
 }
 
-/// Why the upstream gave no response. The texts are for the log line only; a client is told
+type ClientError = hyper_util::client::legacy::Error;
+
+/// Why the upstream gave no response, with its causes for the log line only; a client is told
 /// the status and a fixed sentence.
-#[derive(Debug)]
-pub enum UpstreamError {
-    /// The upstream's host name did not resolve.
-    Dns(String),
-    /// Could not connect (refused, unreachable, connect timeout).
-    Connect(String),
-    /// No response headers within `upstream.timeout`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("the upstream's host name did not resolve")]
+    Dns(#[source] ClientError),
+    /// Refused, unreachable, or the connect timeout.
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] ClientError),
+    #[error("no response headers within upstream.timeout")]
     Timeout,
-    /// The TLS handshake with the upstream failed (untrusted certificate, wrong name, ...).
-    Tls(String),
+    /// Untrusted certificate, wrong name, ...
+    #[error("TLS with the upstream failed")]
+    Tls(#[source] ClientError),
     /// Connected, but the exchange failed (reset, bad response).
-    Protocol(String),
+    #[error("the exchange with the upstream failed")]
+    Protocol(#[source] ClientError),
+    #[error("the request cannot be sent upstream")]
+    Request(#[source] http::Error),
+    #[error("the upstream switched to a protocol the gateway did not ask for")]
+    UnaskedSwitch,
 }
 
 impl UpstreamError {
     /// Metric label (`crate::metrics::UPSTREAM_ERROR_KINDS`).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Dns(_) => "dns",
             UpstreamError::Connect(_) => "connect",
             UpstreamError::Timeout => "timeout",
             UpstreamError::Tls(_) => "tls",
-            UpstreamError::Protocol(_) => "protocol",
+            UpstreamError::Protocol(_) | UpstreamError::Request(_) | UpstreamError::UnaskedSwitch => "protocol",
         }
     }
 }
 
 /// Facts about the client's hop the proxy adds to the request. The request itself arrives with
 /// its hop-by-hop headers gone (`crate::headers::Screen::receive`).
-pub struct Origin {
+pub(crate) struct Origin {
     pub client_ip: IpAddr,
     pub scheme: &'static str,
     /// For log lines about this request, an upgraded tunnel's included.
@@ -99,7 +108,7 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// One of `[upstream] max_in_flight` slots, held from the upstream request until its response
 /// body ends or is dropped, or for as long as its tunnel is open.
-pub struct InFlight {
+pub(crate) struct InFlight {
     taken: Arc<AtomicUsize>,
     gauge: IntGauge,
 }
@@ -112,11 +121,11 @@ impl Drop for InFlight {
 }
 
 /// The upstream's response body, streamed; its slot goes back when it ends or is dropped.
-pub type UpstreamBody = Guarded<Incoming, InFlight>;
+pub(crate) type UpstreamBody = Guarded<Incoming, InFlight>;
 
 impl Guard for InFlight {}
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     client: Client<Connector, Incoming>,
     /// HTTP/2 only, for gRPC: prior knowledge to an `http://` upstream, ALPN `h2` over TLS.
     grpc: Client<Connector, Incoming>,
@@ -127,7 +136,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(upstream: &UpstreamConfig) -> Self {
+    pub(crate) fn new(upstream: &UpstreamConfig) -> Self {
         let connector = |http2: bool| match &upstream.tls {
             // HTTP/2 to the upstream when its ALPN offers it.
             Some(tls) => crate::tls::https_connector(tls.0.clone(), http2, Some(upstream.connect_timeout)),
@@ -158,7 +167,7 @@ impl Proxy {
     }
 
     /// A slot for one more request upstream, or `None` when all `max_in_flight` are taken.
-    pub fn slot(&self, metrics: &UpstreamMetrics) -> Option<InFlight> {
+    pub(crate) fn slot(&self, metrics: &UpstreamMetrics) -> Option<InFlight> {
         let taken = self.in_flight.fetch_add(1, Ordering::Acquire);
         if taken >= self.upstream.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::Release);
@@ -170,7 +179,7 @@ impl Proxy {
 
     /// Sends the request upstream and returns its response headers (the body still streaming,
     /// holding `slot`).
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         mut req: Request<Incoming>,
         origin: &Origin,
@@ -204,7 +213,7 @@ impl Proxy {
         let mut parts = Uri::builder().scheme(self.upstream.scheme.clone()).authority(self.upstream.authority.clone());
         // Path and query go through byte for byte.
         parts = parts.path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()));
-        *req.uri_mut() = parts.build().map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        *req.uri_mut() = parts.build().map_err(UpstreamError::Request)?;
         let client = if grpc {
             *req.version_mut() = Version::HTTP_2;
             &self.grpc
@@ -215,7 +224,7 @@ impl Proxy {
 
         let mut resp = match tokio::time::timeout(self.upstream.timeout, client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(e)) => return Err(classify(&e)),
+            Ok(Err(e)) => return Err(classify(e)),
             Ok(Ok(resp)) => resp,
         };
 
@@ -234,7 +243,7 @@ impl Proxy {
                 // Keep Connection/Upgrade: the client needs them to complete the switch.
                 return Ok(resp.map(|inner| Guarded::new(inner, None)));
             }
-            return Err(UpstreamError::Protocol("upstream switched to a protocol the gateway did not ask for".into()));
+            return Err(UpstreamError::UnaskedSwitch);
         }
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp.map(|inner| Guarded::new(inner, Some(slot))))
@@ -279,17 +288,16 @@ fn empty_tls() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// The kind of a failed exchange; the whole chain of causes goes to the log line.
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let why = error_chain::describe(e);
-    if error_chain::any(e, &|c| c.is::<rustls::Error>()) {
-        UpstreamError::Tls(why)
-    } else if e.is_connect() && error_chain::any(e, &|c| c.to_string() == "dns error") {
-        UpstreamError::Dns(why)
+/// The kind of a failed exchange, by its causes.
+fn classify(e: ClientError) -> UpstreamError {
+    if error_chain::any(&e, &|c| c.is::<rustls::Error>()) {
+        UpstreamError::Tls(e)
+    } else if e.is_connect() && error_chain::any(&e, &|c| c.to_string() == "dns error") {
+        UpstreamError::Dns(e)
     } else if e.is_connect() {
-        UpstreamError::Connect(why)
+        UpstreamError::Connect(e)
     } else {
-        UpstreamError::Protocol(why)
+        UpstreamError::Protocol(e)
     }
 }
 

@@ -25,7 +25,7 @@ impl Default for MetricsConfig {
     }
 }
 
-pub const OTHER_APP: &str = "other";
+pub(crate) const OTHER_APP: &str = "other";
 
 /// The ratio counters and the `app` labels they have given.
 pub struct RatioCounters {

@@ -17,10 +17,10 @@ use crate::proxy::{UpstreamBody, UpstreamError, UpstreamMetrics};
 use crate::request_end::Decision;
 
 /// Response body: the upstream's, streamed, or a short one of ours.
-pub type Body = Either<UpstreamBody, Full<Bytes>>;
+pub(crate) type Body = Either<UpstreamBody, Full<Bytes>>;
 
 #[derive(Debug)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     Auth(AuthRefusal),
     /// The path is not in normal form (`crate::path`).
     BadPath(PathFlaw),
@@ -34,14 +34,14 @@ pub enum Refusal {
 
 /// Settings that shape refusals.
 #[derive(Debug, Clone, Default)]
-pub struct RefusalStyle {
+pub(crate) struct RefusalStyle {
     pub challenge: ChallengeSettings,
     /// Sent with the MFA refusal, as Partner Center does.
     pub request_context: Option<HeaderValue>,
 }
 
 /// The counters a refusal may add to, besides `requests_total` (which `RequestEnd` writes).
-pub struct RefusalSinks<'a> {
+pub(crate) struct RefusalSinks<'a> {
     pub auth: &'a AuthMetrics,
     pub upstream: &'a UpstreamMetrics,
 }
@@ -50,7 +50,7 @@ pub struct RefusalSinks<'a> {
 // it has its decision, reason, response, counter and log line.
 #[deny(clippy::wildcard_enum_match_arm)]
 impl Refusal {
-    pub fn decision(&self) -> Decision {
+    pub(crate) fn decision(&self) -> Decision {
         match self {
             Refusal::Auth(AuthRefusal::MissingToken) => Decision::MissingToken,
             Refusal::Auth(AuthRefusal::Invalid(_)) => Decision::InvalidToken,
@@ -66,7 +66,7 @@ impl Refusal {
     }
 
     /// A short reason for logs (bounded set).
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Refusal::Auth(AuthRefusal::MissingToken) => "missing_token",
             Refusal::Auth(AuthRefusal::Invalid(i)) => i.reason(),
@@ -81,7 +81,7 @@ impl Refusal {
 
     /// The counter and log line a refusal gets besides `requests_total`: the client's faults at
     /// debug, the gateway's own (no keys, the upstream) at warn.
-    pub fn record(&self, sinks: &RefusalSinks<'_>, request_id: &HeaderValue, route: &str) {
+    pub(crate) fn record(&self, sinks: &RefusalSinks<'_>, request_id: &HeaderValue, route: &str) {
         match self {
             Refusal::Auth(AuthRefusal::MissingToken) => {
                 tracing::debug!(?request_id, route, "no token");
@@ -107,7 +107,7 @@ impl Refusal {
             }
             Refusal::Upstream(e) => {
                 sinks.upstream.failed(e);
-                tracing::warn!(?request_id, route, kind = e.kind(), error = ?e, "upstream failed");
+                tracing::warn!(?request_id, route, kind = e.kind(), error = %crate::error_chain::describe(e), "upstream failed");
             }
             // Counted in requests_total; a line per request at warn would flood the log under
             // overload.
@@ -117,7 +117,7 @@ impl Refusal {
         }
     }
 
-    pub fn into_response(self, style: &RefusalStyle, request_id: &HeaderValue, grpc: bool) -> Response<Body> {
+    pub(crate) fn into_response(self, style: &RefusalStyle, request_id: &HeaderValue, grpc: bool) -> Response<Body> {
         let (mut resp, message) = match self {
             Refusal::Auth(a) => {
                 let c = challenge(a, &style.challenge);

@@ -13,21 +13,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
 
+use crate::auth::jwks::KeyFetchError;
 use crate::config::{Config, FileStamp};
+use crate::gateway::Gateway;
 use crate::snapshot::Snapshot;
-use crate::stack::Stack;
 
 const POLL: Duration = Duration::from_secs(1);
 
 /// `mfa_gateway_config_reloads_total{result}` and the last success's time.
-pub struct Reloads {
+pub(crate) struct Reloads {
     ok: IntCounter,
     error: IntCounter,
     last_success: Gauge,
 }
 
 impl Reloads {
-    pub fn register(registry: &Registry) -> Self {
+    pub(crate) fn register(registry: &Registry) -> Self {
         let results = IntCounterVec::new(
             Opts::new(
                 "mfa_gateway_config_reloads_total",
@@ -57,9 +58,9 @@ impl Reloads {
 
 /// Reloads on SIGHUP and on file changes until the task is aborted. Does nothing for a config
 /// that did not come from a file (the demo's).
-pub async fn watch(stack: Arc<Stack>, reloads: Reloads) {
+pub(crate) async fn watch(gateway: Arc<Gateway>, reloads: Reloads) {
     let (source, mut watched) = {
-        let snap = stack.snapshot();
+        let snap = gateway.snapshot();
         match &snap.config.source {
             Some(s) => (s.clone(), snap.config.files.clone()),
             None => return,
@@ -99,7 +100,7 @@ pub async fn watch(stack: Arc<Stack>, reloads: Reloads) {
             _ = retry_due => "retrying a reload refused for keys that did not load".to_string(),
         };
         let outcome;
-        (watched, outcome) = reload(&stack, &reloads, &source, &why).await;
+        (watched, outcome) = reload(&gateway, &reloads, &source, &why).await;
         retry = match outcome {
             Outcome::KeysNotLoaded => {
                 let wait = retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_CAP));
@@ -130,8 +131,8 @@ fn changed(watched: &[(PathBuf, Option<FileStamp>)]) -> Option<&Path> {
 type Watched = Vec<(PathBuf, Option<FileStamp>)>;
 
 /// One reload; returns the files to watch from now on, stamped as they were read.
-async fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> (Watched, Outcome) {
-    let old = stack.snapshot();
+async fn reload(gateway: &Gateway, reloads: &Reloads, source: &Path, why: &str) -> (Watched, Outcome) {
+    let old = gateway.snapshot();
     let restamped = || old.config.files.iter().map(|(p, _)| (p.clone(), FileStamp::of(p))).collect();
     let mut new = match Config::load(source) {
         Ok(c) => c,
@@ -146,18 +147,18 @@ async fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> (
     for key in keep_fixed(&old.config, &mut new) {
         tracing::warn!(key, "this setting cannot change without a restart; the running value is kept");
     }
-    let (next, carried) = match stack.build(new, &old) {
+    let (next, carried) = match gateway.build(new, &old) {
         Ok(built) => built,
         Err(e) => {
-            tracing::error!(reason = why, error = %e, "config reload failed; the previous config keeps serving");
+            tracing::error!(reason = why, error = %crate::error_chain::describe(&e), "config reload failed; the previous config keeps serving");
             reloads.error.inc();
             return (restamped(), Outcome::Done);
         }
     };
     // Never put a key set in service that has not loaded: a new issuer, a changed key source or
     // an edited key file is fetched (read) first.
-    if let Err(e) = warm(&next, &old).await {
-        tracing::error!(reason = why, error = %e,
+    if let Err((issuer, e)) = warm(&next, &old).await {
+        tracing::error!(reason = why, issuer, error = %crate::error_chain::describe(&e),
             "config reload refused: a key set did not load; the previous config keeps serving, and the reload is retried");
         reloads.error.inc();
         return (restamped(), Outcome::KeysNotLoaded);
@@ -177,16 +178,16 @@ async fn reload(stack: &Stack, reloads: &Reloads, source: &Path, why: &str) -> (
     );
     reloads.ok.inc();
     reloads.succeeded();
-    stack.swap(next);
+    gateway.swap(next);
     (files, Outcome::Done)
 }
 
 /// Waits for each key set of `next` that `old` does not have to load; the first that does not
-/// is the error.
-async fn warm(next: &Snapshot, old: &Snapshot) -> Result<(), String> {
+/// is the error, with its issuer.
+async fn warm<'n>(next: &'n Snapshot, old: &Snapshot) -> Result<(), (&'n str, KeyFetchError)> {
     let fresh = next.auth.issuers.iter().filter(|k| !old.auth.issuers.iter().any(|o| Arc::ptr_eq(o, k)));
     for keys in fresh {
-        keys.load_now().await.map_err(|why| format!("issuer {}: {why}", keys.spec.name))?;
+        keys.load_now().await.map_err(|why| (keys.spec.name.as_str(), why))?;
     }
     Ok(())
 }

@@ -153,7 +153,7 @@ pub struct UserSeen {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Snapshot {
+pub struct StatusReport {
     pub scope: &'static str,
     pub window_days: u32,
     /// The window as given, when it is not whole days (the fleet report's `--window`).
@@ -271,7 +271,7 @@ impl Report {
         }
     }
 
-    pub fn snapshot(&self, now: i64) -> Snapshot {
+    pub fn snapshot(&self, now: i64) -> StatusReport {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let oldest = now.div_euclid(86_400) - i64::from(self.cfg.window_days) + 1;
         let mut per_app: HashMap<&str, Counts> = HashMap::new();
@@ -310,7 +310,7 @@ impl Report {
         would_refuse.sort_by(|a, b| {
             b.requests.cmp(&a.requests).then_with(|| (&a.route, &a.app, a.reason).cmp(&(&b.route, &b.app, b.reason)))
         });
-        Snapshot {
+        StatusReport {
             scope: "this instance; use the Prometheus recording rules for all replicas",
             window_days: self.cfg.window_days,
             window: None,

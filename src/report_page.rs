@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::report::{Snapshot, FLEET_SCOPE};
+use crate::report::{StatusReport, FLEET_SCOPE};
 
 /// The share of App+User requests with MFA the page draws its line at.
 const TARGET: f64 = 0.95;
@@ -30,7 +30,7 @@ fn percent(r: Option<f64>) -> String {
 }
 
 /// UTC, to the second, from Unix seconds: "2026-11-18 11:06:40 UTC".
-pub fn utc(secs: i64) -> String {
+pub(crate) fn utc(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string().replacen('T', " ", 1).replace('Z', " UTC")
 }
@@ -56,7 +56,7 @@ fn class(ratio: Option<f64>) -> &'static str {
 }
 
 /// The page for one instance's `/report`, or the fleet's.
-pub fn render(s: &Snapshot) -> String {
+pub(crate) fn render(s: &StatusReport) -> String {
     let mut h = String::with_capacity(8 * 1024);
     headline(&mut h, s);
     applications(&mut h, s);
@@ -71,7 +71,7 @@ pub fn render(s: &Snapshot) -> String {
 }
 
 /// Title, the ratio in large type against the 95 % line, and the totals.
-fn headline(h: &mut String, s: &Snapshot) {
+fn headline(h: &mut String, s: &StatusReport) {
     let ratio = s.app_user_mfa_ratio;
     let verdict = match ratio {
         Some(r) if r >= TARGET => "at or above 95 %",
@@ -101,7 +101,7 @@ fn headline(h: &mut String, s: &Snapshot) {
     );
 }
 
-fn applications(h: &mut String, s: &Snapshot) {
+fn applications(h: &mut String, s: &StatusReport) {
     h.push_str(
         "<h2>Applications</h2><table><tr><th>application</th><th>App+User with MFA</th><th>ratio</th>\
          <th>requests</th><th>with MFA</th><th>without</th><th>app-only</th></tr>",
@@ -125,7 +125,7 @@ fn applications(h: &mut String, s: &Snapshot) {
     h.push_str("</table>");
 }
 
-fn would_refuse(h: &mut String, s: &Snapshot) {
+fn would_refuse(h: &mut String, s: &StatusReport) {
     if s.would_refuse.is_empty() {
         return;
     }
@@ -148,7 +148,7 @@ fn would_refuse(h: &mut String, s: &Snapshot) {
 }
 
 /// One instance's users and recent requests without MFA.
-fn users(h: &mut String, s: &Snapshot) {
+fn users(h: &mut String, s: &StatusReport) {
     h.push_str(
         "<h2>Users without MFA</h2><table><tr><th>user</th><th>last seen</th><th>requests without MFA</th></tr>",
     );
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn the_page_escapes_what_tokens_supply_and_shows_the_ratio() {
-        let s = Snapshot {
+        let s = StatusReport {
             scope: "instance",
             window_days: 7,
             window: None,

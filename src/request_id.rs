@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{HeaderName, HeaderValue};
 
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub struct RequestIds {
+pub(crate) struct RequestIds {
     seed: u64,
     counter: AtomicU64,
 }
@@ -20,7 +20,7 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    pub fn take_or_mint(&self, headers: &http::HeaderMap) -> HeaderValue {
+    pub(crate) fn take_or_mint(&self, headers: &http::HeaderMap) -> HeaderValue {
         if let Some(v) = headers.get(&REQUEST_ID) {
             let b = v.as_bytes();
             if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {

@@ -21,7 +21,7 @@ use crate::refusal::RefusalStyle;
 use crate::request_end::{Memo, RequestMetrics, Sinks};
 use crate::routes::RouteTable;
 
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// The config this was built from; the next reload compares against it.
     pub config: Config,
     pub routes: RouteTable,
@@ -41,9 +41,19 @@ pub struct Snapshot {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+/// Why a config could not be built for serving. `Config` checks the same, so this is a config
+/// that was not made by `Config::load` or `Config::parse`.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("route[{index}]: {problem}")]
+    Route { index: usize, problem: String },
+    #[error("identity.header_prefix does not make header names")]
+    HeaderPrefix(#[source] http::header::InvalidHeaderName),
+}
+
 /// What a build took over from the previous snapshot, for the reload's log line.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Carried {
+pub(crate) struct Carried {
     /// The authenticator whole: its verified-token cache survives.
     pub token_cache: bool,
     pub key_sets_kept: usize,
@@ -57,14 +67,15 @@ impl Snapshot {
     /// authenticator (and its token cache) when no setting that decides a token changed, each
     /// issuer's key set when that issuer's key settings and files did not change, and the
     /// upstream client when its settings and files did not. New key sets start fetching here.
-    pub fn build(
+    pub(crate) fn build(
         config: Config,
         previous: Option<&Snapshot>,
         requests: &Arc<RequestMetrics>,
         ratios: &Arc<RatioCounters>,
         metrics: &Arc<AuthMetrics>,
-    ) -> Result<(Snapshot, Carried), String> {
-        let routes = RouteTable::new(&config.routes, config.defaults).map_err(|(i, e)| format!("route[{i}]: {e}"))?;
+    ) -> Result<(Snapshot, Carried), BuildError> {
+        let routes = RouteTable::new(&config.routes, config.defaults)
+            .map_err(|(index, problem)| BuildError::Route { index, problem })?;
         let counters = routes.names().map(|n| requests.route_counters(n)).collect();
         let report_only =
             routes.all().filter(|r| !r.enforce && r.require != crate::routes::Requirement::Public).count();
@@ -123,7 +134,7 @@ impl Snapshot {
             sinks,
             screen: Screen::new(auth.header_prefix(), config.server.drop_underscore_headers, &config.forwarding),
             would_refuse: http::HeaderName::from_bytes(format!("{}would-refuse", auth.header_prefix()).as_bytes())
-                .map_err(|e| format!("identity.header_prefix: {e}"))?,
+                .map_err(BuildError::HeaderPrefix)?,
             auth,
             proxy,
             style: RefusalStyle {

@@ -50,7 +50,7 @@ pub struct ServerTlsConfig {
 
 /// A client certificate and key offered to a peer.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
@@ -63,33 +63,50 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+/// Why a TLS config could not be built; every variant names its file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}", path.display())]
+    Read { path: PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("{}: no CERTIFICATE in the file", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: no usable private key", path.display())]
+    Key { path: PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("{}: bad CA certificate", path.display())]
+    Ca { path: PathBuf, source: rustls::Error },
+    #[error("{}: cannot check client certificates against it", path.display())]
+    ClientCa { path: PathBuf, source: rustls::server::VerifierBuilderError },
+    #[error("{} and {} do not make a certificate and its key", cert.display(), key.display())]
+    Pair { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    #[error("TLS versions")]
+    Versions(#[source] rustls::Error),
+}
+
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = |source| TlsError::Read { path: path.to_path_buf(), source };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path).map_err(read)?.collect::<Result<_, _>>().map_err(read)?;
     if certs.is_empty() {
-        return Err(format!("{}: no CERTIFICATE in the file", path.display()));
+        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
     }
     Ok(certs)
 }
 
 /// PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: no usable private key: {e}", path.display()))
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Key { path: path.to_path_buf(), source })
 }
 
-fn roots_from(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
+/// `roots` plus every certificate of the CA file at `path`.
+fn add_roots(mut roots: RootCertStore, path: &Path) -> Result<RootCertStore, TlsError> {
     for c in load_certs(path)? {
-        roots.add(c).map_err(|e| format!("{}: bad CA certificate: {e}", path.display()))?;
+        roots.add(c).map_err(|source| TlsError::Ca { path: path.to_path_buf(), source })?;
     }
     Ok(roots)
 }
 
-fn certified(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+fn certified(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
     let k = rustls::sign::CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider())
-        .map_err(|e| format!("{} and {} do not make a certificate and its key: {e}", cert.display(), key.display()))?;
+        .map_err(|source| TlsError::Pair { cert: cert.to_path_buf(), key: key.to_path_buf(), source })?;
     Ok(Arc::new(k))
 }
 
@@ -116,7 +133,7 @@ impl rustls::server::ResolvesServerCert for BySni {
 }
 
 /// Builds the listener's config; every failure names the file.
-pub fn server_config(c: &ServerTlsFiles) -> Result<ServerConfig, String> {
+pub(crate) fn server_config(c: &ServerTlsFiles) -> Result<ServerConfig, TlsError> {
     let mut named = Vec::new();
     for s in &c.sni {
         let k = certified(&s.cert, &s.key)?;
@@ -125,15 +142,17 @@ pub fn server_config(c: &ServerTlsFiles) -> Result<ServerConfig, String> {
     let resolver = Arc::new(BySni { default: certified(&c.cert, &c.key)?, named });
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?;
+        .map_err(TlsError::Versions)?;
     let builder = match &c.client_ca {
         Some(ca) => {
-            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots_from(ca)?), provider());
+            let roots = add_roots(RootCertStore::empty(), ca)?;
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let v = match c.client_auth {
                 ClientAuth::Required => v.build(),
                 ClientAuth::Optional => v.allow_unauthenticated().build(),
             };
-            builder.with_client_cert_verifier(v.map_err(|e| format!("{}: {e}", ca.display()))?)
+            builder
+                .with_client_cert_verifier(v.map_err(|source| TlsError::ClientCa { path: ca.to_path_buf(), source })?)
         }
         None => builder.with_no_client_auth(),
     };
@@ -161,31 +180,29 @@ impl std::fmt::Debug for ClientTls {
 }
 
 /// Client config: platform roots plus `ca_file`, and an optional client certificate.
-pub fn client_config(ca_file: Option<&Path>, identity: Option<&Identity>) -> Result<ClientConfig, String> {
+pub(crate) fn client_config(ca_file: Option<&Path>, identity: Option<&Identity>) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for c in native.certs {
         let _ = roots.add(c);
     }
     if let Some(ca) = ca_file {
-        for c in load_certs(ca)? {
-            roots.add(c).map_err(|e| format!("{}: bad CA certificate: {e}", ca.display()))?;
-        }
+        roots = add_roots(roots, ca)?;
     }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Versions)?
         .with_root_certificates(roots);
     match identity {
         Some(id) => builder
             .with_client_auth_cert(load_certs(&id.cert)?, load_key(&id.key)?)
-            .map_err(|e| format!("{} and {}: {e}", id.cert.display(), id.key.display())),
+            .map_err(|source| TlsError::Pair { cert: id.cert.clone(), key: id.key.clone(), source }),
         None => Ok(builder.with_no_client_auth()),
     }
 }
 
 /// An HTTPS-or-HTTP connector for hyper-util's client.
-pub fn https_connector(
+pub(crate) fn https_connector(
     tls: ClientConfig,
     http2: bool,
     connect_timeout: Option<Duration>,

@@ -18,52 +18,52 @@ use crate::outstanding::{Held, Outstanding};
 
 /// `tunnels_open`: upgraded connections open now.
 #[derive(Clone)]
-pub struct TunnelMetrics {
+pub(crate) struct TunnelMetrics {
     open: IntGauge,
 }
 
 impl TunnelMetrics {
-    pub fn register(reg: &Registry) -> Self {
+    pub(crate) fn register(reg: &Registry) -> Self {
         Self { open: gauge(reg, "mfa_gateway_tunnels_open", "Upgraded connections (WebSocket and others) open.") }
     }
 }
 
 /// One client connection's tunnels.
-pub struct Slot {
+pub(crate) struct Slot {
     leases: Arc<Outstanding>,
     close: watch::Sender<bool>,
     metrics: TunnelMetrics,
 }
 
 impl Slot {
-    pub fn new(metrics: TunnelMetrics) -> Arc<Self> {
+    pub(crate) fn new(metrics: TunnelMetrics) -> Arc<Self> {
         Arc::new(Self { leases: Arc::default(), close: watch::Sender::new(false), metrics })
     }
 
     /// A lease for one request that asks to upgrade; it comes back when the request ends without
     /// a tunnel, or when its tunnel closes.
-    pub fn lease(self: &Arc<Self>) -> Lease {
+    pub(crate) fn lease(self: &Arc<Self>) -> Lease {
         Lease { slot: self.clone(), _held: self.leases.hold(), close: self.close.subscribe() }
     }
 
     /// Whether a lease is still out.
-    pub fn in_use(&self) -> bool {
+    pub(crate) fn in_use(&self) -> bool {
         self.leases.count() > 0
     }
 
     /// Resolves when every lease is back.
-    pub async fn released(&self) {
+    pub(crate) async fn released(&self) {
         self.leases.wait(None).await;
     }
 
     /// Closes the connection's tunnels.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let _ = self.close.send(true);
     }
 }
 
 /// Carried in the extensions of a request that asks to upgrade.
-pub struct Lease {
+pub(crate) struct Lease {
     slot: Arc<Slot>,
     _held: Held,
     close: watch::Receiver<bool>,
@@ -78,7 +78,7 @@ impl Clone for Lease {
 
 /// Copies both ways between the client and the upstream until either side ends or the lease's
 /// connection closes the tunnel.
-pub async fn run(client: OnUpgrade, upstream: OnUpgrade, mut lease: Lease, request_id: HeaderValue) {
+pub(crate) async fn run(client: OnUpgrade, upstream: OnUpgrade, mut lease: Lease, request_id: HeaderValue) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {

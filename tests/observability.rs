@@ -106,12 +106,10 @@ async fn each_decision_increments_its_counter() {
     )
     .replace("[upstream]\n", "[upstream]\ntimeout = \"300ms\"\n");
     let gw = start(&text).await;
-    for _ in 0..200 {
-        if gw.stack.snapshot().auth.issuers[0].has_keys() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the first issuer's keys loaded", Duration::from_secs(4), async || {
+        !gw.not_ready().iter().any(|r| r.contains(TEMPLATE_ISSUER))
+    })
+    .await;
     let mut down = entra_claims("mfa", 600);
     down["iss"] = json!("https://down.example/");
     let cases = [

@@ -27,15 +27,6 @@ fn replace(file: &Path, text: &str) {
     std::fs::rename(&tmp, file).unwrap();
 }
 
-/// Polls `check` every 20 ms until it holds; fails the test after `limit`.
-async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The config: the issuer's keys from `source` (a TOML line), `timing` in its table, and
 /// `extra_route` as one more route (or nothing).
 fn config(upstream: SocketAddr, source: &str, timing: &str, extra_route: &str) -> String {

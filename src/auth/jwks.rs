@@ -65,10 +65,32 @@ struct Gate {
     inflight: Option<watch::Receiver<Option<bool>>>,
 }
 
+/// Why a key set could not be had. Cloned into the readiness reasons and every waiter, so its
+/// sources are shared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyFetchError {
+    #[error("cannot read {}", path.display())]
+    File { path: std::path::PathBuf, source: Arc<std::io::Error> },
+    #[error(transparent)]
+    Get(#[from] Arc<fetch::FetchError>),
+    #[error("GET {uri}: HTTP {status}")]
+    Status { uri: http::Uri, status: http::StatusCode },
+    #[error("discovery document from {uri}")]
+    Discovery { uri: http::Uri, source: Arc<serde_json::Error> },
+    #[error("discovery jwks_uri {0:?} is not an http(s) URL")]
+    JwksUri(String),
+    #[error("refused: the discovery document from {uri} names jwks_uri {jwks_uri:?} over plain http")]
+    PlainHttpKeys { uri: http::Uri, jwks_uri: String },
+    #[error(transparent)]
+    Jwks(#[from] Arc<super::keys::JwksError>),
+    #[error("no keys within {0:?}")]
+    TimedOut(Duration),
+}
+
 #[derive(Default)]
 struct Health {
     last_success: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<KeyFetchError>,
 }
 
 pub struct IssuerKeys {
@@ -115,14 +137,13 @@ impl IssuerKeys {
     /// Fetches now (or joins the fetch under way) and waits at most twice `fetch_timeout` (a
     /// discovery document, then the keys): how many keys loaded, or why none. A reload waits on
     /// this before it puts a new set in service; `check --fetch` asks it of every issuer.
-    pub async fn load_now(self: &Arc<Self>) -> Result<usize, String> {
+    pub async fn load_now(self: &Arc<Self>) -> Result<usize, KeyFetchError> {
         let limit = self.timing().fetch_timeout * 2;
         match tokio::time::timeout(limit, wait_done(self.refresh())).await {
             Ok(true) => Ok(self.keys.load().len()),
-            Ok(false) => {
-                Err(self.health.lock().unwrap().last_error.clone().unwrap_or_else(|| "the fetch failed".into()))
-            }
-            Err(_) => Err(format!("no keys within {limit:?}")),
+            // A failed fetch always leaves its error; `TimedOut` only if another fetch cleared it.
+            Ok(false) => Err(self.health.lock().unwrap().last_error.clone().unwrap_or(KeyFetchError::TimedOut(limit))),
+            Err(_) => Err(KeyFetchError::TimedOut(limit)),
         }
     }
 
@@ -146,7 +167,7 @@ impl IssuerKeys {
         }
         let h = self.health.lock().unwrap();
         Some(match &h.last_error {
-            Some(e) => format!("issuer {}: no keys: {e}", self.spec.name),
+            Some(e) => format!("issuer {}: no keys: {}", self.spec.name, crate::error_chain::describe(e)),
             None => format!("issuer {}: no keys yet: first fetch in progress", self.spec.name),
         })
     }
@@ -214,7 +235,7 @@ impl IssuerKeys {
 
     async fn fetch_and_store(&self) -> bool {
         let result = tokio::time::timeout(self.timing().fetch_timeout * 2, self.fetch()).await;
-        let result = result.unwrap_or_else(|_| Err("timed out".into()));
+        let result = result.unwrap_or_else(|_| Err(KeyFetchError::TimedOut(self.timing().fetch_timeout * 2)));
         match result {
             Ok(new_keys) => {
                 self.store(new_keys);
@@ -225,7 +246,7 @@ impl IssuerKeys {
                 true
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.spec.name, error = %e, "key set fetch failed");
+                tracing::warn!(issuer = %self.spec.name, error = %crate::error_chain::describe(&e), "key set fetch failed");
                 self.metrics.key_fetch(&self.spec.name, false);
                 let mut h = self.health.lock().unwrap();
                 h.last_error = Some(e);
@@ -261,11 +282,12 @@ impl IssuerKeys {
         tracing::info!(issuer = %self.spec.name, keys = count, removed, "key set loaded");
     }
 
-    async fn fetch(&self) -> Result<Vec<Key>, String> {
+    async fn fetch(&self) -> Result<Vec<Key>, KeyFetchError> {
         let body = match &self.spec.source {
-            KeySource::File(path) => {
-                tokio::fs::read(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?.into()
-            }
+            KeySource::File(path) => tokio::fs::read(path)
+                .await
+                .map_err(|source| KeyFetchError::File { path: path.clone(), source: Arc::new(source) })?
+                .into(),
             KeySource::Jwks(uri) => self.get(uri.clone()).await?,
             KeySource::Discovery(uri) => {
                 #[derive(serde::Deserialize)]
@@ -273,34 +295,30 @@ impl IssuerKeys {
                     jwks_uri: String,
                 }
                 let doc = self.get(uri.clone()).await?;
-                let d: Discovery =
-                    serde_json::from_slice(&doc).map_err(|e| format!("discovery document from {uri}: {e}"))?;
-                let jwks: http::Uri =
-                    d.jwks_uri.parse().map_err(|_| format!("discovery jwks_uri {:?} is not a URL", d.jwks_uri))?;
-                if !matches!(jwks.scheme_str(), Some("http" | "https")) {
-                    return Err(format!("discovery jwks_uri {:?} is not http(s)", d.jwks_uri));
-                }
+                let d: Discovery = serde_json::from_slice(&doc)
+                    .map_err(|source| KeyFetchError::Discovery { uri: uri.clone(), source: Arc::new(source) })?;
+                let jwks =
+                    d.jwks_uri.parse::<http::Uri>().ok().filter(|j| matches!(j.scheme_str(), Some("http" | "https")));
+                let Some(jwks) = jwks else { return Err(KeyFetchError::JwksUri(d.jwks_uri)) };
                 // Keys over plain http would void the TLS that fetched the document.
                 if uri.scheme_str() == Some("https") && jwks.scheme_str() == Some("http") {
-                    return Err(format!(
-                        "refused: the discovery document from {uri} names jwks_uri {:?} over plain http",
-                        d.jwks_uri
-                    ));
+                    return Err(KeyFetchError::PlainHttpKeys { uri: uri.clone(), jwks_uri: d.jwks_uri });
                 }
                 self.get(jwks).await?
             }
         };
-        let parsed = parse_jwks(&body)?;
+        let parsed = parse_jwks(&body).map_err(Arc::new)?;
         for s in &parsed.skipped {
             tracing::warn!(issuer = %self.spec.name, skipped = %s, "key skipped");
         }
         Ok(parsed.keys)
     }
 
-    async fn get(&self, uri: http::Uri) -> Result<Bytes, String> {
-        let (status, body) = fetch::get(&self.client, &uri, MAX_DOCUMENT_BYTES, self.timing().fetch_timeout).await?;
+    async fn get(&self, uri: http::Uri) -> Result<Bytes, KeyFetchError> {
+        let (status, body) =
+            fetch::get(&self.client, &uri, MAX_DOCUMENT_BYTES, self.timing().fetch_timeout).await.map_err(Arc::new)?;
         if status != http::StatusCode::OK {
-            return Err(format!("GET {uri}: HTTP {status}"));
+            return Err(KeyFetchError::Status { uri, status });
         }
         Ok(body)
     }

@@ -142,10 +142,20 @@ pub fn pick<K: std::ops::Deref<Target = Key> + Clone>(
     }
 }
 
+/// Why a JWKS document gave no key set.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("not a JWKS document")]
+    NotJwks(#[source] serde_json::Error),
+    /// Each skipped key with why it was.
+    #[error("no usable signing key ({})", skipped.join("; "))]
+    NoUsableKey { skipped: Vec<String> },
+}
+
 /// Parses a JWKS. Keys that cannot be used for signatures are skipped with a reason; a document
 /// with no usable key at all is an error, so a bad publish never empties a good cached set.
-pub fn parse_jwks(body: &[u8]) -> Result<ParsedJwks, String> {
-    let raw: RawJwks = serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+pub fn parse_jwks(body: &[u8]) -> Result<ParsedJwks, JwksError> {
+    let raw: RawJwks = serde_json::from_slice(body).map_err(JwksError::NotJwks)?;
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for (i, v) in raw.keys.into_iter().enumerate() {
@@ -155,7 +165,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<ParsedJwks, String> {
         }
     }
     if keys.is_empty() {
-        return Err(format!("no usable signing key ({})", skipped.join("; ")));
+        return Err(JwksError::NoUsableKey { skipped });
     }
     Ok(ParsedJwks { keys, skipped })
 }
@@ -285,7 +295,7 @@ mod tests {
         let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xc2u8; 256]);
         let doc = serde_json::json!({"keys": [{"kty": "RSA", "kid": "junk", "n": n, "e": "AQAB"}]});
         let err = parse_jwks(doc.to_string().as_bytes()).err().unwrap();
-        assert!(err.contains("key rejected"), "{err}");
+        assert!(err.to_string().contains("key rejected"), "{err}");
     }
 
     #[test]

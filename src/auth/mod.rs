@@ -56,7 +56,7 @@ pub struct AuthConfig {
 
 /// Fetches an issuer's keys once, as the gateway would (discovery document, then keys; or the
 /// key file), for `check --fetch`: how many keys, or why none.
-pub async fn fetch_keys(issuer: &IssuerConfig) -> Result<usize, String> {
+pub async fn fetch_keys(issuer: &IssuerConfig) -> Result<usize, jwks::KeyFetchError> {
     let metrics = Arc::new(AuthMetrics::register(&prometheus::Registry::new()));
     let client = crate::fetch::client(issuer.tls.0.clone(), None);
     Arc::new(IssuerKeys::new(issuer.keys.clone(), issuer.timing.clone(), client, metrics)).load_now().await

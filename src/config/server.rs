@@ -296,7 +296,8 @@ impl Validator<'_> {
             client_auth: t.client_auth.unwrap_or(crate::tls::ClientAuth::Required),
         };
         // Load the files now so `check` (and a reload) catches a bad certificate or key.
-        let built = crate::tls::server_config(&files).map_err(|e| self.err("server.tls", e))?;
+        let built =
+            crate::tls::server_config(&files).map_err(|e| self.err("server.tls", crate::error_chain::describe(&e)))?;
         let c = crate::tls::ServerTlsConfig {
             files,
             handshake_timeout: self

@@ -28,7 +28,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Turns a TOML/serde error into "file:line:col: [table] message".
-pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+pub(super) fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     let mut key = String::new();
     if let Some(span) = e.span() {
         let before = &text[..span.start.min(text.len())];
@@ -46,7 +46,7 @@ pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     ConfigError { file: file.to_string(), key, problem: e.message().trim().to_string() }
 }
 
-pub struct Validator<'a> {
+pub(super) struct Validator<'a> {
     pub file: &'a str,
     pub base: Option<PathBuf>,
     /// Every file the config names, stamped before it is read (see `Config::files`).
@@ -73,21 +73,21 @@ impl FileStamp {
 }
 
 impl Validator<'_> {
-    pub fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
         ConfigError { file: self.file.to_string(), key: key.into(), problem: problem.into() }
     }
 
-    pub fn duration(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
         humantime::parse_duration(s.trim())
             .map_err(|e| self.err(key, format!("bad duration {s:?} ({e}); write e.g. \"500ms\", \"2s\", \"5m\"")))
     }
 
-    pub fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    pub(super) fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         s.parse().map_err(|_| self.err(key, format!("bad socket address {s:?}; write e.g. \"127.0.0.1:8080\"")))
     }
 
     /// A path the config names, resolved against the config's folder and noted for the watcher.
-    pub fn path(&self, p: &str) -> PathBuf {
+    pub(super) fn path(&self, p: &str) -> PathBuf {
         let path = match &self.base {
             Some(base) if Path::new(p).is_relative() => base.join(p),
             _ => PathBuf::from(p),
@@ -97,7 +97,7 @@ impl Validator<'_> {
     }
 
     /// Client TLS for an upstream or key server: platform roots, `ca_file`, optional identity.
-    pub fn client_tls(
+    pub(super) fn client_tls(
         &self,
         key: &str,
         ca_file: Option<&str>,
@@ -112,10 +112,10 @@ impl Validator<'_> {
         let ca = ca_file.map(|p| self.path(p));
         crate::tls::client_config(ca.as_deref(), identity.as_ref())
             .map(crate::tls::ClientTls)
-            .map_err(|e| self.err(key, e))
+            .map_err(|e| self.err(key, crate::error_chain::describe(&e)))
     }
 
-    pub fn nonzero(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
+    pub(super) fn nonzero(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
         let d = self.duration(key, s)?;
         if d.is_zero() {
             return Err(self.err(key, "must be greater than zero"));
@@ -124,7 +124,7 @@ impl Validator<'_> {
     }
 
     /// Checks a URL's syntax and scheme; returns the parsed URI.
-    pub fn url(&self, key: &str, s: &str) -> Result<http::Uri, ConfigError> {
+    pub(super) fn url(&self, key: &str, s: &str) -> Result<http::Uri, ConfigError> {
         let uri: http::Uri = s.parse().map_err(|e| self.err(key, format!("bad URL {s:?}: {e}")))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}

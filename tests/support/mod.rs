@@ -292,14 +292,23 @@ pub fn authz_tables(front: &str, authz_extra: &str, keys: &KeyServer, customers_
     )
 }
 
+/// Polls `check` every 20 ms until it holds; fails the test, naming `what`, after `limit`.
+pub async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn wait_ready(gw: &Running) {
     for _ in 0..250 {
-        if gw.stack.snapshot().auth.not_ready().is_empty() {
+        if gw.not_ready().is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("gateway not ready: {:?}", gw.stack.snapshot().auth.not_ready());
+    panic!("gateway not ready: {:?}", gw.not_ready());
 }
 
 /// The Partner Center-shaped route set used by the auth tests.

@@ -27,11 +27,11 @@ use crate::report::{Observation, Report};
 use crate::request_end::{Asked, Decision, Ended, Memo, Mode, RequestEnd, RequestMetrics, Token};
 use crate::request_id::{RequestIds, REQUEST_ID};
 use crate::routes::{Requirement, Route};
-use crate::snapshot::{Carried, Snapshot};
+use crate::snapshot::{BuildError, Carried, Snapshot};
 
 /// Where the gateway is in its life, as the listeners and their connections see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
+pub(crate) enum Phase {
     Serving,
     /// `shutdown_delay`: still accepting; HTTP/2 connections are sent GOAWAY (HTTP/1.1 ones are
     /// told in their responses).
@@ -42,22 +42,22 @@ pub enum Phase {
 
 /// The connection a request came in on.
 #[derive(Debug, Clone, Copy)]
-pub struct Conn {
-    pub peer: SocketAddr,
+pub(crate) struct Peer {
+    pub addr: SocketAddr,
     pub tls: bool,
 }
 
 /// What outlives a config: the current snapshot (swapped whole on reload), the metric families
 /// of the request path, the status report, request ids, and whether the gateway is draining.
-pub struct Stack {
+pub(crate) struct Gateway {
     current: ArcSwap<Snapshot>,
-    pub registry: Registry,
+    registry: Registry,
     requests: Arc<RequestMetrics>,
-    pub auth_metrics: Arc<AuthMetrics>,
+    auth_metrics: Arc<AuthMetrics>,
     upstream: UpstreamMetrics,
     screened: RemovedCounters,
     ratios: Arc<RatioCounters>,
-    pub report: Report,
+    report: Report,
     request_ids: RequestIds,
     /// `phase` is past `Serving`: read on every HTTP/1.1 response, so an atomic, not the watch.
     draining: AtomicBool,
@@ -65,9 +65,9 @@ pub struct Stack {
     phase: tokio::sync::watch::Sender<Phase>,
 }
 
-impl Stack {
+impl Gateway {
     /// Registers the request path's metric families in `registry` and builds the first snapshot.
-    pub fn new(config: Config, registry: &Registry) -> Result<Self, String> {
+    pub(crate) fn new(config: Config, registry: &Registry) -> Result<Self, BuildError> {
         let requests = Arc::new(RequestMetrics::register(registry));
         let auth_metrics = Arc::new(AuthMetrics::register(registry));
         let ratios = Arc::new(RatioCounters::register(registry, &config.metrics));
@@ -89,19 +89,19 @@ impl Stack {
     }
 
     /// The snapshot new requests and connections get.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
     /// Builds the next snapshot from `config`, keeping what it can of `previous`.
-    pub fn build(&self, config: Config, previous: &Snapshot) -> Result<(Snapshot, Carried), String> {
+    pub(crate) fn build(&self, config: Config, previous: &Snapshot) -> Result<(Snapshot, Carried), BuildError> {
         Snapshot::build(config, Some(previous), &self.requests, &self.ratios, &self.auth_metrics)
     }
 
     /// Puts `next` in place for every request that starts from now on; requests in flight keep
     /// the one they started with until they end. Key sets kept from the previous snapshot take
     /// `next`'s timings from now on, and issuers it no longer has leave the metrics.
-    pub fn swap(&self, next: Snapshot) {
+    pub(crate) fn swap(&self, next: Snapshot) {
         let next = Arc::new(next);
         let previous = self.current.swap(next.clone());
         next.auth.retime(&next.config.auth);
@@ -113,12 +113,12 @@ impl Stack {
     }
 
     /// Lame duck: `/readyz` says so from now on; serving goes on, and clients are moved away.
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.enter(Phase::LameDuck);
     }
 
     /// Accepting stops; every connection is asked to finish.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.enter(Phase::Closing);
     }
 
@@ -134,27 +134,42 @@ impl Stack {
         });
     }
 
-    pub fn phase(&self) -> tokio::sync::watch::Receiver<Phase> {
+    pub(crate) fn phase(&self) -> tokio::sync::watch::Receiver<Phase> {
         self.phase.subscribe()
     }
 
-    pub fn is_draining(&self) -> bool {
+    /// The metrics page. Key-set ages are computed now, so a stuck refresher still shows as stale.
+    pub(crate) fn scrape(&self) -> Vec<u8> {
+        let auth = &self.snapshot().auth;
+        for i in &auth.issuers {
+            self.auth_metrics.key_set_age(&i.spec.name, i.age_secs());
+        }
+        self.auth_metrics.cache_bytes.set(auth.cache_bytes() as i64);
+        crate::metrics::render(&self.registry)
+    }
+
+    /// The live status report.
+    pub(crate) fn report(&self) -> &Report {
+        &self.report
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     /// Proxy mode: decides, then forwards or refuses.
-    pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Ended<Body>> {
-        self.serve(req, conn, Mode::Proxy).await
+    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Ended<Body>> {
+        self.serve(req, peer, Mode::Proxy).await
     }
 
     /// Authorization-only mode: `req` is a front proxy's question about another request; the
     /// answer is the decision (200 with the identity headers, or the refusal proxy mode would
     /// give), and nothing is forwarded.
-    pub async fn decide(&self, req: Request<Incoming>, conn: Conn) -> Response<Ended<Body>> {
-        self.serve(req, conn, Mode::Authz).await
+    pub(crate) async fn decide(&self, req: Request<Incoming>, peer: Peer) -> Response<Ended<Body>> {
+        self.serve(req, peer, Mode::Authz).await
     }
 
-    async fn serve(&self, mut req: Request<Incoming>, conn: Conn, mode: Mode) -> Response<Ended<Body>> {
+    async fn serve(&self, mut req: Request<Incoming>, peer: Peer, mode: Mode) -> Response<Ended<Body>> {
         let start = Instant::now();
         // One load per request: the whole request sees one config, old or new.
         let snap = self.current.load_full();
@@ -204,7 +219,7 @@ impl Stack {
                 request_id: request_id.clone(),
                 // `traceparent` and `tracestate` go upstream untouched; the audit event names the trace.
                 trace_id: if snap.config.audit.enabled { audit::trace_id(req.headers()).map(Box::from) } else { None },
-                client: conn.peer,
+                client: peer.addr,
                 method,
                 route: route.index,
             },
@@ -214,8 +229,8 @@ impl Stack {
         let result = match original {
             None => {
                 let origin = Origin {
-                    client_ip: conn.peer.ip(),
-                    scheme: if conn.tls { "https" } else { "http" },
+                    client_ip: peer.addr.ip(),
+                    scheme: if peer.tls { "https" } else { "http" },
                     request_id: request_id.clone(),
                     upgrade: received.upgrade,
                 };

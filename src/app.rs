@@ -117,6 +117,7 @@ impl Running {
         for l in self.listeners {
             let _ = l.await;
         }
+        tracing::info!(?grace, "accepting stopped; open connections have shutdown_grace to finish");
         let left = self.drain.wait(Some(grace)).await;
         if left > 0 {
             tracing::warn!(connections = left, ?grace, "grace period over; closing remaining connections");

@@ -24,14 +24,18 @@ pub(crate) async fn trim_periodically(every: Duration) {
 
 /// Returns free pages to the system; true when there were any.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+// The crate's one unsafe block (the crate denies `unsafe_code`): a call into glibc, which has no
+// safe binding.
+#[allow(unsafe_code)]
 pub(crate) fn trim() -> bool {
-    // SAFETY: malloc_trim only walks and releases the allocator's own free lists.
+    // SAFETY: malloc_trim takes no pointers; it only walks and releases the allocator's own
+    // free lists, under the allocator's locks.
     unsafe { libc::malloc_trim(0) == 1 }
 }
 
 /// Other allocators (musl's, macOS's) return memory on their own.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn trim() -> bool {
+pub(crate) fn trim() -> bool {
     false
 }
 

@@ -1,6 +1,7 @@
 //! CLI only: parse arguments, load and validate the config, start logging, hand over to `run`.
 
 #![deny(clippy::too_many_lines)]
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

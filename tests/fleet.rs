@@ -49,28 +49,23 @@ async fn prometheus(targets: &[u16]) -> Prometheus {
         .expect("the prometheus binary (Debian package prometheus)");
     let p = Prometheus { child, url: format!("http://127.0.0.1:{port}") };
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() && get(addr, "/-/ready", None).await.0 == StatusCode::OK {
-            return p;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("prometheus never became ready; see {}", dir.display());
+    eventually(format_args!("prometheus ready; see {}", dir.display()), Duration::from_secs(30), async || {
+        tokio::net::TcpStream::connect(addr).await.is_ok() && get(addr, "/-/ready", None).await.0 == StatusCode::OK
+    })
+    .await;
+    p
 }
 
 /// Waits until Prometheus has scraped every target at least twice since now.
 async fn scraped(p: &Prometheus) {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let addr = p.url.trim_start_matches("http://").parse().unwrap();
-    for _ in 0..100 {
+    eventually("both targets up", Duration::from_secs(20), async || {
         let (_, _, body) = get(addr, "/api/v1/query?query=sum(up)", None).await;
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
-        if v["data"]["result"][0]["value"][1] == "2" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("targets not up");
+        v["data"]["result"][0]["value"][1] == "2"
+    })
+    .await;
 }
 
 fn report(args: &[&str]) -> Output {

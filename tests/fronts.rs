@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
 use support::*;
@@ -107,11 +107,10 @@ async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
     let app = s.issuer.mint(&entra_claims("app", 600));
 
     // Up and serving.
-    let t = Instant::now();
-    while status_of(front, "/v1/customers/c1/users", &mfa, &[]).await.0 != 200 {
-        assert!(t.elapsed() < Duration::from_secs(15), "{name} never served an allowed request");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(format_args!("{name} serving an allowed request"), Duration::from_secs(15), async || {
+        status_of(front, "/v1/customers/c1/users", &mfa, &[]).await.0 == 200
+    })
+    .await;
     let reached = || s.seen.lock().unwrap().len();
 
     // An MFA token: 200, and the API gets the identity the front copied from the decision.

@@ -11,16 +11,6 @@ use mfa_gateway::dev::{entra_claims, DevIssuer};
 use serde_json::json;
 use support::*;
 
-async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..400 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn a_new_kid_is_accepted_after_a_refetch() {
     let h = auth_harness(ROUTES, "refetch_min_interval = \"0s\"").await;
@@ -51,7 +41,8 @@ async fn a_removed_key_is_refused_after_the_next_refresh_even_if_cached() {
     let stored =
         || metric(&h.gw, "mfa_gateway_key_fetches_total{issuer=\"https://sts.windows.net/{tenantid}/\",result=\"ok\"}");
     let start = stored().await;
-    wait_until("a refresh that stored the new set", async || stored().await >= start + 2.0).await;
+    eventually("a refresh that stored the new set", Duration::from_secs(10), async || stored().await >= start + 2.0)
+        .await;
     let (status, headers, _) = get(h.gw.addr, "/v1/offers", Some(&old)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers["www-authenticate"].to_str().unwrap().contains("signing key not found"));
@@ -89,9 +80,9 @@ async fn a_key_first_used_right_after_start_up_is_accepted_and_a_second_unknown_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_unknown_kid_requests_cause_one_fetch() {
-    let h = auth_harness(ROUTES, "refetch_min_interval = \"2s\"").await;
-    // Let the start-up fetch age past the rate limit, then make the key server slow.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // No rate limit: only the sharing of one fetch in flight keeps the hundred to one fetch.
+    let h = auth_harness(ROUTES, "refetch_min_interval = \"0s\"").await;
+    // A slow key server, so that all hundred arrive while the fetch is under way.
     let next = DevIssuer::generate("k2");
     h.keys.set_jwks(json!({"keys": [h.issuer.jwk(), next.jwk()]}));
     h.keys.delay_ms.store(300, Ordering::SeqCst);
@@ -129,7 +120,10 @@ async fn key_server_down_at_start_then_up_flips_readyz() {
     );
     let gw = start(&text).await;
     let token = issuer.mint(&entra_claims("mfa", 600));
-    wait_until("a failed fetch", async || get(gw.admin_addr, "/readyz", None).await.2.contains("HTTP 503")).await;
+    eventually("a failed fetch", Duration::from_secs(10), async || {
+        get(gw.admin_addr, "/readyz", None).await.2.contains("HTTP 503")
+    })
+    .await;
     let (status, _, body) = get(gw.admin_addr, "/readyz", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("https://sts.windows.net/{tenantid}/: no keys"), "{body}");
@@ -137,7 +131,10 @@ async fn key_server_down_at_start_then_up_flips_readyz() {
     assert_eq!(get(gw.addr, "/healthz", None).await.0, StatusCode::OK, "public routes serve meanwhile");
 
     keys.up.store(true, Ordering::SeqCst);
-    wait_until("readyz 200", async || get(gw.admin_addr, "/readyz", None).await.0 == StatusCode::OK).await;
+    eventually("readyz 200", Duration::from_secs(10), async || {
+        get(gw.admin_addr, "/readyz", None).await.0 == StatusCode::OK
+    })
+    .await;
     assert_eq!(get(gw.addr, "/v1/offers", Some(&token)).await.0, StatusCode::OK);
 }
 
@@ -148,12 +145,12 @@ async fn key_server_down_later_keeps_the_cached_keys_until_max_stale() {
     let failures = || {
         metric(&h.gw, "mfa_gateway_key_fetches_total{issuer=\"https://sts.windows.net/{tenantid}/\",result=\"error\"}")
     };
-    wait_until("a failed refresh", async || failures().await >= 1.0).await;
+    eventually("a failed refresh", Duration::from_secs(10), async || failures().await >= 1.0).await;
     // A token never seen before still verifies against the last good set.
     let fresh = h.issuer.mint(&entra_claims("mfa", 700));
     assert_eq!(get(h.gw.addr, "/v1/offers", Some(&fresh)).await.0, StatusCode::OK);
     // Past max_stale the set is dropped: fail closed, 503, and /readyz says so.
-    wait_until("keys dropped", async || {
+    eventually("keys dropped", Duration::from_secs(10), async || {
         get(h.gw.admin_addr, "/readyz", None).await.0 == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
@@ -163,6 +160,9 @@ async fn key_server_down_later_keeps_the_cached_keys_until_max_stale() {
         "cached entry voided too"
     );
     h.keys.up.store(true, Ordering::SeqCst);
-    wait_until("keys back", async || get(h.gw.admin_addr, "/readyz", None).await.0 == StatusCode::OK).await;
+    eventually("keys back", Duration::from_secs(10), async || {
+        get(h.gw.admin_addr, "/readyz", None).await.0 == StatusCode::OK
+    })
+    .await;
     assert_eq!(get(h.gw.addr, "/v1/offers", Some(&fresh)).await.0, StatusCode::OK);
 }

@@ -77,15 +77,12 @@ async fn the_admin_cap_holds_and_the_api_port_keeps_serving() {
     drop(held);
     // The held connections leave the count; what is left is this scrape's own (and perhaps the
     // previous scrape's, still closing).
-    let mut open = f64::MAX;
-    for _ in 0..250 {
-        open = metric(&gw, "mfa_gateway_admin_connections_open").await;
-        if open <= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!((1.0..=2.0).contains(&open), "admin connections open: {open}");
+    let open = async || metric(&gw, "mfa_gateway_admin_connections_open").await;
+    eventually("at most the scraper's two admin connections open", Duration::from_secs(5), async || {
+        open().await <= 2.0
+    })
+    .await;
+    assert!(open().await >= 1.0, "the scrape's own connection is counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,24 +113,13 @@ async fn past_max_in_flight_503_at_once_and_slots_come_back_when_bodies_end() {
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&got[..], b"first part;");
     }
-    for _ in 0..100 {
-        if metric(&gw, "mfa_gateway_upstream_in_flight").await == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(metric(&gw, "mfa_gateway_upstream_in_flight").await, 0.0);
+    let in_flight = async || metric(&gw, "mfa_gateway_upstream_in_flight").await;
+    eventually("the slots back once the bodies ended", Duration::from_secs(2), async || in_flight().await == 0.0).await;
     // A client that leaves mid-body gives its slot back too.
     let third = c.request(ask()).await.unwrap();
-    assert_eq!(metric(&gw, "mfa_gateway_upstream_in_flight").await, 1.0);
+    assert_eq!(in_flight().await, 1.0);
     drop(third);
-    for _ in 0..100 {
-        if metric(&gw, "mfa_gateway_upstream_in_flight").await == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(metric(&gw, "mfa_gateway_upstream_in_flight").await, 0.0, "a dropped body kept its slot");
+    eventually("a dropped body gives its slot back", Duration::from_secs(2), async || in_flight().await == 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,13 +130,6 @@ async fn an_open_tunnel_holds_an_upstream_slot() {
     assert_eq!(get(gw.addr, "/plain", None).await.0, StatusCode::SERVICE_UNAVAILABLE, "the tunnel holds the slot");
     echo(&mut tunnel, b"still open").await;
     drop(tunnel);
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..100 {
-        status = get(gw.addr, "/plain", None).await.0;
-        if status != StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, StatusCode::OK, "the slot came back when the tunnel closed");
+    let served = async || get(gw.addr, "/plain", None).await.0 == StatusCode::OK;
+    eventually("the slot back when the tunnel closed", Duration::from_secs(2), served).await;
 }

@@ -66,32 +66,15 @@ async fn status_on(conn: &mut SendRequest<Full<Bytes>>, token: &str) -> StatusCo
     conn.send_request(req).await.expect("the kept connection still serves").status()
 }
 
-/// Polls `check` every 50 ms until it holds or `limit` passes; returns how long it took.
-async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
-
-/// The first line of the gateway's stderr that `pred` accepts, waiting up to 3 s for it (stderr
-/// is read by another thread).
+/// The first line the gateway logged that `pred` accepts, once there is one.
 async fn line(gw: &Binary, pred: impl Fn(&str) -> bool) -> String {
-    for _ in 0..60 {
-        if let Some(l) = gw.lines().into_iter().find(|l| pred(l)) {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no such line in {:?}", gw.lines());
+    let mut found = None;
+    eventually(Lines("a line like that", gw), Duration::from_secs(3), async || {
+        found = gw.lines().into_iter().find(|l| pred(l));
+        found.is_some()
+    })
+    .await;
+    found.expect("found")
 }
 
 /// Rewrites `file` in place (same inode, same length) and puts its modification time back, so
@@ -120,15 +103,8 @@ async fn a_routes_requirement_changes_on_sighup_while_a_keep_alive_connection_st
     assert_eq!(status_on(&mut conn, &nomfa).await, StatusCode::OK, "changed without a signal");
 
     gw.signal("HUP");
-    let start = Instant::now();
-    while status_on(&mut conn, &nomfa).await != StatusCode::UNAUTHORIZED {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "SIGHUP did not apply the new requirement on the open connection"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let took = start.elapsed();
+    let applied = async || status_on(&mut conn, &nomfa).await == StatusCode::UNAUTHORIZED;
+    let took = eventually("SIGHUP's requirement on the open connection", Duration::from_secs(5), applied).await;
     assert_eq!(gw.metric(r#"mfa_gateway_config_reloads_total{result="ok"}"#).await, 1.0);
     line(&gw, |l| l.contains("config reloaded") && l.contains("SIGHUP")).await;
     eprintln!("SIGHUP applied within {took:?}");
@@ -153,9 +129,10 @@ async fn the_file_alone_is_picked_up_in_place_and_by_a_configmap_symlink_swap() 
 
     // An edit in place, through the symlinks.
     std::fs::write(dir.join("gateway.toml"), s.text("mfa", "", "")).unwrap();
-    let took = within(Duration::from_secs(5), || async { status(nomfa.clone()).await == StatusCode::UNAUTHORIZED })
-        .await
-        .expect("an edit of the file was not picked up within 5 s");
+    let took = eventually("an edit of the file picked up", Duration::from_secs(5), async || {
+        status(nomfa.clone()).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
     eprintln!("in-place edit picked up within {took:?}");
 
     // The ConfigMap update: a new folder, `..data` swapped to it by rename.
@@ -165,9 +142,10 @@ async fn the_file_alone_is_picked_up_in_place_and_by_a_configmap_symlink_swap() 
     std::os::unix::fs::symlink("..2026_11_23_b", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(&first).unwrap();
-    let took = within(Duration::from_secs(5), || async { get(gw.addr, "/v1/offers", None).await.0 == StatusCode::OK })
-        .await
-        .expect("the symlink swap was not picked up within 5 s");
+    let took = eventually("the symlink swap picked up", Duration::from_secs(5), async || {
+        get(gw.addr, "/v1/offers", None).await.0 == StatusCode::OK
+    })
+    .await;
     eprintln!("symlink swap picked up within {took:?}");
     assert_eq!(status(mfa).await, StatusCode::OK);
     assert_eq!(gw.metric(r#"mfa_gateway_config_reloads_total{result="ok"}"#).await, 2.0);
@@ -188,7 +166,7 @@ async fn a_broken_file_keeps_the_old_config_serving_and_counts_an_error() {
     let broken = s.text("public", "", "").replace("[upstream]\n", "[upstream]\ntimeout = \"0s\"\n");
     std::fs::write(&gw.file, broken).unwrap();
     let errors = r#"mfa_gateway_config_reloads_total{result="error"}"#;
-    within(Duration::from_secs(5), || async { gw.metric(errors).await == 1.0 }).await.expect("no reload error counted");
+    eventually("a reload error counted", Duration::from_secs(5), async || gw.metric(errors).await == 1.0).await;
     assert_eq!(get(gw.addr, "/v1/offers", Some(&nomfa)).await.0, StatusCode::UNAUTHORIZED, "old config not kept");
     assert_eq!(get(gw.addr, "/v1/offers", None).await.0, StatusCode::UNAUTHORIZED);
     let failure = line(&gw, |l| l.contains("config reload failed")).await;
@@ -196,9 +174,7 @@ async fn a_broken_file_keeps_the_old_config_serving_and_counts_an_error() {
     assert!(failure.contains("\"level\":\"ERROR\""), "{failure}");
 
     std::fs::write(&gw.file, "[[route]\nthis is not toml").unwrap();
-    within(Duration::from_secs(5), || async { gw.metric(errors).await == 2.0 })
-        .await
-        .expect("second error not counted");
+    eventually("the second error counted", Duration::from_secs(5), async || gw.metric(errors).await == 2.0).await;
     assert_eq!(get(gw.addr, "/v1/offers", Some(&nomfa)).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(gw.metric(r#"mfa_gateway_config_reloads_total{result="ok"}"#).await, 0.0);
     assert_eq!(gw.metric(stamp).await, started);
@@ -208,9 +184,10 @@ async fn a_broken_file_keeps_the_old_config_serving_and_counts_an_error() {
 
     // Fixed: it applies.
     std::fs::write(&gw.file, s.text("token", "", "")).unwrap();
-    within(Duration::from_secs(5), || async { get(gw.addr, "/v1/offers", Some(&nomfa)).await.0 == StatusCode::OK })
-        .await
-        .expect("the fixed file was not applied");
+    eventually("the fixed file applied", Duration::from_secs(5), async || {
+        get(gw.addr, "/v1/offers", Some(&nomfa)).await.0 == StatusCode::OK
+    })
+    .await;
     assert!(gw.metric(stamp).await >= started);
 }
 
@@ -231,7 +208,7 @@ async fn a_reload_keeps_key_sets_and_forgets_verified_tokens_only_when_their_rul
 
     // A route change: nothing that decides a token changed, so the cache and key set stay.
     std::fs::write(&gw.file, s.text("mfa", "", "")).unwrap();
-    within(Duration::from_secs(5), || async { gw.metric(ok).await == 1.0 }).await.expect("route change not applied");
+    eventually("the route change applied", Duration::from_secs(5), async || gw.metric(ok).await == 1.0).await;
     assert_eq!(get(gw.addr, "/v1/offers", Some(&mfa)).await.0, StatusCode::OK);
     assert_eq!(gw.metric(misses).await, 2.0, "the token cache was emptied by a route change");
 
@@ -239,7 +216,7 @@ async fn a_reload_keeps_key_sets_and_forgets_verified_tokens_only_when_their_rul
     let one = "audiences = [\"https://api.partnercenter.microsoft.com\"]";
     let two = "audiences = [\"https://api.partnercenter.microsoft.com\", \"api://other\"]";
     std::fs::write(&gw.file, s.text("mfa", "", "").replace(one, two)).unwrap();
-    within(Duration::from_secs(5), || async { gw.metric(ok).await == 2.0 }).await.expect("audience change not applied");
+    eventually("the audience change applied", Duration::from_secs(5), async || gw.metric(ok).await == 2.0).await;
     assert_eq!(get(gw.addr, "/v1/offers", Some(&mfa)).await.0, StatusCode::OK);
     assert_eq!(gw.metric(misses).await, 3.0, "a changed audience list must re-verify tokens");
     assert_eq!(s.keys.fetches.load(std::sync::atomic::Ordering::SeqCst), fetched, "key set fetched again on reload");
@@ -289,11 +266,10 @@ async fn settings_that_cannot_change_live_keep_their_values_with_a_warning() {
     let text = s.text("mfa", "max_connections = 7\n", "").replace("workers = 1", "workers = 2");
     std::fs::write(&gw.file, text).unwrap();
     let nomfa = s.token(NO_MFA);
-    within(Duration::from_secs(5), || async {
+    eventually("the live part of the change applied", Duration::from_secs(5), async || {
         get(gw.addr, "/v1/offers", Some(&nomfa)).await.0 == StatusCode::UNAUTHORIZED
     })
-    .await
-    .expect("the live part of the change was not applied");
+    .await;
     for key in ["server.workers", "server.max_connections"] {
         line(&gw, |l| l.contains("cannot change without a restart") && l.contains(key)).await;
     }
@@ -312,12 +288,11 @@ async fn lame_duck_readyz_says_draining_while_requests_are_still_served_then_exi
 
     let signalled = Instant::now();
     gw.signal("TERM");
-    within(Duration::from_secs(1), || async {
+    eventually("/readyz 503 draining at once", Duration::from_secs(1), async || {
         let (status, _, body) = get(gw.admin, "/readyz", None).await;
         status == StatusCode::SERVICE_UNAVAILABLE && body == "draining\n"
     })
-    .await
-    .expect("/readyz did not turn 503 draining at once");
+    .await;
     // New connections and open ones are still served during the delay.
     assert_eq!(get(gw.addr, "/v1/offers", Some(&mfa)).await.0, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -346,11 +321,10 @@ async fn a_second_signal_skips_the_rest_of_the_delay() {
     let mut kept = keep_alive(gw.addr).await;
     assert_eq!(status_on(&mut kept, &mfa).await, StatusCode::OK);
     gw.signal("TERM");
-    within(Duration::from_secs(1), || async {
+    eventually("draining", Duration::from_secs(1), async || {
         get(gw.admin, "/readyz", None).await.0 == StatusCode::SERVICE_UNAVAILABLE
     })
-    .await
-    .expect("not draining");
+    .await;
     let second = Instant::now();
     gw.signal("TERM");
     let status = tokio::task::spawn_blocking(move || gw.wait()).await.unwrap();
@@ -361,12 +335,7 @@ async fn a_second_signal_skips_the_rest_of_the_delay() {
         second.elapsed()
     );
     // The kept connection ends with the process (the client notices within moments).
-    let ended = within(Duration::from_secs(3), || {
-        let closed = kept.is_closed();
-        async move { closed }
-    })
-    .await;
-    assert!(ended.is_some(), "the kept connection is still open after exit");
+    eventually("the kept connection closed after exit", Duration::from_secs(3), async || kept.is_closed()).await;
 }
 
 #[tokio::test]
@@ -387,12 +356,7 @@ async fn traceparent_and_tracestate_reach_the_upstream_unchanged_and_the_audit_e
     assert_eq!(status, StatusCode::OK);
     assert_eq!(echoed(&body, "traceparent"), traceparent);
     assert_eq!(echoed(&body, "tracestate"), tracestate);
-    let audit = within(Duration::from_secs(2), || async {
-        gw.lines().iter().any(|l| l.contains("\"request_id\":\"trace-test-1\""))
-    })
-    .await;
-    assert!(audit.is_some(), "no audit event");
-    let line = gw.lines().into_iter().find(|l| l.contains("\"request_id\":\"trace-test-1\"")).unwrap();
+    let line = line(&gw, |l| l.contains("\"request_id\":\"trace-test-1\"")).await;
     assert!(line.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""), "{line}");
 }
 

@@ -268,15 +268,10 @@ async fn certificate_reload_keeps_open_connections_and_refuses_a_broken_file() {
     let (cert_b, key_b) = ca_b.leaf();
     write(&d, "key.pem", &key_b);
     write(&d, "cert.pem", &cert_b);
-    let mut seen_b = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if https_get(h.gw.addr, client_tls(&ca_b.pem, &[b"h2"], None), "/healthz", None).await.is_ok() {
-            seen_b = true;
-            break;
-        }
-    }
-    assert!(seen_b, "new connections never got certificate B");
+    eventually("new connections get certificate B", Duration::from_secs(5), async || {
+        https_get(h.gw.addr, client_tls(&ca_b.pem, &[b"h2"], None), "/healthz", None).await.is_ok()
+    })
+    .await;
     assert!(https_get(h.gw.addr, client_tls(&ca_a.pem, &[b"h2"], None), "/healthz", None).await.is_err());
     assert_eq!(old_conn.send_request(req()).await.unwrap().status(), StatusCode::OK, "old connection dropped");
 
@@ -286,13 +281,8 @@ async fn certificate_reload_keeps_open_connections_and_refuses_a_broken_file() {
     let errors = r#"mfa_gateway_config_reloads_total{result="error"}"#;
     let before = metric(&h.gw, errors).await;
     write(&d, "cert.pem", "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n");
-    for _ in 0..100 {
-        if metric(&h.gw, errors).await > before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(metric(&h.gw, errors).await > before, "the broken certificate was not seen");
+    eventually("the broken certificate refused", Duration::from_secs(5), async || metric(&h.gw, errors).await > before)
+        .await;
     assert!(https_get(h.gw.addr, client_tls(&ca_b.pem, &[b"h2"], None), "/healthz", None).await.is_ok());
 }
 
@@ -406,13 +396,7 @@ async fn an_https_discovery_document_pointing_at_http_keys_is_refused() {
     );
     let gw = start(&text).await;
     let failed = format!("mfa_gateway_key_fetches_total{{issuer=\"{TEMPLATE_ISSUER}\",result=\"error\"}}");
-    for _ in 0..250 {
-        if metric(&gw, &failed).await >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(metric(&gw, &failed).await >= 1.0, "the refusal is counted");
+    eventually("the refusal counted", Duration::from_secs(5), async || metric(&gw, &failed).await >= 1.0).await;
     let (status, _, why) = get(gw.admin_addr, "/readyz", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(why.contains("refused") && why.contains("plain http"), "{why}");

@@ -197,6 +197,8 @@ pub struct Authenticator<M = ()> {
     /// `None` with the cache off (`[cache] max_entries = 0`).
     doorkeeper: Option<admission::Doorkeeper>,
     metrics: Arc<AuthMetrics>,
+    /// Unix seconds, for `exp`, `nbf` and `auth_time`: `unix_now` but in tests.
+    clock: fn() -> i64,
 }
 
 impl<M: Default + Send + Sync + 'static> Authenticator<M> {
@@ -244,7 +246,13 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             token_hash: foldhash::fast::RandomState::default(),
             doorkeeper: (cfg.cache_max_entries > 0).then(|| admission::Doorkeeper::new(cfg.cache_max_entries)),
             metrics,
+            clock: unix_now,
         }
+    }
+
+    /// The same, reading the time from `clock`: a test moves time instead of waiting for it.
+    pub fn with_clock(self, clock: fn() -> i64) -> Self {
+        Self { clock, ..self }
     }
 
     /// Gives each key set the timings of `cfg`, once `cfg` is in service.
@@ -274,7 +282,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
         let key = std::hash::BuildHasher::hash_one(&self.token_hash, token);
         if let Some(v) = self.cache.get(&key).filter(|v| v.token.as_ref().is_some_and(|t| *t.0 == *token)) {
             // The entry expires at `exp`; these checks cover a key that left the set since.
-            if self.issuers[v.issuer].epoch() == v.epoch && unix_now() <= v.exp + v.leeway {
+            if self.issuers[v.issuer].epoch() == v.epoch && (self.clock)() <= v.exp + v.leeway {
                 self.metrics.cache_hits.inc();
                 return Ok(v);
             }
@@ -328,7 +336,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             }
             Lookup::Invalid(why) => return Err(invalid(why)),
         };
-        let id = accept(&parsed, rules, &key, &self.profiles[index], unix_now()).map_err(invalid)?;
+        let id = accept(&parsed, rules, &key, &self.profiles[index], (self.clock)()).map_err(invalid)?;
         let value = |s: Option<&str>| s.and_then(|s| HeaderValue::from_str(s).ok());
         Ok(Verified {
             issuer: index,
@@ -362,7 +370,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
     /// route's step-up challenge when the client can act on it.
     pub fn authorize(&self, route: &Route, v: &Verified<M>) -> Result<(), Denial> {
         // The clock is read only where the route limits the sign-in's age.
-        let now = if route.max_auth_age.is_some() { unix_now() } else { 0 };
+        let now = if route.max_auth_age.is_some() { (self.clock)() } else { 0 };
         policy::decide(route, &v.caller(), now).map_err(|why| {
             let step_up = match (why, route.step_up) {
                 (Deny::MfaRequired | Deny::AuthTooOld, StepUp::Rfc9470) => true,
@@ -445,6 +453,36 @@ mod tests {
         let hits = metrics.cache_hits.get();
         assert!(auth.verify(&bearer(&with_mfa)).await.unwrap().mfa);
         assert_eq!(metrics.cache_hits.get(), hits + 1);
+    }
+
+    /// A cached token answers until its `exp` (plus leeway) and is refused a second later: the
+    /// authenticator reads its own clock, so the test moves time rather than waiting for it.
+    #[tokio::test]
+    async fn a_cached_token_is_refused_once_the_clock_passes_its_exp() {
+        static NOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        fn clock() -> i64 {
+            NOW.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        let set = |t: i64| NOW.store(t, std::sync::atomic::Ordering::Relaxed);
+        set(unix_now());
+        let issuer = DevIssuer::generate("k1");
+        let (auth, metrics) = ready_authenticator(&issuer, "").await;
+        let auth = auth.with_clock(clock);
+        let mut claims = entra_claims("mfa", 0);
+        let exp = clock() + 2;
+        claims["exp"] = serde_json::json!(exp);
+        let token = issuer.mint(&claims);
+        // Cached on its second sighting, answered from the cache on the third.
+        for _ in 0..3 {
+            auth.verify(&bearer(&token)).await.unwrap();
+        }
+        assert_eq!(metrics.cache_hits.get(), 1);
+        let leeway = auth.rules[0].leeway_secs;
+        set(exp + leeway);
+        auth.verify(&bearer(&token)).await.expect("valid up to exp + leeway");
+        assert_eq!(metrics.cache_hits.get(), 2, "still answered from the cache");
+        set(exp + leeway + 1);
+        assert_eq!(auth.verify(&bearer(&token)).await.err(), Some(AuthRefusal::Invalid(Invalid::Expired)));
     }
 
     /// Junk sent between a good token's two sightings leaves no mark in the doorkeeper, so the

@@ -292,23 +292,30 @@ pub fn authz_tables(front: &str, authz_extra: &str, keys: &KeyServer, customers_
     )
 }
 
-/// Polls `check` every 20 ms until it holds; fails the test, naming `what`, after `limit`.
-pub async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+/// Polls `check` every 20 ms until it holds, and returns how long that took; fails the test,
+/// naming `what`, after `limit`. `what` is written only then, so it may describe the state at
+/// that moment (`Lines`).
+pub async fn eventually(
+    what: impl std::fmt::Display,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
     let start = std::time::Instant::now();
     while !check().await {
         assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    start.elapsed()
 }
 
 pub async fn wait_ready(gw: &Running) {
-    for _ in 0..250 {
-        if gw.not_ready().is_empty() {
-            return;
+    struct NotReady<'a>(&'a Running);
+    impl std::fmt::Display for NotReady<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "gateway ready; not ready: {:?}", self.0.not_ready())
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("gateway not ready: {:?}", gw.not_ready());
+    eventually(NotReady(gw), Duration::from_secs(5), async || gw.not_ready().is_empty()).await;
 }
 
 /// The Partner Center-shaped route set used by the auth tests.
@@ -360,10 +367,28 @@ pub fn log_lines() -> Vec<Value> {
     String::from_utf8(buf).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
-/// Reads one metric sample's value from the admin port.
+/// One sample of a `/metrics` page, by its name and labels as the page writes them; `None`
+/// when the page has no such series.
+pub fn sample(page: &str, name_and_labels: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn present(page: &str, name_and_labels: &str) -> f64 {
+    sample(page, name_and_labels).unwrap_or_else(|| panic!("no series {name_and_labels} on /metrics"))
+}
+
+/// One sample from the admin port. A series the page lacks fails the test: absent is not zero.
 pub async fn metric(gw: &Running, name_and_labels: &str) -> f64 {
-    let (_, _, body) = get(gw.admin_addr, "/metrics", None).await;
-    body.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    present(&get(gw.admin_addr, "/metrics", None).await.2, name_and_labels)
+}
+
+/// What a poll of a `Binary` waited for, and, when it fails, what the binary logged.
+pub struct Lines<'a>(pub &'a str, pub &'a Binary);
+
+impl std::fmt::Display for Lines<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; the gateway logged: {:?}", self.0, self.1.lines())
+    }
 }
 
 /// The release-shaped binary (`target/.../mfa-gateway run`), started on a config file, with its
@@ -445,13 +470,8 @@ impl Binary {
 
     /// Waits until `/readyz` answers 200 (the issuer's keys are in).
     pub async fn ready(&self) {
-        for _ in 0..250 {
-            if get(self.admin, "/readyz", None).await.0 == http::StatusCode::OK {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("never ready: {:?}", self.lines());
+        let ready = async || get(self.admin, "/readyz", None).await.0 == http::StatusCode::OK;
+        eventually(Lines("/readyz 200", self), Duration::from_secs(5), ready).await;
     }
 
     /// Sends a signal (`"HUP"`, `"TERM"`) to the process.
@@ -467,10 +487,9 @@ impl Binary {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// One sample from the binary's `/metrics`.
+    /// One sample from the binary's `/metrics`; a series the page lacks fails the test.
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let (_, _, body) = get(self.admin, "/metrics", None).await;
-        body.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+        present(&get(self.admin, "/metrics", None).await.2, name_and_labels)
     }
 }
 

@@ -14,7 +14,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::audit::{self, UserIds};
 use crate::auth::policy::TokenKind;
-use crate::auth::Verified;
+use crate::auth::verified::Verified;
 use crate::guarded::{Guard, Guarded};
 use crate::metrics::{counter_vec, gauge, latency};
 use crate::ratios::RatioCounters;

@@ -40,6 +40,8 @@ pub struct StepUpNeeded {
     pub tid: Option<[u8; 36]>,
 }
 
+// Part of the one refusal mapping (`crate::refusal`): a new variant has no default answer.
+#[deny(clippy::wildcard_enum_match_arm)]
 impl Denial {
     /// The rule that refused.
     pub fn why(&self) -> Deny {
@@ -95,6 +97,7 @@ pub struct Challenge {
 pub const MFA_REASON_PHRASE: &str = "Unauthorized - MFA required";
 
 /// The challenge for a refusal under the `[challenge]` settings.
+#[deny(clippy::wildcard_enum_match_arm)]
 pub fn challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challenge {
     match refusal {
         // RFC 6750 §3.1: a request without credentials gets no error code.

@@ -11,9 +11,10 @@ pub mod metrics;
 pub mod policy;
 pub mod profile;
 pub mod token;
+pub mod verified;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -23,9 +24,10 @@ use invalid::Invalid;
 use jwks::{IssuerKeys, KeySpec, KeyTiming};
 use keys::Lookup;
 use metrics::AuthMetrics;
-use policy::{Caller, Deny, TokenKind};
+use policy::Deny;
 use profile::Profile;
 use token::IssuerRules;
+use verified::{TokenText, UntilExp, Verified};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration ([[issuer]], [mfa], [identity], [challenge], [cache]).
@@ -80,101 +82,6 @@ pub fn accept<'p>(
 
 // ---------------------------------------------------------------------------------------------
 // The authenticator.
-
-/// A token that verified: what policy and the upstream need, computed once and cached. `M` is
-/// whatever the caller derives from the token once and keeps with it (`memo`); auth never reads it.
-#[derive(Debug)]
-pub struct Verified<M = ()> {
-    pub issuer: usize,
-    epoch: u64,
-    pub exp: i64,
-    leeway: i64,
-    pub kind: TokenKind,
-    pub mfa: bool,
-    pub roles: Box<[String]>,
-    pub scopes: Box<str>,
-    pub auth_time: Option<i64>,
-    /// The client handles claims challenges (`xms_cc` holds `cp1`).
-    pub claims_capable: bool,
-    /// `tid`, `oid`, app id, `upn`, user (the last two as the issuer's profile reads them): each
-    /// kept once, as the header value the upstream receives (a claim that cannot be a header
-    /// value is left out, not mangled).
-    ids: [Option<HeaderValue>; 5],
-    /// The caller's own, made with `M::default()` when the token verifies.
-    pub memo: M,
-    /// The token itself, when cached: the cache is keyed by its hash, and a hit counts only when
-    /// this matches.
-    token: Option<TokenText>,
-}
-
-/// A token kept for comparison only; its `Debug` never shows it.
-struct TokenText(Box<str>);
-
-impl std::fmt::Debug for TokenText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<token>")
-    }
-}
-
-const TID: usize = 0;
-const OID: usize = 1;
-const APP: usize = 2;
-const UPN: usize = 3;
-const USER: usize = 4;
-
-impl<M> Verified<M> {
-    pub fn caller(&self) -> Caller<'_> {
-        Caller { kind: self.kind, mfa: self.mfa, roles: &self.roles, scopes: &self.scopes, auth_time: self.auth_time }
-    }
-
-    fn id(&self, i: usize) -> Option<&str> {
-        // Built from a `&str`, so the bytes are UTF-8.
-        self.ids[i].as_ref().and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-    }
-
-    pub fn tid(&self) -> Option<&str> {
-        self.id(TID)
-    }
-
-    pub fn oid(&self) -> Option<&str> {
-        self.id(OID)
-    }
-
-    pub fn app_id(&self) -> Option<&str> {
-        self.id(APP)
-    }
-
-    pub fn upn(&self) -> Option<&str> {
-        self.id(UPN)
-    }
-
-    /// The user as the issuer's profile names it (Entra: `upn`, else `oid`; RFC 9068: `sub`).
-    pub fn user(&self) -> Option<&str> {
-        self.id(USER)
-    }
-}
-
-/// What a cache entry costs besides the token and claims it keeps: the `Verified` itself, its
-/// `Arc`, the memo, and moka's table, deque and timer nodes. Measured: about 2.2 KiB per
-/// entry with a 1 KiB token.
-const ENTRY_OVERHEAD: usize = 1200;
-
-impl<M> Verified<M> {
-    /// Bytes this entry holds in the cache, roughly.
-    fn weight(&self) -> usize {
-        let ids: usize = self.ids.iter().flatten().map(HeaderValue::len).sum();
-        let roles: usize = self.roles.iter().map(|r| r.len() + std::mem::size_of::<String>()).sum();
-        ENTRY_OVERHEAD + self.token.as_ref().map_or(0, |t| t.0.len()) + ids + roles + self.scopes.len()
-    }
-}
-
-struct UntilExp;
-
-impl<M> moka::Expiry<u64, Arc<Verified<M>>> for UntilExp {
-    fn expire_after_create(&self, _: &u64, v: &Arc<Verified<M>>, _: std::time::Instant) -> Option<Duration> {
-        Some(Duration::from_secs((v.exp - unix_now()).max(0) as u64))
-    }
-}
 
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
@@ -399,6 +306,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
 mod tests {
     use super::*;
     use crate::dev::{entra_claims, DevIssuer};
+    use std::time::Duration;
 
     fn bearer(token: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -6,9 +6,15 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// A registry holding `mfa_gateway_build_info`; the families are added by their owners.
+/// A registry holding `mfa_gateway_build_info` and the `process_*` families (CPU, resident
+/// memory, open descriptors and their limit, start time); the gateway's own are added by their
+/// owners.
 pub(crate) fn registry() -> Registry {
     let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        .expect("process_* names are unique");
     let build = register(
         &registry,
         IntGaugeVec::new(Opts::new("mfa_gateway_build_info", "Build information; always 1."), &["version"]).unwrap(),

@@ -8,13 +8,16 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
-use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings};
+use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings, Denial};
+use crate::auth::invalid::Invalid;
 use crate::auth::metrics::AuthMetrics;
 use crate::auth::policy::Deny;
+use crate::auth::policy::{self, TokenKind};
 use crate::authz::Flaw;
 use crate::path::PathFlaw;
 use crate::proxy::{UpstreamBody, UpstreamError, UpstreamMetrics};
-use crate::request_end::Decision;
+use crate::request_end::{Decision, Mode};
+use crate::routes::{Requirement, Route};
 
 /// Response body: the upstream's, streamed, or a short one of ours.
 pub(crate) type Body = Either<UpstreamBody, Full<Bytes>>;
@@ -169,6 +172,57 @@ impl Refusal {
     }
 }
 
+/// The (mode, decision, token kind) combinations `requests_total` can count for `route`: the
+/// policy's answers (`policy::possible`) through this module's mapping, plus what happens around
+/// them (no token, a bad one, no keys, a bad path, the upstream, a client that leaves). Authz
+/// mode only when `authz` is on; it forwards nothing, so it has no upstream outcomes.
+pub(crate) fn possible(route: &Route, authz: bool) -> Vec<(Mode, Decision, Option<TokenKind>)> {
+    let mut out = Vec::new();
+    for &mode in if authz { &Mode::ALL[..] } else { &Mode::ALL[..1] } {
+        // What passes goes upstream in proxy mode, where the upstream can fail or be full.
+        let upstream: &[Decision] = match mode {
+            Mode::Proxy => &[Decision::UpstreamError, Decision::UpstreamBusy],
+            Mode::Authz => &[],
+        };
+        let mut add = |d: Decision, k: Option<TokenKind>| {
+            if !out.contains(&(mode, d, k)) {
+                out.push((mode, d, k));
+            }
+        };
+        add(Decision::BadRequest, None);
+        add(Decision::ClientClosed, None);
+        if route.require == Requirement::Public {
+            for &d in [Decision::Allowed].iter().chain(upstream) {
+                add(d, None);
+            }
+            continue;
+        }
+        for why in [AuthRefusal::MissingToken, AuthRefusal::Invalid(Invalid::Malformed), AuthRefusal::KeysUnavailable] {
+            add(Refusal::Auth(why).decision(), None);
+        }
+        for kind in [TokenKind::AppUser, TokenKind::AppOnly] {
+            let k = Some(kind);
+            let (pass, denials) = policy::possible(route, kind);
+            add(Decision::ClientClosed, k);
+            if pass {
+                for &d in [Decision::Allowed].iter().chain(upstream) {
+                    add(d, k);
+                }
+            }
+            for d in denials {
+                if route.enforce {
+                    add(Refusal::Auth(AuthRefusal::Denied(Denial::Plain(d))).decision(), k);
+                } else {
+                    for &d in [Decision::WouldRefuse].iter().chain(upstream) {
+                        add(d, k);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// gRPC status for an HTTP status, as gRPC's HTTP mapping gives it.
 fn grpc_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -214,3 +268,49 @@ fn text(status: StatusCode, what: &str, request_id: &HeaderValue) -> Response<Bo
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(require: Requirement, enforce: bool, roles: &[&str]) -> Route {
+        Route {
+            index: 0,
+            name: "r".into(),
+            require,
+            methods: vec![],
+            roles_any: roles.iter().map(|r| r.to_string()).collect(),
+            scopes_any: vec![],
+            step_up: crate::routes::StepUp::PartnerCenter,
+            max_auth_age: None,
+            enforce,
+        }
+    }
+
+    fn has(route: &Route, d: Decision, k: Option<TokenKind>) -> bool {
+        possible(route, false).contains(&(Mode::Proxy, d, k))
+    }
+
+    #[test]
+    fn the_possible_series_follow_the_route() {
+        let (user, app) = (Some(TokenKind::AppUser), Some(TokenKind::AppOnly));
+        // Any token passes: no MFA refusal, nothing forbidden.
+        let token = route(Requirement::Token, true, &[]);
+        assert!(has(&token, Decision::Allowed, user) && has(&token, Decision::Allowed, app));
+        assert!(!has(&token, Decision::MfaRequired, user) && !has(&token, Decision::Forbidden, app));
+        // A role the token may lack: forbidden for both kinds.
+        let roles = route(Requirement::Token, true, &["Admin"]);
+        assert!(has(&roles, Decision::Forbidden, user) && has(&roles, Decision::Forbidden, app));
+        // Report-only: refusals are forwarded and can meet the upstream's failures.
+        let report_only = route(Requirement::AppUserMfa, false, &[]);
+        for k in [user, app] {
+            assert!(has(&report_only, Decision::WouldRefuse, k) && has(&report_only, Decision::UpstreamError, k));
+        }
+        assert!(!has(&report_only, Decision::MfaRequired, user) && !has(&report_only, Decision::Forbidden, app));
+        assert!(!has(&report_only, Decision::Allowed, app), "an app-only token never passes app_user_mfa");
+        // No authz series without [authz].
+        assert!(possible(&token, false).iter().all(|(m, _, _)| *m == Mode::Proxy));
+        assert!(possible(&token, true).iter().any(|(m, _, _)| *m == Mode::Authz));
+    }
+}
+

@@ -150,35 +150,42 @@ impl RequestMetrics {
         self.would_refuse.with_label_values(&[route, reason, app, kind.as_str()]).inc();
     }
 
-    /// One route's `requests_total` series, resolved when a config is built so a request never
-    /// hashes a label set. The series of a route that a reload removes stay (counters never go
-    /// back).
-    pub fn route_counters(&self, route: &str) -> RouteCounters {
-        let route_name = route;
-        let mut handles = Vec::with_capacity(Mode::ALL.len() * Decision::ALL.len() * KINDS.len());
-        for m in Mode::ALL {
-            for d in Decision::ALL {
-                for k in KINDS {
-                    handles.push(self.requests.with_label_values(&[route, d.as_str(), kind_label(k), m.as_str()]));
-                }
-            }
+    /// One route's `requests_total` handles, resolved when a config is built so a request never
+    /// hashes a label set. Only the `possible` combinations are exported from the start (at 0);
+    /// any other is made on its first count, so nothing is lost if the list misses one. The series
+    /// of a route that a reload removes stay (counters never go back).
+    pub fn route_counters(&self, route: &str, possible: &[(Mode, Decision, Option<TokenKind>)]) -> RouteCounters {
+        let counters = RouteCounters {
+            route: route.into(),
+            family: self.requests.clone(),
+            handles: (0..Mode::ALL.len() * Decision::ALL.len() * KINDS.len()).map(|_| OnceLock::new()).collect(),
+        };
+        for &(mode, decision, kind) in possible {
+            counters.handle(mode, decision, kind);
         }
-        RouteCounters { route: route_name.into(), handles }
+        counters
     }
 }
 
 /// `requests_total` handles for one route, by mode, decision and token kind.
 pub struct RouteCounters {
     route: Box<str>,
-    handles: Vec<IntCounter>,
+    family: IntCounterVec,
+    handles: Vec<OnceLock<IntCounter>>,
 }
 
 impl RouteCounters {
-    pub fn count(&self, mode: Mode, decision: Decision, kind: Option<TokenKind>) {
+    fn handle(&self, mode: Mode, decision: Decision, kind: Option<TokenKind>) -> &IntCounter {
         let m = mode as usize;
         let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
         let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2);
-        self.handles[(m * Decision::ALL.len() + d) * KINDS.len() + k].inc();
+        self.handles[(m * Decision::ALL.len() + d) * KINDS.len() + k].get_or_init(|| {
+            self.family.with_label_values(&[&self.route, decision.as_str(), kind_label(kind), mode.as_str()])
+        })
+    }
+
+    pub fn count(&self, mode: Mode, decision: Decision, kind: Option<TokenKind>) {
+        self.handle(mode, decision, kind).inc();
     }
 }
 

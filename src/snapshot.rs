@@ -76,7 +76,9 @@ impl Snapshot {
     ) -> Result<(Snapshot, Carried), BuildError> {
         let routes = RouteTable::new(&config.routes, config.defaults)
             .map_err(|(index, problem)| BuildError::Route { index, problem })?;
-        let counters = routes.names().map(|n| requests.route_counters(n)).collect();
+        let authz = config.authz.is_some();
+        let counters =
+            routes.all().map(|r| requests.route_counters(&r.name, &crate::refusal::possible(r, authz))).collect();
         let report_only =
             routes.all().filter(|r| !r.enforce && r.require != crate::routes::Requirement::Public).count();
         let changed: Vec<&Path> = previous.map(|p| p.config.changed(&config).collect()).unwrap_or_default();

@@ -144,6 +144,8 @@ async fn each_decision_increments_its_counter() {
         "mfa_gateway_connections_open",
         "mfa_gateway_requests_in_flight",
         "mfa_gateway_build_info",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(body.contains(family), "{family} missing");
     }
@@ -308,4 +310,81 @@ async fn hashed_user_ids_in_audit_and_report() {
     assert!(e["oid"].as_str().unwrap().starts_with("h:"), "{e}");
     let (_, _, body) = get(h.gw.admin_addr, "/report", None).await;
     assert!(!body.contains("Adminagent") && body.contains("\"h:"), "{body}");
+}
+
+/// The `requests_total` series a route can have, as the README's table states them: written here
+/// from the rules, not from the gateway's own list, so the two check each other.
+fn expected_series(require: &str, authz: bool) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    for mode in if authz { vec!["proxy", "authz"] } else { vec!["proxy"] } {
+        let upstream: &[&str] = if mode == "proxy" { &["upstream_error", "upstream_busy"] } else { &[] };
+        let passes = |out: &mut Vec<_>, kind| {
+            for d in std::iter::once(&"allowed").chain(upstream) {
+                out.push((*d, kind, mode));
+            }
+        };
+        out.extend([("bad_request", "none", mode), ("client_closed", "none", mode)]);
+        match require {
+            "public" => passes(&mut out, "none"),
+            "mfa" | "app_user_mfa" => {
+                out.extend(["missing_token", "invalid_token", "keys_unavailable"].map(|d| (d, "none", mode)));
+                out.extend([("client_closed", "app_user", mode), ("mfa_required", "app_user", mode)]);
+                passes(&mut out, "app_user");
+                out.push(("client_closed", "app_only", mode));
+                if require == "mfa" {
+                    passes(&mut out, "app_only");
+                } else {
+                    out.push(("forbidden", "app_only", mode));
+                }
+            }
+            other => panic!("no expectation written for require = {other:?}"),
+        }
+    }
+    out
+}
+
+/// At start, with `config/partner-center.toml` (its issuer on loopback), `requests_total` has
+/// every series its routes can produce, at 0, and no other; `[authz]` adds the authz series.
+#[tokio::test]
+async fn requests_total_holds_every_possible_series_at_zero_and_no_other() {
+    let (_issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let up = echo_upstream().await;
+    let profile = std::fs::read_to_string("config/partner-center.toml").unwrap();
+    let text = profile
+        .replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("listen = \"127.0.0.1:9901\"", "listen = \"127.0.0.1:0\"")
+        .replace("url = \"http://127.0.0.1:18080\"", &format!("url = \"http://{up}\""))
+        .replace(
+            "discovery = \"https://login.microsoftonline.com/common/.well-known/openid-configuration\"",
+            &format!("discovery = \"{}\"", keys.discovery_url()),
+        );
+    let config = mfa_gateway::config::Config::parse(&text, "partner-center", None).unwrap();
+    let mut requirements: Vec<(String, &str)> =
+        config.routes.iter().map(|r| (r.name.clone(), r.require.as_str())).collect();
+    requirements.push(("unmatched".into(), config.defaults.require.as_str()));
+    for authz in [false, true] {
+        let text = if authz {
+            format!("{text}\n[authz]\nlisten = \"127.0.0.1:0\"\nfront = \"nginx\"\n")
+        } else {
+            text.clone()
+        };
+        let gw = start(&text).await;
+        let mut want: Vec<String> = Vec::new();
+        for (route, require) in &requirements {
+            for (decision, kind, mode) in expected_series(require, authz) {
+                want.push(format!(
+                    "{{decision=\"{decision}\",mode=\"{mode}\",route=\"{route}\",token_kind=\"{kind}\"}}"
+                ));
+            }
+        }
+        want.sort();
+        let got = samples(&gw, "mfa_gateway_requests_total").await;
+        assert!(got.iter().all(|(_, v)| *v == 0.0), "nothing was asked yet: {got:?}");
+        let mut got: Vec<String> = got.into_iter().map(|(labels, _)| labels).collect();
+        got.sort();
+        let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
+        let extra: Vec<&String> = got.iter().filter(|g| !want.contains(g)).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "authz {authz}: missing {missing:?}, not possible {extra:?}");
+        eprintln!("partner-center.toml{}: {} requests_total series", if authz { " + [authz]" } else { "" }, got.len());
+    }
 }

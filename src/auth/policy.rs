@@ -95,6 +95,31 @@ pub fn decide(route: &Route, caller: &Caller<'_>, now: i64) -> Result<(), Deny> 
     Ok(())
 }
 
+/// What the route's rule can answer a verified token of `kind`: whether it can pass, and each
+/// refusal it can give. Derived by running `decide` over every caller its branches tell apart
+/// (with and without MFA, a recent sign-in, a listed role, a listed scope).
+pub fn possible(route: &Route, kind: TokenKind) -> (bool, Vec<Deny>) {
+    const NOW: i64 = 1 << 40;
+    let role: Vec<String> = route.roles_any.first().cloned().into_iter().collect();
+    let scope = route.scopes_any.first().map_or("", String::as_str);
+    let (mut pass, mut denials) = (false, Vec::new());
+    for shape in 0..16u8 {
+        let caller = Caller {
+            kind,
+            mfa: shape & 1 != 0,
+            auth_time: (shape & 2 != 0).then_some(NOW),
+            roles: if shape & 4 != 0 { &role } else { &[] },
+            scopes: if shape & 8 != 0 { scope } else { "" },
+        };
+        match decide(route, &caller, NOW) {
+            Ok(()) => pass = true,
+            Err(d) if !denials.contains(&d) => denials.push(d),
+            Err(_) => {}
+        }
+    }
+    (pass, denials)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

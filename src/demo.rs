@@ -159,9 +159,10 @@ fn print_banner(addr: SocketAddr, admin: SocketAddr, [mfa, nomfa, app]: &[PathBu
          {curl} -H \"Authorization: Bearer $(cat {app})\" {scheme}://{host}/v1/customers/{cid}/users\n\n\
          # App-only token on a catalog lookup (no GDAP role needed) -> 200\n\
          {curl} -H \"Authorization: Bearer $(cat {app})\" {scheme}://{host}/v1/offers\n\n\
-         # Readiness and metrics\n\
+         # Readiness, the requests counted so far, and the MFA status report (open it in a browser too)\n\
          curl -i http://{admin}/readyz\n\
-         curl -s http://{admin}/metrics | grep mfa_gateway_requests_total\n\n\
+         curl -s http://{admin}/metrics | grep '^mfa_gateway_requests_total' | grep -v ' 0$'\n\
+         curl -s http://{admin}/report\n\n\
          Ctrl-C stops the demo.",
         dir = mfa.parent().map(|p| p.display().to_string()).unwrap_or_default(),
         mfa = mfa.display(),

@@ -16,7 +16,7 @@ pub enum Format {
     Html,
 }
 
-/// Why Prometheus could not be asked, or did not answer as its API does (`report` exits 2).
+/// Why Prometheus could not be asked, or did not answer as its API does (`report` exits 69).
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     #[error("bad Prometheus URL {base:?}")]
@@ -97,7 +97,7 @@ pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], windo
     });
     StatusReport {
         scope: FLEET_SCOPE,
-        window_days: 0,
+        window_days: window.strip_suffix('d').and_then(|d| d.parse().ok()),
         window: Some(window.to_string()),
         generated_at: now,
         totals,
@@ -234,6 +234,11 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&render(&s, Format::Json)).unwrap();
         assert_eq!(json["totals"]["app_user_without_mfa"], 3);
         assert_eq!(json["applications"][0]["app"], "b");
+        assert_eq!((json["window_days"].as_u64(), json["window"].as_str()), (Some(7), Some("7d")));
+        // A window of minutes has no whole-days count to give: no `window_days: 0`.
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&build(&user, &only, "10m", 0), Format::Json)).unwrap();
+        assert!(json.get("window_days").is_none() && json["window"] == "10m", "{json}");
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl Gateway {
         // Keep the caller's request id (or mint one) so both sides of the hop log the same id.
         let request_id = self.request_ids.take_or_mint(req.headers());
         for (name, why) in removed {
-            tracing::debug!(?request_id, header = %name, reason = why.as_str(), "client header removed");
+            tracing::debug!(request_id = crate::request_id::shown(&request_id), header = %name, reason = why.as_str(), "client header removed");
         }
         req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
         // The request the rules apply to: this one, or the one a front proxy asks about, read

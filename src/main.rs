@@ -11,8 +11,11 @@ use mfa_gateway::config::{Config, LogConfig, LogFormat};
 
 /// Exit status for a configuration error (sysexits EX_USAGE / EX_CONFIG family).
 const EXIT_CONFIG: u8 = 64;
-/// `check --fetch`: an issuer's keys could not be had (sysexits EX_UNAVAILABLE).
+/// A service could not be had: `check --fetch` (an issuer's keys), `report` (Prometheus)
+/// (sysexits EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
+/// `report --out`: the file cannot be written (sysexits EX_CANTCREAT).
+const EXIT_CANTCREAT: u8 = 73;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +39,7 @@ enum Command {
     /// Validate a config file without binding anything: exit 0 if good, 64 with the key and the
     /// problem if not.
     Check {
+        /// TOML config file to check, with every file it names (certificates, keys, key files).
         #[arg(long, short)]
         config: PathBuf,
         /// Also fetch every issuer's discovery document and keys (or read its key file), and say
@@ -66,7 +70,7 @@ enum Command {
         /// Gateway address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
-        /// Admin address (/healthz, /readyz, /metrics).
+        /// Admin address (/healthz, /readyz, /metrics, /report).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
         /// Where mfa.jwt, nomfa.jwt and app.jwt are written.
@@ -159,8 +163,8 @@ fn fetch_keys(c: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Exit 0; 1 when `--fail-below` is not met; 2 when Prometheus cannot be asked; 64 for bad
-/// arguments.
+/// Exit 0; 1 when `--fail-below` is not met; 64 for bad arguments; 69 when Prometheus cannot be
+/// asked; 73 when `--out` cannot be written.
 fn fleet_report(
     prometheus: &str,
     window: &str,
@@ -183,7 +187,7 @@ fn fleet_report(
         Ok(r) => r,
         Err(e) => {
             eprintln!("mfa-gateway report: {}", mfa_gateway::error_chain::describe(&e));
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
     let format = match format {
@@ -196,7 +200,7 @@ fn fleet_report(
         Some(path) => {
             if let Err(e) = std::fs::write(path, body) {
                 eprintln!("mfa-gateway report: cannot write {}: {e}", path.display());
-                return ExitCode::FAILURE;
+                return ExitCode::from(EXIT_CANTCREAT);
             }
         }
         None => print!("{body}"),

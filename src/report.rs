@@ -155,8 +155,10 @@ pub struct UserSeen {
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub scope: &'static str,
-    pub window_days: u32,
-    /// The window as given, when it is not whole days (the fleet report's `--window`).
+    /// Left out when the window is not whole days (a fleet report's `--window 10m`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_days: Option<u32>,
+    /// The window as given (the fleet report's `--window`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
     pub generated_at: i64,
@@ -312,7 +314,7 @@ impl Report {
         });
         StatusReport {
             scope: "this instance; use the Prometheus recording rules for all replicas",
-            window_days: self.cfg.window_days,
+            window_days: Some(self.cfg.window_days),
             window: None,
             generated_at: now,
             totals,

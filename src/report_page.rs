@@ -90,7 +90,7 @@ fn headline(h: &mut String, s: &StatusReport) {
          <div class=\"line\"></div></div>\
          <p class=\"sub\">{verdict}. With MFA {with}, without MFA {without}, app-only {app_only}.</p>",
         scope = esc(s.scope),
-        days = s.window.clone().unwrap_or_else(|| format!("{} days", s.window_days)),
+        days = s.window.clone().unwrap_or_else(|| format!("{} days", s.window_days.unwrap_or(0))),
         generated = utc(s.generated_at),
         class = class(ratio),
         ratio = percent(ratio),
@@ -185,7 +185,7 @@ mod tests {
     fn the_page_escapes_what_tokens_supply_and_shows_the_ratio() {
         let s = StatusReport {
             scope: "instance",
-            window_days: 7,
+            window_days: Some(7),
             window: None,
             generated_at: 1_795_000_000,
             totals: Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5 },

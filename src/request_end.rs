@@ -330,8 +330,11 @@ pub type Ended<B> = Guarded<B, RequestEnd>;
 impl Guard for RequestEnd {
     fn cut_short(&mut self) {
         if let Some((_, decision, _)) = self.outcome.take() {
-            tracing::debug!(request_id = ?self.asked.request_id, answered = decision.as_str(),
-                "client left before the end of the response body");
+            tracing::debug!(
+                request_id = crate::request_id::shown(&self.asked.request_id),
+                answered = decision.as_str(),
+                "client left before the end of the response body"
+            );
         }
     }
 }
@@ -341,7 +344,7 @@ impl Drop for RequestEnd {
         let (status, decision, reason) = match self.outcome {
             Some(o) => o,
             None => {
-                tracing::debug!(request_id = ?self.asked.request_id, route = %self.route(), "client left before the answer ended");
+                tracing::debug!(request_id = crate::request_id::shown(&self.asked.request_id), route = %self.route(), "client left before the answer ended");
                 (CLIENT_CLOSED_STATUS, Decision::ClientClosed, "client_closed")
             }
         };

@@ -32,3 +32,9 @@ impl RequestIds {
         HeaderValue::from_str(&id).expect("hex is a valid header value")
     }
 }
+
+/// A request id as log fields show it: the text itself, not its `Debug` form (which quotes it a
+/// second time inside a JSON string).
+pub(crate) fn shown(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
+}

@@ -82,7 +82,7 @@ pub(crate) async fn run(client: OnUpgrade, upstream: OnUpgrade, mut lease: Lease
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
-            tracing::debug!(?request_id, error = %e, "upgrade did not complete");
+            tracing::debug!(request_id = crate::request_id::shown(&request_id), error = %e, "upgrade did not complete");
             return;
         }
     };
@@ -91,10 +91,10 @@ pub(crate) async fn run(client: OnUpgrade, upstream: OnUpgrade, mut lease: Lease
     let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut c, &mut u) => match r {
-            Ok((up, down)) => tracing::debug!(?request_id, bytes_up = up, bytes_down = down, "tunnel closed"),
-            Err(e) => tracing::debug!(?request_id, error = %e, "tunnel ended with an error"),
+            Ok((up, down)) => tracing::debug!(request_id = crate::request_id::shown(&request_id), bytes_up = up, bytes_down = down, "tunnel closed"),
+            Err(e) => tracing::debug!(request_id = crate::request_id::shown(&request_id), error = %e, "tunnel ended with an error"),
         },
-        _ = lease.close.wait_for(|c| *c) => tracing::debug!(?request_id, "tunnel closed by the gateway (idle or shutting down)"),
+        _ = lease.close.wait_for(|c| *c) => tracing::debug!(request_id = crate::request_id::shown(&request_id), "tunnel closed by the gateway (idle or shutting down)"),
     }
     gauge.dec();
 }

@@ -246,15 +246,17 @@ fn the_fleet_report_says_when_prometheus_cannot_be_asked() {
             std::process::Command::new(env!("CARGO_BIN_EXE_mfa-gateway")).arg("report").args(args).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    // Nothing listens on port 1 of loopback.
+    // Nothing listens on port 1 of loopback: 69, not clap's 2 for a usage error.
     let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1"]);
-    assert_eq!(code, Some(2), "{msg}");
+    assert_eq!(code, Some(69), "{msg}");
     assert!(msg.contains("cannot query Prometheus at http://127.0.0.1:1"), "{msg}");
     let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1", "--window", "seven days"]);
     assert_eq!(code, Some(64), "{msg}");
     assert!(msg.contains("--window"), "{msg}");
     let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1", "--fail-below", "95"]);
     assert_eq!(code, Some(64), "{msg}");
+    let (code, msg) = report(&["--no-such-flag"]);
+    assert_eq!(code, Some(2), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

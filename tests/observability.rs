@@ -301,11 +301,11 @@ async fn hashed_user_ids_in_audit_and_report() {
     let (_, headers, _) = get(h.gw.addr, "/v1/offers", Some(&h.issuer.mint(&entra_claims("nomfa", 600)))).await;
     let id = headers["x-request-id"].to_str().unwrap().to_string();
     eventually("the request's audit event", Duration::from_secs(2), async || {
-        log_lines().iter().any(|l| l["request_id"] == id.as_str())
+        log_lines().iter().any(|l| l["target"] == "mfa_gateway::audit" && l["request_id"] == id.as_str())
     })
     .await;
     let lines = log_lines();
-    let e = lines.iter().find(|l| l["request_id"] == id.as_str()).unwrap();
+    let e = lines.iter().find(|l| l["target"] == "mfa_gateway::audit" && l["request_id"] == id.as_str()).unwrap();
     assert!(e["user"].as_str().unwrap().starts_with("h:"), "{e}");
     assert!(e["oid"].as_str().unwrap().starts_with("h:"), "{e}");
     let (_, _, body) = get(h.gw.admin_addr, "/report", None).await;

@@ -246,9 +246,10 @@ async fn the_user_and_app_reach_the_audit_event_and_the_report() {
     let (status, headers, _) = get(h.gw.addr, "/v1/offers", Some(&mint(&h, Some("at+jwt"), iss, &claims))).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let id = headers["x-request-id"].to_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let audited = |l: &serde_json::Value| l["target"] == "mfa_gateway::audit" && l["request_id"] == id.as_str();
+    eventually("the audit event", Duration::from_secs(2), async || log_lines().iter().any(audited)).await;
     let lines = log_lines();
-    let e = lines.iter().find(|l| l["request_id"] == id.as_str()).expect("an audit event");
+    let e = lines.iter().find(|l| audited(l)).expect("an audit event");
     assert_eq!(
         (&e["app"], &e["user"], &e["decision"]),
         (&json!("web-portal"), &json!("alice"), &json!("mfa_required"))

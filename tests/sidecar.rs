@@ -392,3 +392,19 @@ async fn requests_in_flight_when_accepting_stops_finish_with_connection_close_or
     let status = tokio::task::spawn_blocking(move || gw.wait()).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// JSON log lines carry the request id as text, not as its quoted `Debug` form.
+#[tokio::test]
+async fn json_logs_carry_the_request_id_once_quoted() {
+    let s = Setup::new().await;
+    let text = s.text("token", "", "").replace("format = \"json\"\n", "format = \"json\"\nfilter = \"debug\"\n");
+    let gw = Binary::start(&text, None);
+    gw.ready().await;
+    let req = Request::get(format!("http://{}/v1/offers", gw.addr))
+        .header("x-request-id", "log-shape-1")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.0, StatusCode::UNAUTHORIZED);
+    let refused = line(&gw, |l| l.contains("\"message\":\"no token\"")).await;
+    assert!(refused.contains("\"request_id\":\"log-shape-1\""), "{refused}");
+}

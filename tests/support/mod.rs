@@ -431,7 +431,7 @@ impl Binary {
                 c
             }
         };
-        let mut child = cmd.env("RUST_LOG", "info").stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd.env_remove("RUST_LOG").stderr(Stdio::piped()).spawn().unwrap();
         let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = stderr.clone();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::auth::jwks::KeyFetchError;
 use crate::config::{Config, FileStamp};
@@ -20,11 +20,14 @@ use crate::snapshot::Snapshot;
 
 const POLL: Duration = Duration::from_secs(1);
 
-/// `mfa_gateway_config_reloads_total{result}` and the last success's time.
+/// `mfa_gateway_config_reloads_total{result}`, the last success's time, and whether the last
+/// attempt took effect.
 pub(crate) struct Reloads {
     ok: IntCounter,
     error: IntCounter,
     last_success: Gauge,
+    /// 0 while the files on disk hold a config the gateway refused: it serves an older one.
+    last_successful: IntGauge,
 }
 
 impl Reloads {
@@ -42,17 +45,39 @@ impl Reloads {
             "Unix time of the last config load that took effect (start-up included).",
         )
         .expect("valid metric");
+        let last_successful = IntGauge::new(
+            "mfa_gateway_config_last_reload_successful",
+            "1 when the last config load took effect; 0 while a refused one leaves an older config serving.",
+        )
+        .expect("valid metric");
         registry.register(Box::new(results.clone())).expect("registered once");
         registry.register(Box::new(last_success.clone())).expect("registered once");
-        let me =
-            Self { ok: results.with_label_values(&["ok"]), error: results.with_label_values(&["error"]), last_success };
-        me.succeeded();
+        registry.register(Box::new(last_successful.clone())).expect("registered once");
+        let me = Self {
+            ok: results.with_label_values(&["ok"]),
+            error: results.with_label_values(&["error"]),
+            last_success,
+            last_successful,
+        };
+        // The start-up load is the first success, though not a reload.
+        me.took_effect();
         me
     }
 
-    fn succeeded(&self) {
+    fn took_effect(&self) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         self.last_success.set(now);
+        self.last_successful.set(1);
+    }
+
+    fn succeeded(&self) {
+        self.ok.inc();
+        self.took_effect();
+    }
+
+    fn failed(&self) {
+        self.error.inc();
+        self.last_successful.set(0);
     }
 }
 
@@ -139,7 +164,7 @@ async fn reload(gateway: &Gateway, reloads: &Reloads, source: &Path, why: &str) 
         Err(e) => {
             tracing::error!(reason = why, file = %e.file, key = %e.key, problem = %e.problem,
                 "config reload failed; the previous config keeps serving");
-            reloads.error.inc();
+            reloads.failed();
             // Not retried until a file changes again (or SIGHUP): one error line per bad edit.
             return (restamped(), Outcome::Done);
         }
@@ -151,7 +176,7 @@ async fn reload(gateway: &Gateway, reloads: &Reloads, source: &Path, why: &str) 
         Ok(built) => built,
         Err(e) => {
             tracing::error!(reason = why, error = %crate::error_chain::describe(&e), "config reload failed; the previous config keeps serving");
-            reloads.error.inc();
+            reloads.failed();
             return (restamped(), Outcome::Done);
         }
     };
@@ -160,7 +185,7 @@ async fn reload(gateway: &Gateway, reloads: &Reloads, source: &Path, why: &str) 
     if let Err((issuer, e)) = warm(&next, &old).await {
         tracing::error!(reason = why, issuer, error = %crate::error_chain::describe(&e),
             "config reload refused: a key set did not load; the previous config keeps serving, and the reload is retried");
-        reloads.error.inc();
+        reloads.failed();
         return (restamped(), Outcome::KeysNotLoaded);
     }
     let files = next.config.files.clone();
@@ -176,7 +201,6 @@ async fn reload(gateway: &Gateway, reloads: &Reloads, source: &Path, why: &str) 
         upstream_pool_kept = carried.upstream_pool,
         "config reloaded"
     );
-    reloads.ok.inc();
     reloads.succeeded();
     gateway.swap(next);
     (files, Outcome::Done)

@@ -161,6 +161,8 @@ async fn a_broken_file_keeps_the_old_config_serving_and_counts_an_error() {
     let stamp = "mfa_gateway_config_last_reload_success_timestamp_seconds";
     let started = gw.metric(stamp).await;
     assert!(started > 1.7e9, "the start-up load counts as the last success: {started}");
+    let successful = "mfa_gateway_config_last_reload_successful";
+    assert_eq!(gw.metric(successful).await, 1.0);
 
     // Valid TOML, a value the checks refuse; then a file that is not TOML at all.
     let broken = s.text("public", "", "").replace("[upstream]\n", "[upstream]\ntimeout = \"0s\"\n");
@@ -178,6 +180,7 @@ async fn a_broken_file_keeps_the_old_config_serving_and_counts_an_error() {
     assert_eq!(get(gw.addr, "/v1/offers", Some(&nomfa)).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(gw.metric(r#"mfa_gateway_config_reloads_total{result="ok"}"#).await, 0.0);
     assert_eq!(gw.metric(stamp).await, started);
+    assert_eq!(gw.metric(successful).await, 0.0, "an older config serves: the alert's signal");
     // One error line per bad edit, not one per poll.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(gw.metric(errors).await, 2.0);
@@ -189,6 +192,7 @@ async fn a_broken_file_keeps_the_old_config_serving_and_counts_an_error() {
     })
     .await;
     assert!(gw.metric(stamp).await >= started);
+    assert_eq!(gw.metric(successful).await, 1.0);
 }
 
 #[tokio::test]

@@ -128,3 +128,13 @@ impl Running {
         tracing::info!("stopped");
     }
 }
+
+/// One GET of an admin path on loopback, for a container's `HEALTHCHECK` (distroless images have
+/// no curl): the status it answered, or why none.
+pub async fn probe(
+    uri: &http::Uri,
+    timeout: std::time::Duration,
+) -> Result<http::StatusCode, crate::fetch::FetchError> {
+    let client = crate::fetch::client(crate::tls::unused_client_config(), Some(timeout));
+    crate::fetch::get(&client, uri, 4096, timeout).await.map(|(status, _)| status)
+}

@@ -64,6 +64,19 @@ enum Command {
         #[arg(long)]
         fail_below: Option<f64>,
     },
+    /// Ask a running gateway's admin port whether it is healthy (for a container HEALTHCHECK):
+    /// exit 0 on 200, 1 on another status, 69 when nothing answers.
+    Probe {
+        /// The admin address to ask.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// /healthz (the process serves), or /readyz (it also has every issuer's keys).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Run a self-contained demo: a dev issuer, an echo upstream and the gateway with the
     /// Partner Center profile; writes tokens and prints curl lines to try.
     Demo {
@@ -122,6 +135,7 @@ fn main() -> ExitCode {
         Command::Report { prometheus, window, format, out, fail_below } => {
             fleet_report(&prometheus, &window, format, out.as_deref(), fail_below)
         }
+        Command::Probe { admin, path, timeout } => probe(&admin, &path, timeout),
         Command::Demo { listen, admin, tokens_dir, tls } => {
             mfa_gateway::init_logging(&LogConfig { format: LogFormat::Pretty, filter: "info".into() });
             let tokens_dir = tokens_dir.unwrap_or_else(|| std::env::temp_dir().join("mfa-gateway-demo"));
@@ -134,6 +148,29 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `probe`: 0 when the admin port answers 200, 1 for another status, 69 when it does not answer.
+fn probe(admin: &str, path: &str, timeout: std::time::Duration) -> ExitCode {
+    let uri = match format!("http://{admin}{path}").parse::<http::Uri>() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("mfa-gateway probe: http://{admin}{path} is not a URL: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    match rt.block_on(mfa_gateway::app::probe(&uri, timeout)) {
+        Ok(http::StatusCode::OK) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("mfa-gateway probe: {uri} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("mfa-gateway probe: {}", mfa_gateway::error_chain::describe(&e));
+            ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
 }

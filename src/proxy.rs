@@ -144,7 +144,7 @@ impl Proxy {
                 let mut http = HttpConnector::new();
                 http.set_connect_timeout(Some(upstream.connect_timeout));
                 http.set_nodelay(true);
-                hyper_rustls::HttpsConnector::from((http, std::sync::Arc::new(empty_tls())))
+                hyper_rustls::HttpsConnector::from((http, std::sync::Arc::new(crate::tls::unused_client_config())))
             }
         };
         let builder = |http2_only: bool| {
@@ -277,15 +277,6 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = v {
         headers.insert(name, v);
     }
-}
-
-/// A plain-http upstream never uses this; it only satisfies the connector's type.
-fn empty_tls() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
 }
 
 /// The kind of a failed exchange, by its causes.

@@ -201,6 +201,16 @@ pub(crate) fn client_config(ca_file: Option<&Path>, identity: Option<&Identity>)
     }
 }
 
+/// A client config with no roots, for connectors that only ever speak plain http (a plain-http
+/// upstream, the probe): it satisfies the connector's type and trusts nothing.
+pub(crate) fn unused_client_config() -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default versions")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 /// An HTTPS-or-HTTP connector for hyper-util's client.
 pub(crate) fn https_connector(
     tls: ClientConfig,

@@ -31,6 +31,13 @@ fn shipped_configs_pass_check() {
         assert_eq!(out.status.code(), Some(0), "{file}: {said}");
         assert!(!said.contains("warning"), "{file}: {said}");
     }
+    // The image's default: both ports on every interface, so /report warns until a token file
+    // is mounted (it answers 403 meanwhile), and nothing else.
+    let out = Command::new(BIN).args(["check", "--config", "config/docker.toml"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let warnings: Vec<&str> = said.lines().filter(|l| l.starts_with("warning")).collect();
+    assert!(warnings.len() == 1 && warnings[0].contains("[report].token_file"), "{said}");
 }
 
 #[test]
@@ -281,4 +288,26 @@ async fn check_fetch_finds_a_bad_discovery_url_and_passes_a_good_one() {
         assert_eq!(out.status.code(), Some(code), "{url}: {printed}");
         assert!(printed.contains(&format!("issuer {TEMPLATE_ISSUER}: {said}")), "{url}: {printed}");
     }
+}
+
+/// `probe`, the container HEALTHCHECK: 0 on 200, 1 on another status, 69 when nothing answers.
+#[tokio::test]
+async fn probe_exits_by_what_the_admin_port_answers() {
+    let gw = Binary::start(&public_config(echo_upstream().await, ""), None);
+    gw.ready().await;
+    let probe = |admin: String, path: &'static str| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(BIN).args(["probe", "--admin", &admin, "--path", path, "--timeout", "1s"]).output().unwrap()
+        })
+        .await
+        .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(probe(gw.admin.to_string(), "/healthz").await.0, Some(0));
+    assert_eq!(probe(gw.admin.to_string(), "/readyz").await.0, Some(0));
+    let (code, said) = probe(gw.admin.to_string(), "/nope").await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("404"), "{said}");
+    let (code, said) = probe(closed_port().await.to_string(), "/healthz").await;
+    assert_eq!(code, Some(69), "{said}");
 }

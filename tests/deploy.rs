@@ -1,4 +1,4 @@
-//! Keeps `deploy/kubernetes/gateway.yaml` honest: the embedded config passes `check` (the real
+//! Keeps `deploy/kubernetes/base/gateway.yaml` honest: the embedded config passes `check` (the real
 //! binary), and the manifests agree with it on ports, probes, the config path and the shutdown
 //! delays.
 
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-const MANIFESTS: &str = include_str!("../deploy/kubernetes/gateway.yaml");
+const MANIFESTS: &str = include_str!("../deploy/kubernetes/base/gateway.yaml");
 
 fn docs() -> Vec<Yaml> {
     YamlLoader::load_from_str(MANIFESTS).expect("the manifests are YAML")
@@ -40,17 +40,13 @@ fn duration(s: &str) -> Duration {
     }
 }
 
-#[test]
-fn the_sidecar_manifests_agree_with_the_config_they_carry() {
-    let docs = docs();
-    let map = of_kind(&docs, "ConfigMap");
+/// The config a ConfigMap carries, after it passed `check` as an operator would run it (with the
+/// report's secret where the pod mounts it, here in a temporary folder) with no warning.
+fn checked_config(map: &Yaml, what: &str) -> toml::Table {
     let text = map["data"]["gateway.toml"].as_str().expect("gateway.toml in the ConfigMap");
-
-    // The embedded config passes `check`, run as an operator would (with the report's secret
-    // where the pod mounts it, here in a temporary folder), and warns of nothing.
     let config: toml::Table = text.parse().unwrap();
     let token_file = setting(&config, "report", "token_file");
-    let dir = std::env::temp_dir().join(format!("mfa-gateway-deploy-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("mfa-gateway-deploy-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("report-token"), "a-secret-for-the-report-readers").unwrap();
     let file = dir.join("gateway.toml");
@@ -60,9 +56,18 @@ fn the_sidecar_manifests_agree_with_the_config_they_carry() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "check refused it: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what}: check refused it: {}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(!said.contains("warning"), "{said}");
+    assert!(!said.contains("warning"), "{what}: {said}");
+    config
+}
+
+#[test]
+fn the_sidecar_manifests_agree_with_the_config_they_carry() {
+    let docs = docs();
+    let map = of_kind(&docs, "ConfigMap");
+    let config = checked_config(&map, "sidecar");
+    let token_file = setting(&config, "report", "token_file");
     let (listen, admin) =
         (port_of(&setting(&config, "server", "listen")), port_of(&setting(&config, "admin", "listen")));
     assert!(setting(&config, "admin", "listen").starts_with("0.0.0.0:"), "kubelet probes the pod IP");
@@ -147,4 +152,78 @@ fn the_sidecar_manifests_agree_with_the_config_they_carry() {
     assert_eq!(targets, vec![listen], "the Service must target the gateway's port and nothing else");
     let upstream = setting(&config, "upstream", "url");
     assert!(upstream.starts_with("http://127.0.0.1:"), "the app is reached over the pod's loopback: {upstream}");
+}
+
+fn load(path: &str) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&std::fs::read_to_string(path).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Whether `selector` (matchLabels) picks an object with `labels`.
+fn selects(selector: &Yaml, labels: &Yaml) -> bool {
+    let want = selector.as_hash().expect("a selector");
+    !want.is_empty() && want.iter().all(|(k, v)| labels[k.as_str().unwrap()] == *v)
+}
+
+/// The authz Deployment answers where the front-proxy snippets ask, on the port its config
+/// listens on, and its config passes `check`.
+#[test]
+fn the_authz_manifests_answer_where_the_snippets_ask() {
+    let docs = load("deploy/kubernetes/base/authz.yaml");
+    let config = checked_config(&of_kind(&docs, "ConfigMap"), "authz");
+    let port = port_of(&setting(&config, "authz", "listen"));
+    let service = of_kind(&docs, "Service");
+    let service_port = &list(&service["spec"]["ports"])[0];
+    assert_eq!(service_port["port"].as_i64(), Some(port));
+    let pod = &of_kind(&docs, "Deployment")["spec"]["template"];
+    assert!(selects(&service["spec"]["selector"], &pod["metadata"]["labels"]), "the Service selects the pods");
+    let container = &list(&pod["spec"]["containers"])[0];
+    let target = service_port["targetPort"].as_str().unwrap();
+    let named = list(&container["ports"]).iter().find(|p| p["name"].as_str() == Some(target)).expect("named port");
+    assert_eq!(named["containerPort"].as_i64(), Some(port));
+
+    let kustomization = &load("deploy/kubernetes/base/kustomization.yaml")[0];
+    let namespace = kustomization["namespace"].as_str().unwrap();
+    let url = format!("{}.{namespace}.svc.cluster.local:{port}", service["metadata"]["name"].as_str().unwrap());
+    for snippet in ["ingress-nginx.yaml", "traefik-middleware.yaml", "istio.yaml"] {
+        let text = std::fs::read_to_string(format!("deploy/authz/{snippet}")).unwrap();
+        let (host, port) = (url.split(':').next().unwrap(), port.to_string());
+        assert!(text.contains(&url) || (text.contains(host) && text.contains(&port)), "{snippet} does not ask {url}");
+    }
+}
+
+/// The admin port: a ServiceMonitor (optional component) that finds every gateway under the job
+/// name the alerts expect, and a NetworkPolicy that admits it only from monitoring namespaces.
+#[test]
+fn the_admin_port_is_scraped_as_the_alerts_expect_and_closed_to_others() {
+    let pods: Vec<Yaml> = ["gateway.yaml", "authz.yaml"]
+        .iter()
+        .map(|f| of_kind(&load(&format!("deploy/kubernetes/base/{f}")), "Deployment")["spec"]["template"].clone())
+        .collect();
+    let monitoring = load("deploy/kubernetes/components/monitoring/servicemonitor.yaml");
+    let (service, monitor) = (of_kind(&monitoring, "Service"), of_kind(&monitoring, "ServiceMonitor"));
+    assert!(selects(&monitor["spec"]["selector"]["matchLabels"], &service["metadata"]["labels"]));
+    for pod in &pods {
+        assert!(selects(&service["spec"]["selector"], &pod["metadata"]["labels"]), "a gateway pod is not scraped");
+    }
+    let endpoint = &list(&monitor["spec"]["endpoints"])[0];
+    let port = list(&service["spec"]["ports"])
+        .iter()
+        .find(|p| p["name"] == endpoint["port"])
+        .expect("the ServiceMonitor's port name is the Service's");
+    assert_eq!(port["port"].as_i64(), Some(9901));
+    let job = service["metadata"]["labels"][monitor["spec"]["jobLabel"].as_str().unwrap()].as_str().unwrap();
+    let rules = std::fs::read_to_string("config/prometheus/rules.yml").unwrap();
+    assert!(rules.contains(&format!("job=\"{job}\"")), "the alerts expect another job than {job}");
+
+    let policy = of_kind(&load("deploy/kubernetes/base/policy.yaml"), "NetworkPolicy");
+    for pod in &pods {
+        assert!(selects(&policy["spec"]["podSelector"]["matchLabels"], &pod["metadata"]["labels"]));
+    }
+    for rule in list(&policy["spec"]["ingress"]) {
+        let admin = list(&rule["ports"]).iter().any(|p| p["port"].as_i64() == Some(9901));
+        let from = list(&rule["from"]);
+        if admin {
+            assert!(!from.is_empty() && from.iter().all(|f| !f["namespaceSelector"].is_badvalue()), "{rule:?}");
+        }
+    }
 }

@@ -56,14 +56,14 @@ async fn prometheus(targets: &[u16]) -> Prometheus {
     p
 }
 
-/// Waits until Prometheus has scraped every target at least twice since now.
-async fn scraped(p: &Prometheus) {
+/// Waits until Prometheus has scraped every target (of `targets`) at least twice since now.
+async fn scraped(p: &Prometheus, targets: usize) {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let addr = p.url.trim_start_matches("http://").parse().unwrap();
     eventually("both targets up", Duration::from_secs(20), async || {
         let (_, _, body) = get(addr, "/api/v1/query?query=sum(up)", None).await;
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
-        v["data"]["result"][0]["value"][1] == "2"
+        v["data"]["result"][0]["value"][1] == targets.to_string().as_str()
     })
     .await;
 }
@@ -89,7 +89,7 @@ async fn the_worked_example_across_two_gateways_survives_a_restart() {
     a.ready().await;
     b.ready().await;
     let prom = prometheus(&[admin_a, admin_b]).await;
-    scraped(&prom).await;
+    scraped(&prom, 2).await;
 
     let [nomfa, app, mfa] = ["nomfa", "app", "mfa"].map(|k| issuer.mint(&entra_claims(k, 600)));
     // Gateway A: 2 App+User without MFA, 5 app-only. Gateway B: 1 without MFA, then a restart,
@@ -99,15 +99,15 @@ async fn the_worked_example_across_two_gateways_survives_a_restart() {
             get(gw.addr, "/v1/offers", Some(token)).await;
         }
     }
-    scraped(&prom).await;
+    scraped(&prom, 2).await;
     drop(b);
     let b = Binary::start(&text(admin_b), None);
     b.ready().await;
-    scraped(&prom).await;
+    scraped(&prom, 2).await;
     for _ in 0..2 {
         assert_eq!(get(b.addr, "/v1/offers", Some(&mfa)).await.0, StatusCode::OK);
     }
-    scraped(&prom).await;
+    scraped(&prom, 2).await;
     // `increase` extrapolates a series' increase to the window's end, by up to a scrape interval
     // over the span it has samples for; after 15 s more of samples that is under 10 %, which
     // rounding to whole requests absorbs. (Over days of history it is negligible.)
@@ -140,4 +140,63 @@ async fn the_worked_example_across_two_gateways_survives_a_restart() {
     let said = String::from_utf8(empty.stdout).unwrap();
     assert!(said.contains("not a 0 % ratio"), "{said}");
     drop(a);
+}
+
+/// `query` percent-encoded for a URL.
+fn encoded(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every query of `deploy/grafana/mfa-gateway.json` against a real Prometheus scraping a gateway
+/// after some traffic: each answers without error, and every metric it names is in the scrape (a
+/// misspelled name would answer nothing, without an error).
+#[tokio::test]
+#[ignore = "needs the prometheus binary"]
+async fn every_dashboard_query_answers_and_names_only_scraped_metrics() {
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let up = echo_upstream().await;
+    let admin = free_port();
+    let routes = "[[route]]\nname = \"offers\"\npath = \"/v1/offers\"\nrequire = \"mfa\"\n";
+    let text = config_text(up, &format!("{}\n{routes}", issuer_table(TEMPLATE_ISSUER, &keys)))
+        .replace("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""));
+    let gw = Binary::start(&text, None);
+    gw.ready().await;
+    let prom = prometheus(&[admin]).await;
+    for token in
+        ["mfa", "nomfa", "app"].map(|k| issuer.mint(&entra_claims(k, 600))).iter().chain([&"x.y.z".to_string()])
+    {
+        get(gw.addr, "/v1/offers", Some(token)).await;
+    }
+    get(gw.addr, "/v1/offers", None).await;
+    scraped(&prom, 1).await;
+    let scrape = get(gw.admin, "/metrics", None).await.2;
+    let in_scrape =
+        |name: &str| scrape.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(['{', ' '])));
+
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/grafana/mfa-gateway.json").unwrap()).unwrap();
+    let prom_addr = prom.url.trim_start_matches("http://").parse().unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            // Grafana's variables, as Grafana would fill them in.
+            let query = expr.replace("$__rate_interval", "1m").replace("$job", "mfa-gateway");
+            let (_, _, body) = get(prom_addr, &format!("/api/v1/query?query={}", encoded(&query)), None).await;
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(answer["status"], "success", "{}: {query}\n{body}", panel["title"]);
+            let names = query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+            for name in names.filter(|n| n.starts_with("mfa_gateway_") || n.starts_with("process_")) {
+                assert!(in_scrape(name), "{}: {name} is not in the gateway's scrape", panel["title"]);
+            }
+            queries += 1;
+        }
+    }
+    assert!(queries >= 15, "{queries} queries");
 }

@@ -109,27 +109,39 @@ pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], windo
     }
 }
 
-/// Asks Prometheus at `base` for both counters' increase over `window`.
-pub async fn fetch(base: &str, window: &str, now: i64) -> Result<StatusReport, FleetError> {
+/// The scrape job the gateways are under: the alerts (`config/prometheus/rules.yml`) and the
+/// kustomize ServiceMonitor use the same name.
+pub const DEFAULT_JOB: &str = "mfa-gateway";
+
+/// A job name that can stand in a PromQL label matcher as it is.
+pub fn valid_job(job: &str) -> bool {
+    !job.is_empty() && !job.contains(['"', '\\', '\n'])
+}
+
+/// Asks Prometheus at `base` for both counters' increase over `window`, for the gateways of `job`.
+pub async fn fetch(base: &str, job: &str, window: &str, now: i64) -> Result<StatusReport, FleetError> {
     let tls = crate::tls::client_config(None, None)?;
     let client = crate::fetch::client(tls, Some(Duration::from_secs(5)));
-    let user =
-        query(&client, base, &format!("sum by (app, mfa) (increase(mfa_gateway_app_user_requests_total[{window}]))"))
-            .await?
-            .into_iter()
-            .map(|s| {
-                (
-                    s.metric.get("app").cloned().unwrap_or_default(),
-                    s.metric.get("mfa").is_some_and(|m| m == "true"),
-                    value(&s),
-                )
-            })
-            .collect::<Vec<_>>();
-    let only = query(&client, base, &format!("sum by (app) (increase(mfa_gateway_app_only_requests_total[{window}]))"))
-        .await?
-        .into_iter()
-        .map(|s| (s.metric.get("app").cloned().unwrap_or_default(), value(&s)))
-        .collect::<Vec<_>>();
+    let user = query(
+        &client,
+        base,
+        &format!("sum by (app, mfa) (increase(mfa_gateway_app_user_requests_total{{job=\"{job}\"}}[{window}]))"),
+    )
+    .await?
+    .into_iter()
+    .map(|s| {
+        (s.metric.get("app").cloned().unwrap_or_default(), s.metric.get("mfa").is_some_and(|m| m == "true"), value(&s))
+    })
+    .collect::<Vec<_>>();
+    let only = query(
+        &client,
+        base,
+        &format!("sum by (app) (increase(mfa_gateway_app_only_requests_total{{job=\"{job}\"}}[{window}]))"),
+    )
+    .await?
+    .into_iter()
+    .map(|s| (s.metric.get("app").cloned().unwrap_or_default(), value(&s)))
+    .collect::<Vec<_>>();
     Ok(build(&user, &only, window, now))
 }
 

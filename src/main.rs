@@ -55,6 +55,9 @@ enum Command {
         /// The window, as a Prometheus duration (7d, 24h, 90m).
         #[arg(long, default_value = "7d")]
         window: String,
+        /// The scrape job of the gateways (the name the shipped alerts and ServiceMonitor use).
+        #[arg(long, default_value = mfa_gateway::fleet::DEFAULT_JOB)]
+        job: String,
         #[arg(long, value_enum, default_value = "text")]
         format: ReportFormat,
         /// Write the report here instead of standard output.
@@ -132,8 +135,8 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(e),
         },
-        Command::Report { prometheus, window, format, out, fail_below } => {
-            fleet_report(&prometheus, &window, format, out.as_deref(), fail_below)
+        Command::Report { prometheus, window, job, format, out, fail_below } => {
+            fleet_report(&prometheus, &job, &window, format, out.as_deref(), fail_below)
         }
         Command::Probe { admin, path, timeout } => probe(&admin, &path, timeout),
         Command::Demo { listen, admin, tokens_dir, tls } => {
@@ -204,6 +207,7 @@ fn fetch_keys(c: &Config) -> ExitCode {
 /// asked; 73 when `--out` cannot be written.
 fn fleet_report(
     prometheus: &str,
+    job: &str,
     window: &str,
     format: ReportFormat,
     out: Option<&std::path::Path>,
@@ -214,13 +218,17 @@ fn fleet_report(
         eprintln!("mfa-gateway report: --window {window:?} is not a Prometheus duration (e.g. 7d, 24h, 90m)");
         return ExitCode::from(EXIT_CONFIG);
     }
+    if !fleet::valid_job(job) {
+        eprintln!("mfa-gateway report: --job {job:?} cannot be a label value in a query");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if fail_below.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
         eprintln!("mfa-gateway report: --fail-below takes a ratio between 0 and 1 (0.95 for 95 %)");
         return ExitCode::from(EXIT_CONFIG);
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let now = mfa_gateway::auth::unix_now();
-    let report = match rt.block_on(fleet::fetch(prometheus, window, now)) {
+    let report = match rt.block_on(fleet::fetch(prometheus, job, window, now)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mfa-gateway report: {}", mfa_gateway::error_chain::describe(&e));

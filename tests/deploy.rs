@@ -214,6 +214,7 @@ fn the_admin_port_is_scraped_as_the_alerts_expect_and_closed_to_others() {
     let job = service["metadata"]["labels"][monitor["spec"]["jobLabel"].as_str().unwrap()].as_str().unwrap();
     let rules = std::fs::read_to_string("config/prometheus/rules.yml").unwrap();
     assert!(rules.contains(&format!("job=\"{job}\"")), "the alerts expect another job than {job}");
+    assert_eq!(job, mfa_gateway::fleet::DEFAULT_JOB, "the fleet report asks another job by default");
 
     let policy = of_kind(&load("deploy/kubernetes/base/policy.yaml"), "NetworkPolicy");
     for pod in &pods {

@@ -38,6 +38,20 @@ pub(crate) fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<
             }
         }
         "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", gateway.scrape().into()),
+        path @ ("/report/users.csv" | "/report/recent.csv") => {
+            if let Some(refused) = report_refusal(gateway, &req) {
+                return refused;
+            }
+            let snapshot = gateway.report().snapshot(crate::auth::unix_now());
+            let (body, name) = match path {
+                "/report/users.csv" => (crate::report_csv::users(&snapshot), "users-without-mfa.csv"),
+                _ => (crate::report_csv::recent(&snapshot), "recent-requests-without-mfa.csv"),
+            };
+            let mut resp = reply(StatusCode::OK, "text/csv; charset=utf-8; header=present", body.into());
+            let disposition = format!("attachment; filename=\"{name}\"");
+            resp.headers_mut().insert(header::CONTENT_DISPOSITION, disposition.parse().expect("a fixed ASCII name"));
+            resp
+        }
         "/report" => {
             if let Some(refused) = report_refusal(gateway, &req) {
                 return refused;
@@ -56,7 +70,11 @@ pub(crate) fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<
             let body = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body.into())
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz, /readyz, /metrics, /report\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /healthz, /readyz, /metrics, /report, /report/users.csv, /report/recent.csv\n".into(),
+        ),
     }
 }
 

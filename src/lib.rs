@@ -37,6 +37,7 @@ pub(crate) mod ratios;
 pub(crate) mod refusal;
 pub(crate) mod reload;
 pub mod report;
+pub(crate) mod report_csv;
 pub(crate) mod report_page;
 pub mod request_end;
 pub(crate) mod request_id;

@@ -171,6 +171,20 @@ pub struct StatusReport {
     /// What report-only routes let through that enforcing would refuse, per route, app and
     /// reason, most first: what switching a route to `enforce = true` would break.
     pub would_refuse: Vec<WouldRefuse>,
+    /// The App+User MFA ratio of each day in the window, oldest first (none from Prometheus yet).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<DayRatio>,
+}
+
+/// One day of the window: its App+User requests with and without MFA.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DayRatio {
+    /// Unix seconds at 00:00 UTC.
+    pub start: i64,
+    pub app_user_with_mfa: u64,
+    pub app_user_without_mfa: u64,
+    /// Null on a day without App+User requests.
+    pub app_user_mfa_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -312,6 +326,20 @@ impl Report {
         would_refuse.sort_by(|a, b| {
             b.requests.cmp(&a.requests).then_with(|| (&a.route, &a.app, a.reason).cmp(&(&b.route, &b.app, b.reason)))
         });
+        let days = (oldest..=now.div_euclid(86_400))
+            .map(|day| {
+                let mut c = Counts::default();
+                for counts in s.days.iter().filter(|d| d.day == day).flat_map(|d| d.apps.values()) {
+                    c.add(counts);
+                }
+                DayRatio {
+                    start: day * 86_400,
+                    app_user_with_mfa: c.app_user_with_mfa,
+                    app_user_without_mfa: c.app_user_without_mfa,
+                    app_user_mfa_ratio: c.ratio(),
+                }
+            })
+            .collect();
         StatusReport {
             scope: "this instance; use the Prometheus recording rules for all replicas",
             window_days: Some(self.cfg.window_days),
@@ -323,6 +351,7 @@ impl Report {
             recent_without_mfa,
             users_without_mfa,
             would_refuse,
+            days,
         }
     }
 }

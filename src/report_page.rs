@@ -59,6 +59,7 @@ fn class(ratio: Option<f64>) -> &'static str {
 pub(crate) fn render(s: &StatusReport) -> String {
     let mut h = String::with_capacity(8 * 1024);
     headline(&mut h, s);
+    trend(&mut h, s);
     applications(&mut h, s);
     would_refuse(&mut h, s);
     if s.scope == FLEET_SCOPE {
@@ -99,6 +100,54 @@ fn headline(h: &mut String, s: &StatusReport) {
         without = s.totals.app_user_without_mfa,
         app_only = s.totals.app_only,
     );
+}
+
+/// The App+User MFA ratio per day as bars against the 95 % line, each with its number, so the
+/// page says the same without the picture.
+fn trend(h: &mut String, s: &StatusReport) {
+    if s.days.is_empty() {
+        return;
+    }
+    const STEP: usize = 64;
+    let width = s.days.len() * STEP;
+    let _ = write!(
+        h,
+        "<h2>App+User MFA ratio per day</h2><svg id=\"trend\" role=\"img\" viewBox=\"0 0 {width} 150\" \
+         style=\"width:100%;max-width:{max}px;height:auto\" aria-label=\"App+User MFA ratio per day\">\
+         <line x1=\"0\" x2=\"{width}\" y1=\"20\" y2=\"20\" stroke=\"#1b1f23\" stroke-dasharray=\"4 3\"/>\
+         <text x=\"2\" y=\"15\" font-size=\"10\">95 %</text>",
+        max = width.max(420),
+    );
+    for (i, d) in s.days.iter().enumerate() {
+        let x = i * STEP + 12;
+        let day = utc(d.start);
+        let (date, label) = (&day[..10], &day[5..10]);
+        match d.app_user_mfa_ratio {
+            Some(r) => {
+                let height = (r * 100.0).round() as usize;
+                let fill = if r >= TARGET { "#2da44e" } else { "#e5534b" };
+                let _ = write!(
+                    h,
+                    "<rect x=\"{x}\" y=\"{y}\" width=\"40\" height=\"{height}\" fill=\"{fill}\"><title>{date}: {pct}</title></rect>\
+                     <text x=\"{cx}\" y=\"{ty}\" font-size=\"11\" text-anchor=\"middle\">{pct}</text>",
+                    y = 115 - height,
+                    cx = x + 20,
+                    ty = (115 - height).saturating_sub(4).max(11),
+                    pct = percent(Some(r)),
+                );
+            }
+            None => {
+                let _ = write!(
+                    h,
+                    "<text x=\"{cx}\" y=\"110\" font-size=\"11\" text-anchor=\"middle\" fill=\"#57606a\">no requests</text>",
+                    cx = x + 20
+                );
+            }
+        }
+        let _ =
+            write!(h, "<text x=\"{cx}\" y=\"132\" font-size=\"11\" text-anchor=\"middle\">{label}</text>", cx = x + 20);
+    }
+    h.push_str("</svg>");
 }
 
 fn applications(h: &mut String, s: &StatusReport) {
@@ -150,7 +199,7 @@ fn would_refuse(h: &mut String, s: &StatusReport) {
 /// One instance's users and recent requests without MFA.
 fn users(h: &mut String, s: &StatusReport) {
     h.push_str(
-        "<h2>Users without MFA</h2><table><tr><th>user</th><th>last seen</th><th>requests without MFA</th></tr>",
+        "<h2>Users without MFA <a class=\"sub\" href=\"/report/users.csv\">CSV</a></h2><table><tr><th>user</th><th>last seen</th><th>requests without MFA</th></tr>",
     );
     for u in &s.users_without_mfa {
         let _ = write!(
@@ -161,7 +210,7 @@ fn users(h: &mut String, s: &StatusReport) {
             u.requests_without_mfa
         );
     }
-    h.push_str("</table><h2>Recent requests without MFA</h2><table><tr><th>time</th><th>route</th><th>application</th><th>user</th><th>tenant</th></tr>");
+    h.push_str("</table><h2>Recent requests without MFA <a class=\"sub\" href=\"/report/recent.csv\">CSV</a></h2><table><tr><th>time</th><th>route</th><th>application</th><th>user</th><th>tenant</th></tr>");
     for r in &s.recent_without_mfa {
         let _ = write!(
             h,
@@ -179,6 +228,38 @@ fn users(h: &mut String, s: &StatusReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Three days of requests on an instance's clock: each day's ratio is drawn and written.
+    #[test]
+    fn the_page_draws_each_days_ratio() {
+        use crate::auth::policy::TokenKind;
+        use crate::report::{Observation, Report, ReportConfig};
+        let report = Report::new(ReportConfig::default());
+        let day = 86_400;
+        let start = 20_000 * day;
+        // Day 1: 1 of 2 with MFA; day 2: none; day 3: 3 of 3; day 4: 19 of 20.
+        for (d, with, without) in [(0, 1, 1), (2, 3, 0), (3, 19, 1)] {
+            for i in 0..with + without {
+                report.record(&Observation {
+                    unix_secs: start + d * day + 60 * i,
+                    route: "offers",
+                    kind: TokenKind::AppUser,
+                    mfa: i < with,
+                    app: "a",
+                    user: Some("u@example"),
+                    tenant: None,
+                });
+            }
+        }
+        let s = report.snapshot(start + 3 * day + 3600);
+        let ratios: Vec<Option<f64>> = s.days.iter().map(|d| d.app_user_mfa_ratio).collect();
+        assert_eq!(ratios[3..], [Some(0.5), None, Some(1.0), Some(0.95)], "{ratios:?}");
+        let page = render(&s);
+        assert!(page.contains("<svg id=\"trend\""), "no chart");
+        for text in ["50.0 %", "100.0 %", "95.0 %", "no requests", "10-04", "10-07"] {
+            assert!(page.contains(text), "{text} not on the page");
+        }
+    }
     use crate::report::{AppSummary, Counts, Recent, UserSeen, WouldRefuse};
 
     #[test]
@@ -206,6 +287,7 @@ mod tests {
                 tenant: None,
             }],
             users_without_mfa: vec![UserSeen { user: "u&v".into(), last_seen: 0, requests_without_mfa: 3 }],
+            days: vec![],
             would_refuse: vec![WouldRefuse {
                 route: "customers".into(),
                 app: "<b>".into(),

@@ -388,3 +388,59 @@ async fn requests_total_holds_every_possible_series_at_zero_and_no_other() {
         eprintln!("partner-center.toml{}: {} requests_total series", if authz { " + [authz]" } else { "" }, got.len());
     }
 }
+
+/// Rows of a CSV document as Python's `csv` module reads them.
+fn python_csv(text: &str) -> Vec<Vec<String>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", "import csv, json, sys; print(json.dumps(list(csv.reader(sys.stdin))))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `/report/users.csv` and `/report/recent.csv` carry the rows of the JSON report, and a user
+/// name that a spreadsheet would run as a formula arrives as text.
+#[tokio::test]
+#[ignore = "needs python3"]
+async fn report_csv_carries_the_json_rows_and_defuses_formulas() {
+    logs();
+    let h = auth_harness(ROUTES, "").await;
+    for upn in ["alice@contoso.example", "=HYPERLINK(\"http://evil.example\",\"x\")", "doe, john@contoso.example"] {
+        let mut c = entra_claims("nomfa", 600);
+        c["upn"] = json!(upn);
+        get(h.gw.addr, "/v1/offers", Some(&h.issuer.mint(&c))).await;
+    }
+    let json: Value = serde_json::from_str(&get(h.gw.admin_addr, "/report", None).await.2).unwrap();
+    // What a spreadsheet shows: the cell, less the quote that keeps a formula text.
+    let shown = |v: &str| v.strip_prefix('\'').map_or(v.to_string(), str::to_string);
+
+    let (status, headers, body) = get(h.gw.admin_addr, "/report/users.csv", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(headers["content-disposition"].to_str().unwrap().contains("users-without-mfa.csv"));
+    let rows = python_csv(&body);
+    assert_eq!(rows[0], ["user", "last_seen_utc", "requests_without_mfa"]);
+    let users = json["users_without_mfa"].as_array().unwrap();
+    assert_eq!(rows.len() - 1, users.len());
+    for (row, u) in rows[1..].iter().zip(users) {
+        assert_eq!(shown(&row[0]), u["user"].as_str().unwrap());
+        assert_eq!(row[2], u["requests_without_mfa"].to_string());
+    }
+    assert!(rows.iter().any(|r| r[0].starts_with("'=HYPERLINK")), "the formula is text: {rows:?}");
+    assert!(!body.contains("\n=") && !body.contains(",="), "a cell starts with =: {body}");
+
+    let rows = python_csv(&get(h.gw.admin_addr, "/report/recent.csv", None).await.2);
+    assert_eq!(rows[0], ["time_utc", "route", "application", "user", "tenant"]);
+    let recent = json["recent_without_mfa"].as_array().unwrap();
+    assert_eq!(rows.len() - 1, recent.len());
+    for (row, r) in rows[1..].iter().zip(recent) {
+        assert_eq!((row[1].as_str(), row[2].as_str()), (r["route"].as_str().unwrap(), r["app"].as_str().unwrap()));
+        assert_eq!(shown(&row[3]), r["user"].as_str().unwrap_or(""));
+    }
+}

@@ -1,0 +1,62 @@
+//! The status report's tables as CSV downloads (RFC 4180), as Partner Center offers its own:
+//! users without MFA, and the most recent requests without MFA. A cell a spreadsheet would run
+//! as a formula is escaped as OWASP's CSV-injection guidance says; JSON keeps the raw values.
+
+use std::fmt::Write;
+
+use crate::report::StatusReport;
+
+/// Users seen without MFA: user, last seen (UTC), requests without MFA.
+pub(crate) fn users(s: &StatusReport) -> String {
+    let mut out = String::from("user,last_seen_utc,requests_without_mfa\r\n");
+    for u in &s.users_without_mfa {
+        let _ = write!(out, "{},{},{}\r\n", cell(&u.user), time(u.last_seen), u.requests_without_mfa);
+    }
+    out
+}
+
+/// The most recent App+User requests without MFA, newest first.
+pub(crate) fn recent(s: &StatusReport) -> String {
+    let mut out = String::from("time_utc,route,application,user,tenant\r\n");
+    for r in &s.recent_without_mfa {
+        let (user, tenant) = (r.user.as_deref().unwrap_or(""), r.tenant.as_deref().unwrap_or(""));
+        let _ = write!(out, "{},{},{},{},{}\r\n", time(r.time), cell(&r.route), cell(&r.app), cell(user), cell(tenant));
+    }
+    out
+}
+
+/// ISO 8601 in UTC, which spreadsheets read as a time.
+fn time(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// One field: quoted when it holds a comma, quote or line break; a field that starts like a
+/// formula (`=`, `+`, `-`, `@`, tab, carriage return) gets a leading `'` and quotes, so a
+/// spreadsheet shows it as text instead of running it.
+fn cell(v: &str) -> String {
+    let formula = v.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula || v.contains([',', '"', '\n', '\r']) {
+        let prefix = if formula { "'" } else { "" };
+        format!("\"{prefix}{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell;
+
+    #[test]
+    fn formulas_become_text_and_fields_are_quoted_when_needed() {
+        assert_eq!(cell("alice@contoso.example"), "alice@contoso.example");
+        assert_eq!(cell("=HYPERLINK(\"http://x\")"), "\"'=HYPERLINK(\"\"http://x\"\")\"");
+        for start in ["+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(cell(start).starts_with("\"'"), "{start:?}");
+        }
+        assert_eq!(cell("a,b"), "\"a,b\"");
+        assert_eq!(cell("line\nbreak"), "\"line\nbreak\"");
+        assert_eq!(cell("x@y"), "x@y", "an @ inside is no formula");
+    }
+}

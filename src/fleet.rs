@@ -123,26 +123,13 @@ pub fn valid_job(job: &str) -> bool {
 pub async fn fetch(base: &str, job: &str, window: &str, now: i64) -> Result<StatusReport, FleetError> {
     let tls = crate::tls::client_config(None, None)?;
     let client = crate::fetch::client(tls, Some(Duration::from_secs(5)));
-    let user = query(
-        &client,
-        base,
-        &format!("sum by (app, mfa) (increase(mfa_gateway_app_user_requests_total{{job=\"{job}\"}}[{window}]))"),
-    )
-    .await?
-    .into_iter()
-    .map(|s| {
-        (s.metric.get("app").cloned().unwrap_or_default(), s.metric.get("mfa").is_some_and(|m| m == "true"), value(&s))
-    })
-    .collect::<Vec<_>>();
-    let only = query(
-        &client,
-        base,
-        &format!("sum by (app) (increase(mfa_gateway_app_only_requests_total{{job=\"{job}\"}}[{window}]))"),
-    )
-    .await?
-    .into_iter()
-    .map(|s| (s.metric.get("app").cloned().unwrap_or_default(), value(&s)))
-    .collect::<Vec<_>>();
+    let increase = |by: &str, family: &str| format!("sum by ({by}) (increase({family}{{job=\"{job}\"}}[{window}]))");
+    let app = |s: &Sample| s.metric.get("app").cloned().unwrap_or_default();
+    let user = query(&client, base, &increase("app, mfa", "mfa_gateway_app_user_requests_total")).await?;
+    let user: Vec<_> =
+        user.iter().map(|s| (app(s), s.metric.get("mfa").is_some_and(|m| m == "true"), value(s))).collect();
+    let only = query(&client, base, &increase("app", "mfa_gateway_app_only_requests_total")).await?;
+    let only: Vec<_> = only.iter().map(|s| (app(s), value(s))).collect();
     Ok(build(&user, &only, window, now))
 }
 

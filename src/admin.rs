@@ -56,7 +56,8 @@ pub(crate) fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<
             if let Some(refused) = report_refusal(gateway, &req) {
                 return refused;
             }
-            let snapshot = gateway.report().snapshot(crate::auth::unix_now());
+            let mut snapshot = gateway.report().snapshot(crate::auth::unix_now());
+            snapshot.instance = host_name();
             // A browser asks for HTML first; scripts and Prometheus-side tooling get JSON.
             let wants_html = req
                 .headers()
@@ -76,6 +77,13 @@ pub(crate) fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<
             "not found; try /healthz, /readyz, /metrics, /report, /report/users.csv, /report/recent.csv\n".into(),
         ),
     }
+}
+
+/// This host's name (a pod's name in Kubernetes), to say whose report it is.
+fn host_name() -> Option<String> {
+    let name = std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok())?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// The refusal for a request that may not read `/report`; `None` when it may.

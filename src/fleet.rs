@@ -107,6 +107,7 @@ pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], windo
         users_without_mfa: Vec::new(),
         would_refuse: Vec::new(),
         days: Vec::new(),
+        instance: None,
     }
 }
 

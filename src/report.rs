@@ -155,6 +155,9 @@ pub struct UserSeen {
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub scope: &'static str,
+    /// The instance's host name (a pod's name in Kubernetes), when the report is one instance's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Left out when the window is not whole days (a fleet report's `--window 10m`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_days: Option<u32>,
@@ -342,6 +345,7 @@ impl Report {
             .collect();
         StatusReport {
             scope: "this instance; use the Prometheus recording rules for all replicas",
+            instance: None,
             window_days: Some(self.cfg.window_days),
             window: None,
             generated_at: now,

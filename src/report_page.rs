@@ -43,7 +43,7 @@ const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:2rem;color:#
      .fill{height:100%;border-radius:3px} .fill.ok{background:#2da44e} .fill.low{background:#e5534b}\
      .line{position:absolute;top:-3px;bottom:-3px;left:95%;border-left:2px dashed #1b1f23}\
      table{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem}\
-     th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:middle}\
+     th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:middle;overflow-wrap:anywhere}\
      th{font-weight:600} td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums} td.b{width:35%}";
 
 /// The CSS class of a ratio against the 95 % target.
@@ -83,14 +83,18 @@ fn headline(h: &mut String, s: &StatusReport) {
         h,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>MFA status report</title><style>{STYLE}</style></head><body>\
-         <h1>MFA status report: {scope}</h1>\
+         <h1>MFA status report</h1><div class=\"sub\" id=\"scope\">{scope}</div>\
          <div class=\"sub\">Last {days}, generated {generated}. App+User requests with MFA over all \
          App+User requests; app-only requests are not counted in the ratio.</div>\
          <div class=\"ratio {class}\" id=\"ratio\">{ratio}</div>\
          <div class=\"bar\" title=\"95 % line\"><div class=\"fill {class}\" style=\"width:{width:.1}%\"></div>\
          <div class=\"line\"></div></div>\
          <p class=\"sub\">{verdict}. With MFA {with}, without MFA {without}, app-only {app_only}.</p>",
-        scope = esc(s.scope),
+        scope = esc(&match (&s.instance, s.scope == FLEET_SCOPE) {
+            (_, true) => format!("Fleet: {FLEET_SCOPE}"),
+            (Some(name), false) => format!("Instance: {name}"),
+            (None, false) => "This instance".to_string(),
+        }),
         days = s.window.clone().unwrap_or_else(|| format!("{} days", s.window_days.unwrap_or(0))),
         generated = utc(s.generated_at),
         class = class(ratio),
@@ -228,6 +232,7 @@ fn users(h: &mut String, s: &StatusReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{AppSummary, Counts, Recent, UserSeen, WouldRefuse};
 
     /// Three days of requests on an instance's clock: each day's ratio is drawn and written.
     #[test]
@@ -260,12 +265,12 @@ mod tests {
             assert!(page.contains(text), "{text} not on the page");
         }
     }
-    use crate::report::{AppSummary, Counts, Recent, UserSeen, WouldRefuse};
 
     #[test]
     fn the_page_escapes_what_tokens_supply_and_shows_the_ratio() {
         let s = StatusReport {
             scope: "instance",
+            instance: Some("partner-api-7d9f-x2".into()),
             window_days: Some(7),
             window: None,
             generated_at: 1_795_000_000,
@@ -296,6 +301,12 @@ mod tests {
             }],
         };
         let page = render(&s);
+        assert!(
+            page.contains(
+                "<h1>MFA status report</h1><div class=\"sub\" id=\"scope\">Instance: partner-api-7d9f-x2</div>"
+            ),
+            "{page}"
+        );
         assert!(page.contains("<div class=\"ratio low\" id=\"ratio\">40.0 %</div>"), "{page}");
         assert!(page.contains("&lt;script&gt;x&lt;/script&gt;") && !page.contains("<script>"));
         assert!(page.contains("o&#39;neil@x&quot;y") && page.contains("u&amp;v"));

@@ -58,6 +58,7 @@ pub(crate) fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<
             }
             let mut snapshot = gateway.report().snapshot(crate::auth::unix_now());
             snapshot.instance = host_name();
+            snapshot.user_ids = Some(gateway.snapshot().user_ids.shown_as());
             // A browser asks for HTML first; scripts and Prometheus-side tooling get JSON.
             let wants_html = req
                 .headers()

@@ -29,6 +29,22 @@ impl UserIds {
         self.mode == UserIdMode::Plain
     }
 
+    /// How this instance shows user ids, for a reader that merges several instances' reports:
+    /// only reports with the same mode and key can have their users merged. The key is named by
+    /// a keyed hash of a fixed text, which tells keys apart without revealing them.
+    pub fn shown_as(&self) -> crate::report::UserIdsShown {
+        let mode = match self.mode {
+            UserIdMode::Plain => "plain",
+            UserIdMode::Hash => "hash",
+            UserIdMode::Drop => "drop",
+        };
+        let key_id = self.key.as_ref().map(|k| {
+            let tag = aws_lc_rs::hmac::sign(k, b"mfa-gateway report key id");
+            tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+        });
+        crate::report::UserIdsShown { mode, key_id }
+    }
+
     pub fn show(&self, id: Option<&str>) -> Option<String> {
         let id = id?;
         match self.mode {
@@ -149,5 +165,18 @@ mod tests {
         assert_eq!(h.show(upn).unwrap(), a, "stable");
         assert_ne!(h.show(Some("other@contoso.example")).unwrap(), a);
         assert_eq!(h.show(None), None);
+    }
+
+    #[test]
+    fn reports_tell_their_user_id_settings_apart_without_the_key() {
+        let cfg = |mode, key: &str| AuditConfig { enabled: true, user_ids: mode, hash_key: key.into() };
+        let a = UserIds::new(&cfg(UserIdMode::Hash, "0123456789abcdef0123")).shown_as();
+        let same = UserIds::new(&cfg(UserIdMode::Hash, "0123456789abcdef0123")).shown_as();
+        let other = UserIds::new(&cfg(UserIdMode::Hash, "another-key-of-20-chars")).shown_as();
+        assert_eq!((a.mode, &a.key_id), (same.mode, &same.key_id));
+        assert_ne!(a.key_id, other.key_id);
+        assert!(!a.key_id.as_deref().unwrap().contains("0123456789"), "the key is not shown");
+        let plain = UserIds::new(&cfg(UserIdMode::Plain, "")).shown_as();
+        assert_eq!((plain.mode, plain.key_id), ("plain", None));
     }
 }

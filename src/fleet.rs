@@ -108,6 +108,7 @@ pub fn build(app_user: &[(String, bool, f64)], app_only: &[(String, f64)], windo
         would_refuse: Vec::new(),
         days: Vec::new(),
         instance: None,
+        user_ids: None,
     }
 }
 

@@ -158,6 +158,9 @@ pub struct StatusReport {
     /// The instance's host name (a pod's name in Kubernetes), when the report is one instance's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// How the users in this report are shown (`[audit] user_ids`), when it is one instance's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_ids: Option<UserIdsShown>,
     /// Left out when the window is not whole days (a fleet report's `--window 10m`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_days: Option<u32>,
@@ -177,6 +180,16 @@ pub struct StatusReport {
     /// The App+User MFA ratio of each day in the window, oldest first (none from Prometheus yet).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub days: Vec<DayRatio>,
+}
+
+/// `[audit] user_ids` as a report states it: reports whose users can be merged have the same.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UserIdsShown {
+    /// `plain`, `hash` or `drop`.
+    pub mode: &'static str,
+    /// Tells hash keys apart (a keyed hash of a fixed text), never the key itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// One day of the window: its App+User requests with and without MFA.
@@ -346,6 +359,7 @@ impl Report {
         StatusReport {
             scope: "this instance; use the Prometheus recording rules for all replicas",
             instance: None,
+            user_ids: None,
             window_days: Some(self.cfg.window_days),
             window: None,
             generated_at: now,

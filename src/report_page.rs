@@ -271,6 +271,7 @@ mod tests {
         let s = StatusReport {
             scope: "instance",
             instance: Some("partner-api-7d9f-x2".into()),
+            user_ids: None,
             window_days: Some(7),
             window: None,
             generated_at: 1_795_000_000,

@@ -313,6 +313,11 @@ async fn hashed_user_ids_in_audit_and_report() {
     assert!(e["oid"].as_str().unwrap().starts_with("h:"), "{e}");
     let (_, _, body) = get(h.gw.admin_addr, "/report", None).await;
     assert!(!body.contains("Adminagent") && body.contains("\"h:"), "{body}");
+    // The report says how its users are shown, naming the key without showing it.
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["user_ids"]["mode"], "hash", "{body}");
+    let key_id = r["user_ids"]["key_id"].as_str().unwrap();
+    assert!(key_id.len() == 16 && !body.contains("0123456789abcdef0123"), "{key_id}");
 }
 
 /// The `requests_total` series a route can have, as the README's table states them: written here

@@ -139,7 +139,8 @@ fn value(s: &Sample) -> f64 {
     s.value.1.parse().unwrap_or(0.0)
 }
 
-async fn query(client: &crate::fetch::Client, base: &str, promql: &str) -> Result<Vec<Sample>, FleetError> {
+/// The path and query of Prometheus's instant query API for `promql`, percent-encoded.
+pub fn query_path(promql: &str) -> String {
     let encoded: String = promql
         .bytes()
         .map(|b| match b {
@@ -147,7 +148,11 @@ async fn query(client: &crate::fetch::Client, base: &str, promql: &str) -> Resul
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let url = format!("{}/api/v1/query?query={encoded}", base.trim_end_matches('/'));
+    format!("/api/v1/query?query={encoded}")
+}
+
+async fn query(client: &crate::fetch::Client, base: &str, promql: &str) -> Result<Vec<Sample>, FleetError> {
+    let url = format!("{}{}", base.trim_end_matches('/'), query_path(promql));
     let uri: http::Uri = url.parse().map_err(|source| FleetError::Url { base: base.into(), source })?;
     // Prometheus answers errors (a bad query, say) with a JSON body too, so any status is read.
     let (status, body) = crate::fetch::get(client, &uri, 16 * 1024 * 1024, Duration::from_secs(30))

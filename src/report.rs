@@ -211,6 +211,12 @@ pub struct WouldRefuse {
     pub requests: u64,
 }
 
+/// Unix seconds as RFC 3339 in UTC, to the second: "2026-11-18T11:06:40Z".
+pub(crate) fn rfc3339(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// The scope of the report read from Prometheus (`mfa-gateway report --prometheus`).
 pub const FLEET_SCOPE: &str = "every replica Prometheus scrapes";
 

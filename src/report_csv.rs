@@ -4,13 +4,14 @@
 
 use std::fmt::Write;
 
-use crate::report::StatusReport;
+// ISO 8601 in UTC, which spreadsheets read as a time.
+use crate::report::{rfc3339, StatusReport};
 
 /// Users seen without MFA: user, last seen (UTC), requests without MFA.
 pub(crate) fn users(s: &StatusReport) -> String {
     let mut out = String::from("user,last_seen_utc,requests_without_mfa\r\n");
     for u in &s.users_without_mfa {
-        let _ = write!(out, "{},{},{}\r\n", cell(&u.user), time(u.last_seen), u.requests_without_mfa);
+        let _ = write!(out, "{},{},{}\r\n", cell(&u.user), rfc3339(u.last_seen), u.requests_without_mfa);
     }
     out
 }
@@ -20,15 +21,10 @@ pub(crate) fn recent(s: &StatusReport) -> String {
     let mut out = String::from("time_utc,route,application,user,tenant\r\n");
     for r in &s.recent_without_mfa {
         let (user, tenant) = (r.user.as_deref().unwrap_or(""), r.tenant.as_deref().unwrap_or(""));
-        let _ = write!(out, "{},{},{},{},{}\r\n", time(r.time), cell(&r.route), cell(&r.app), cell(user), cell(tenant));
+        let _ =
+            write!(out, "{},{},{},{},{}\r\n", rfc3339(r.time), cell(&r.route), cell(&r.app), cell(user), cell(tenant));
     }
     out
-}
-
-/// ISO 8601 in UTC, which spreadsheets read as a time.
-fn time(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// One field: quoted when it holds a comma, quote or line break; a field that starts like a

@@ -31,8 +31,7 @@ fn percent(r: Option<f64>) -> String {
 
 /// UTC, to the second, from Unix seconds: "2026-11-18 11:06:40 UTC".
 pub(crate) fn utc(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string().replacen('T', " ", 1).replace('Z', " UTC")
+    crate::report::rfc3339(secs).replacen('T', " ", 1).replace('Z', " UTC")
 }
 
 const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:2rem;color:#1b1f23;max-width:60rem}\

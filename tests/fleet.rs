@@ -142,17 +142,6 @@ async fn the_worked_example_across_two_gateways_survives_a_restart() {
     drop(a);
 }
 
-/// `query` percent-encoded for a URL.
-fn encoded(query: &str) -> String {
-    query
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Every query of `deploy/grafana/mfa-gateway.json` against a real Prometheus scraping a gateway
 /// after some traffic: each answers without error, and every metric it names is in the scrape (a
 /// misspelled name would answer nothing, without an error).
@@ -188,7 +177,7 @@ async fn every_dashboard_query_answers_and_names_only_scraped_metrics() {
             let expr = target["expr"].as_str().unwrap();
             // Grafana's variables, as Grafana would fill them in.
             let query = expr.replace("$__rate_interval", "1m").replace("$job", "mfa-gateway");
-            let (_, _, body) = get(prom_addr, &format!("/api/v1/query?query={}", encoded(&query)), None).await;
+            let (_, _, body) = get(prom_addr, &mfa_gateway::fleet::query_path(&query), None).await;
             let answer: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(answer["status"], "success", "{}: {query}\n{body}", panel["title"]);
             let names = query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));

@@ -38,39 +38,25 @@ pub(crate) fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<
             }
         }
         "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", gateway.scrape().into()),
-        path @ ("/report/users.csv" | "/report/recent.csv") => {
+        // One access rule for the report in every form.
+        path @ ("/report" | "/report/users.csv" | "/report/recent.csv") => {
             if let Some(refused) = report_refusal(gateway, &req) {
                 return refused;
             }
-            let snapshot = gateway.report().snapshot(crate::auth::unix_now());
+            let mut snapshot = gateway.report().snapshot(crate::auth::unix_now());
             let (body, name) = match path {
                 "/report/users.csv" => (crate::report_csv::users(&snapshot), "users-without-mfa.csv"),
-                _ => (crate::report_csv::recent(&snapshot), "recent-requests-without-mfa.csv"),
+                "/report/recent.csv" => (crate::report_csv::recent(&snapshot), "recent-requests-without-mfa.csv"),
+                _ => {
+                    snapshot.instance = host_name();
+                    snapshot.user_ids = Some(gateway.snapshot().user_ids.shown_as());
+                    return report(&snapshot, &req);
+                }
             };
             let mut resp = reply(StatusCode::OK, "text/csv; charset=utf-8; header=present", body.into());
             let disposition = format!("attachment; filename=\"{name}\"");
             resp.headers_mut().insert(header::CONTENT_DISPOSITION, disposition.parse().expect("a fixed ASCII name"));
             resp
-        }
-        "/report" => {
-            if let Some(refused) = report_refusal(gateway, &req) {
-                return refused;
-            }
-            let mut snapshot = gateway.report().snapshot(crate::auth::unix_now());
-            snapshot.instance = host_name();
-            snapshot.user_ids = Some(gateway.snapshot().user_ids.shown_as());
-            // A browser asks for HTML first; scripts and Prometheus-side tooling get JSON.
-            let wants_html = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.split(',').next().is_some_and(|first| first.trim().starts_with("text/html")));
-            if wants_html {
-                let page = crate::report_page::render(&snapshot);
-                return reply(StatusCode::OK, "text/html; charset=utf-8", page.into());
-            }
-            let body = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
-            reply(StatusCode::OK, "application/json", body.into())
         }
         _ => reply(
             StatusCode::NOT_FOUND,
@@ -78,6 +64,21 @@ pub(crate) fn route(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<
             "not found; try /healthz, /readyz, /metrics, /report, /report/users.csv, /report/recent.csv\n".into(),
         ),
     }
+}
+
+/// The report as a page for a browser (it asks for HTML first), else as JSON for scripts and
+/// Prometheus-side tooling.
+fn report(snapshot: &crate::report::StatusReport, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let wants_html = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').next().is_some_and(|first| first.trim().starts_with("text/html")));
+    if wants_html {
+        return reply(StatusCode::OK, "text/html; charset=utf-8", crate::report_page::render(snapshot).into());
+    }
+    let body = serde_json::to_vec_pretty(snapshot).unwrap_or_default();
+    reply(StatusCode::OK, "application/json", body.into())
 }
 
 /// This host's name (a pod's name in Kubernetes), to say whose report it is.

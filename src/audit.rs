@@ -42,7 +42,7 @@ impl UserIds {
             let tag = aws_lc_rs::hmac::sign(k, b"mfa-gateway report key id");
             tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
         });
-        crate::report::UserIdsShown { mode, key_id }
+        crate::report::UserIdsShown { mode: mode.to_string(), key_id }
     }
 
     pub fn show(&self, id: Option<&str>) -> Option<String> {
@@ -173,10 +173,10 @@ mod tests {
         let a = UserIds::new(&cfg(UserIdMode::Hash, "0123456789abcdef0123")).shown_as();
         let same = UserIds::new(&cfg(UserIdMode::Hash, "0123456789abcdef0123")).shown_as();
         let other = UserIds::new(&cfg(UserIdMode::Hash, "another-key-of-20-chars")).shown_as();
-        assert_eq!((a.mode, &a.key_id), (same.mode, &same.key_id));
+        assert_eq!((&a.mode, &a.key_id), (&same.mode, &same.key_id));
         assert_ne!(a.key_id, other.key_id);
         assert!(!a.key_id.as_deref().unwrap().contains("0123456789"), "the key is not shown");
         let plain = UserIds::new(&cfg(UserIdMode::Plain, "")).shown_as();
-        assert_eq!((plain.mode, plain.key_id), ("plain", None));
+        assert_eq!((plain.mode.as_str(), plain.key_id), ("plain", None));
     }
 }

@@ -1,5 +1,6 @@
 //! GET of a small JSON document over http or https, within a time limit and a size limit: the
-//! key sets' discovery documents and JWKS, and the fleet report's Prometheus queries.
+//! key sets' discovery documents and JWKS, and the fleet report's Prometheus queries and replica
+//! reports. The client follows no redirect: a 3xx is an answer like any other.
 
 use std::time::Duration;
 
@@ -37,11 +38,27 @@ pub(crate) async fn get(
     limit: usize,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), FetchError> {
-    let req = http::Request::get(uri.clone())
+    get_with(client, uri, None, limit, timeout).await
+}
+
+/// `get`, sending `authorization` (marked sensitive, so no debug output shows it).
+pub(crate) async fn get_with(
+    client: &Client,
+    uri: &http::Uri,
+    authorization: Option<&http::HeaderValue>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), FetchError> {
+    let mut req = http::Request::get(uri.clone())
         .header(http::header::ACCEPT, "application/json")
         .header(http::header::USER_AGENT, concat!("mfa-gateway/", env!("CARGO_PKG_VERSION")))
         .body(Empty::new())
         .map_err(|source| FetchError::Request { uri: uri.clone(), source })?;
+    if let Some(value) = authorization {
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        req.headers_mut().insert(http::header::AUTHORIZATION, value);
+    }
     let fut = async {
         let resp = client.request(req).await.map_err(|source| FetchError::Exchange { uri: uri.clone(), source })?;
         let status = resp.status();

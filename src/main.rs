@@ -16,6 +16,8 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 /// `report --out`: the file cannot be written (sysexits EX_CANTCREAT).
 const EXIT_CANTCREAT: u8 = 73;
+/// `report`: written, but some replicas' /report could not be read (each is named, with why).
+const EXIT_PARTIAL: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -47,26 +49,9 @@ enum Command {
         #[arg(long)]
         fetch: bool,
     },
-    /// The MFA status report across every replica, from the counters in Prometheus.
-    Report {
-        /// Prometheus base URL, e.g. http://prometheus:9090.
-        #[arg(long)]
-        prometheus: String,
-        /// The window, as a Prometheus duration (7d, 24h, 90m).
-        #[arg(long, default_value = "7d")]
-        window: String,
-        /// The scrape job of the gateways (the name the shipped alerts and ServiceMonitor use).
-        #[arg(long, default_value = mfa_gateway::fleet::DEFAULT_JOB)]
-        job: String,
-        #[arg(long, value_enum, default_value = "text")]
-        format: ReportFormat,
-        /// Write the report here instead of standard output.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Exit 1 when the App+User MFA ratio is below this (0 to 1), or there is none.
-        #[arg(long)]
-        fail_below: Option<f64>,
-    },
+    /// The MFA status report across every replica: the ratio and its trend from the counters in
+    /// Prometheus, and with --report-token-file the users without MFA from every replica's /report.
+    Report(ReportArgs),
     /// Ask a running gateway's admin port whether it is healthy (for a container HEALTHCHECK):
     /// exit 0 on 200, 1 on another status, 69 when nothing answers.
     Probe {
@@ -98,11 +83,48 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Prometheus base URL, e.g. http://prometheus:9090.
+    #[arg(long)]
+    prometheus: String,
+    /// The window, as a Prometheus duration (7d, 24h, 90m); whole days (7d) also give the ratio
+    /// per day.
+    #[arg(long, default_value = "7d")]
+    window: String,
+    /// The scrape job of the gateways (the name the shipped alerts and ServiceMonitor use).
+    #[arg(long, default_value = mfa_gateway::fleet::DEFAULT_JOB)]
+    job: String,
+    #[arg(long, value_enum, default_value = "text")]
+    format: ReportFormat,
+    /// Write the report here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Exit 1 when the App+User MFA ratio is below this (0 to 1), or there is none.
+    #[arg(long)]
+    fail_below: Option<f64>,
+    /// A file holding the replicas' [report] secret: each target Prometheus scrapes for the job
+    /// is asked for its /report with it, and their users and requests without MFA are merged.
+    #[arg(long)]
+    report_token_file: Option<PathBuf>,
+    /// Send the report secret over https only (a replica scraped over http is left unread), and
+    /// ask Prometheus over https only.
+    #[arg(long)]
+    require_https: bool,
+    /// A PEM file of CA certificates to trust beside the system's, for Prometheus and the replicas.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ReportFormat {
     Text,
     Json,
     Html,
+    /// The users without MFA, one row each (as /report/users.csv).
+    UsersCsv,
+    /// The recent requests without MFA, newest first (as /report/recent.csv).
+    RecentCsv,
 }
 
 fn main() -> ExitCode {
@@ -135,9 +157,7 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(e),
         },
-        Command::Report { prometheus, window, job, format, out, fail_below } => {
-            fleet_report(&prometheus, &job, &window, format, out.as_deref(), fail_below)
-        }
+        Command::Report(args) => fleet_report(&args),
         Command::Probe { admin, path, timeout } => probe(&admin, &path, timeout),
         Command::Demo { listen, admin, tokens_dir, tls } => {
             mfa_gateway::init_logging(&LogConfig { format: LogFormat::Pretty, filter: "info".into() });
@@ -203,45 +223,43 @@ fn fetch_keys(c: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Exit 0; 1 when `--fail-below` is not met; 64 for bad arguments; 69 when Prometheus cannot be
-/// asked; 73 when `--out` cannot be written.
-fn fleet_report(
-    prometheus: &str,
-    job: &str,
-    window: &str,
-    format: ReportFormat,
-    out: Option<&std::path::Path>,
-    fail_below: Option<f64>,
-) -> ExitCode {
+/// Exit 0; 1 when `--fail-below` is not met; 3 when some replicas could not be read; 64 for bad
+/// arguments; 69 when Prometheus cannot be asked; 73 when `--out` cannot be written.
+fn fleet_report(args: &ReportArgs) -> ExitCode {
     use mfa_gateway::fleet::{self, Format};
-    if !fleet::valid_window(window) {
-        eprintln!("mfa-gateway report: --window {window:?} is not a Prometheus duration (e.g. 7d, 24h, 90m)");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    if !fleet::valid_job(job) {
-        eprintln!("mfa-gateway report: --job {job:?} cannot be a label value in a query");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    if fail_below.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-        eprintln!("mfa-gateway report: --fail-below takes a ratio between 0 and 1 (0.95 for 95 %)");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let now = mfa_gateway::auth::unix_now();
-    let report = match rt.block_on(fleet::fetch(prometheus, job, window, now)) {
+    let secret = match report_arguments(args) {
+        Ok(secret) => secret,
+        Err(why) => {
+            eprintln!("mfa-gateway report: {why}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let ask = fleet::Ask {
+        prometheus: &args.prometheus,
+        job: &args.job,
+        window: &args.window,
+        now: mfa_gateway::auth::unix_now(),
+        report_secret: secret.as_deref(),
+        ca_file: args.ca_file.as_deref(),
+        require_https: args.require_https,
+    };
+    let report = match rt.block_on(fleet::fetch(&ask)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mfa-gateway report: {}", mfa_gateway::error_chain::describe(&e));
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    let format = match format {
+    let format = match args.format {
         ReportFormat::Text => Format::Text,
         ReportFormat::Json => Format::Json,
         ReportFormat::Html => Format::Html,
+        ReportFormat::UsersCsv => Format::UsersCsv,
+        ReportFormat::RecentCsv => Format::RecentCsv,
     };
     let body = fleet::render(&report, format);
-    match out {
+    match &args.out {
         Some(path) => {
             if let Err(e) = std::fs::write(path, body) {
                 eprintln!("mfa-gateway report: cannot write {}: {e}", path.display());
@@ -250,7 +268,14 @@ fn fleet_report(
         }
         None => print!("{body}"),
     }
-    match (fail_below, report.app_user_mfa_ratio) {
+    let partial = fleet::answered(&report).filter(|(read, listed)| read < listed);
+    if let Some((read, listed)) = partial {
+        eprintln!("mfa-gateway report: {read} of {listed} replicas answered; the user tables hold only theirs");
+    }
+    if !report.apart.is_empty() {
+        eprintln!("mfa-gateway report: some replicas show users otherwise; their users are kept apart (JSON, HTML)");
+    }
+    match (args.fail_below, report.app_user_mfa_ratio) {
         (Some(min), Some(r)) if r < min => {
             eprintln!("mfa-gateway report: App+User MFA ratio {:.1} % is below {:.1} %", r * 100.0, min * 100.0);
             ExitCode::FAILURE
@@ -259,8 +284,36 @@ fn fleet_report(
             eprintln!("mfa-gateway report: no App+User requests in the window; nothing to hold to --fail-below");
             ExitCode::FAILURE
         }
+        _ if partial.is_some() => ExitCode::from(EXIT_PARTIAL),
         _ => ExitCode::SUCCESS,
     }
+}
+
+/// The report's arguments checked, and the report secret read; or what is wrong with them.
+fn report_arguments(args: &ReportArgs) -> Result<Option<String>, String> {
+    let (window, job) = (&args.window, &args.job);
+    if !mfa_gateway::fleet::valid_window(window) {
+        return Err(format!("--window {window:?} is not a Prometheus duration (e.g. 7d, 24h, 90m)"));
+    }
+    if !mfa_gateway::fleet::valid_job(job) {
+        return Err(format!("--job {job:?} cannot be a label value in a query"));
+    }
+    if args.fail_below.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+        return Err("--fail-below takes a ratio between 0 and 1 (0.95 for 95 %)".into());
+    }
+    if args.require_https && !args.prometheus.starts_with("https://") {
+        return Err(format!("--require-https, but --prometheus {} is not https", args.prometheus));
+    }
+    let Some(path) = &args.report_token_file else {
+        return Ok(None);
+    };
+    let secret = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --report-token-file {}: {e}", path.display()))?;
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err(format!("--report-token-file {} is empty", path.display()));
+    }
+    Ok(Some(secret.to_string()))
 }
 
 fn config_error(e: mfa_gateway::config::ConfigError) -> ExitCode {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::policy::TokenKind;
 use crate::ratios::OTHER_APP;
@@ -72,13 +72,16 @@ impl Day {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Recent {
     pub time: i64,
     pub route: String,
     pub app: String,
     pub user: Option<String>,
     pub tenant: Option<String>,
+    /// The replica that served it (the fleet report's merged table only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 struct State {
@@ -145,11 +148,14 @@ pub struct AppSummary {
     pub app_user_mfa_ratio: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserSeen {
     pub user: String,
     pub last_seen: i64,
     pub requests_without_mfa: u64,
+    /// The replicas that saw this user (the fleet report's merged table only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -177,16 +183,70 @@ pub struct StatusReport {
     /// What report-only routes let through that enforcing would refuse, per route, app and
     /// reason, most first: what switching a route to `enforce = true` would break.
     pub would_refuse: Vec<WouldRefuse>,
-    /// The App+User MFA ratio of each day in the window, oldest first (none from Prometheus yet).
+    /// The App+User MFA ratio of each day in the window, oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub days: Vec<DayRatio>,
+    /// The fleet report's replicas: every target Prometheus lists for the job, and whether its
+    /// `/report` was merged, kept apart or could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<Replica>>,
+    /// The fleet report's users from replicas that show them otherwise than the merged ones
+    /// (another `[audit] user_ids` mode or hash key), one group per way of showing them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apart: Vec<ApartUsers>,
+    /// Rows the fleet report's caps left out of its merged tables (users, recent requests).
+    #[serde(skip_serializing_if = "LeftOut::is_none")]
+    pub left_out: LeftOut,
+}
+
+/// One replica of the fleet report, as Prometheus names it, and what became of its `/report`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Replica {
+    /// The host (pod) name its report gives, else Prometheus's `instance` label.
+    pub name: String,
+    /// Where its report was asked.
+    pub url: String,
+    pub state: ReplicaState,
+    /// Why it is apart or unread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    Merged,
+    Apart,
+    Unread,
+}
+
+/// Users of replicas that show them alike, merged among themselves but not with the others.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ApartUsers {
+    pub user_ids: Option<UserIdsShown>,
+    pub replicas: Vec<String>,
+    pub why: String,
+    pub users_without_mfa: Vec<UserSeen>,
+    pub recent_without_mfa: Vec<Recent>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct LeftOut {
+    pub users: usize,
+    pub recent: usize,
+}
+
+impl LeftOut {
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `[audit] user_ids` as a report states it: reports whose users can be merged have the same.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct UserIdsShown {
     /// `plain`, `hash` or `drop`.
-    pub mode: &'static str,
+    pub mode: String,
     /// Tells hash keys apart (a keyed hash of a fixed text), never the key itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
@@ -301,6 +361,7 @@ impl Report {
                     app: o.app.to_string(),
                     user: o.user.map(str::to_string),
                     tenant: o.tenant.map(str::to_string),
+                    replica: None,
                 });
             }
             if let Some(user) = o.user {
@@ -327,7 +388,12 @@ impl Report {
             .by_name
             .iter()
             .filter(|(_, v)| v.last_seen >= window_start)
-            .map(|(u, v)| UserSeen { user: u.to_string(), last_seen: v.last_seen, requests_without_mfa: v.requests })
+            .map(|(u, v)| UserSeen {
+                user: u.to_string(),
+                last_seen: v.last_seen,
+                requests_without_mfa: v.requests,
+                replicas: Vec::new(),
+            })
             .collect();
         users_without_mfa.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.user.cmp(&b.user)));
         let mut would: HashMap<(&str, &str, &'static str), u64> = HashMap::new();
@@ -376,6 +442,9 @@ impl Report {
             users_without_mfa,
             would_refuse,
             days,
+            replicas: None,
+            apart: Vec::new(),
+            left_out: LeftOut::default(),
         }
     }
 }

@@ -1,28 +1,48 @@
 //! The status report's tables as CSV downloads (RFC 4180), as Partner Center offers its own:
 //! users without MFA, and the most recent requests without MFA. A cell a spreadsheet would run
 //! as a formula is escaped as OWASP's CSV-injection guidance says; JSON keeps the raw values.
+//! The fleet's tables have one more column: the replicas that saw the user, or served the request.
 
 use std::fmt::Write;
 
 // ISO 8601 in UTC, which spreadsheets read as a time.
-use crate::report::{rfc3339, StatusReport};
+use crate::report::{rfc3339, StatusReport, FLEET_SCOPE};
 
-/// Users seen without MFA: user, last seen (UTC), requests without MFA.
+/// Users seen without MFA: user, last seen (UTC), requests without MFA (and the replicas, for the
+/// fleet, `;`-separated).
 pub(crate) fn users(s: &StatusReport) -> String {
-    let mut out = String::from("user,last_seen_utc,requests_without_mfa\r\n");
+    let fleet = s.scope == FLEET_SCOPE;
+    let mut out = String::from(if fleet {
+        "user,last_seen_utc,requests_without_mfa,replicas\r\n"
+    } else {
+        "user,last_seen_utc,requests_without_mfa\r\n"
+    });
     for u in &s.users_without_mfa {
-        let _ = write!(out, "{},{},{}\r\n", cell(&u.user), rfc3339(u.last_seen), u.requests_without_mfa);
+        let _ = write!(out, "{},{},{}", cell(&u.user), rfc3339(u.last_seen), u.requests_without_mfa);
+        if fleet {
+            let _ = write!(out, ",{}", cell(&u.replicas.join(";")));
+        }
+        out.push_str("\r\n");
     }
     out
 }
 
-/// The most recent App+User requests without MFA, newest first.
+/// The most recent App+User requests without MFA, newest first (and the replica that served
+/// each, for the fleet).
 pub(crate) fn recent(s: &StatusReport) -> String {
-    let mut out = String::from("time_utc,route,application,user,tenant\r\n");
+    let fleet = s.scope == FLEET_SCOPE;
+    let mut out = String::from(if fleet {
+        "time_utc,route,application,user,tenant,replica\r\n"
+    } else {
+        "time_utc,route,application,user,tenant\r\n"
+    });
     for r in &s.recent_without_mfa {
         let (user, tenant) = (r.user.as_deref().unwrap_or(""), r.tenant.as_deref().unwrap_or(""));
-        let _ =
-            write!(out, "{},{},{},{},{}\r\n", rfc3339(r.time), cell(&r.route), cell(&r.app), cell(user), cell(tenant));
+        let _ = write!(out, "{},{},{},{},{}", rfc3339(r.time), cell(&r.route), cell(&r.app), cell(user), cell(tenant));
+        if fleet {
+            let _ = write!(out, ",{}", cell(r.replica.as_deref().unwrap_or("")));
+        }
+        out.push_str("\r\n");
     }
     out
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::report::{StatusReport, FLEET_SCOPE};
+use crate::report::{LeftOut, Recent, Replica, ReplicaState, StatusReport, UserSeen, FLEET_SCOPE};
 
 /// The share of App+User requests with MFA the page draws its line at.
 const TARGET: f64 = 0.95;
@@ -61,13 +61,64 @@ pub(crate) fn render(s: &StatusReport) -> String {
     trend(&mut h, s);
     applications(&mut h, s);
     would_refuse(&mut h, s);
-    if s.scope == FLEET_SCOPE {
-        // Prometheus holds counters, not users: those are on each instance's /report.
-        h.push_str("<p class=\"sub\">Users and requests without MFA: see each instance's /report.</p></body></html>\n");
+    if s.scope != FLEET_SCOPE {
+        users(&mut h, &s.users_without_mfa, Some("/report/users.csv"));
+        recent(&mut h, &s.recent_without_mfa, Some("/report/recent.csv"));
+    } else if let Some(all) = &s.replicas {
+        replicas(&mut h, s, all);
+        users(&mut h, &s.users_without_mfa, None);
+        recent(&mut h, &s.recent_without_mfa, None);
+        for group in &s.apart {
+            let _ = write!(
+                h,
+                "<h2>Kept apart: {}</h2><p class=\"sub\">{}</p>",
+                esc(&group.replicas.join(", ")),
+                esc(&group.why)
+            );
+            users(&mut h, &group.users_without_mfa, None);
+            recent(&mut h, &group.recent_without_mfa, None);
+        }
     } else {
-        users(&mut h, s);
+        // Prometheus holds counters, not users: `--report-token-file` reads each replica's.
+        h.push_str(
+            "<p class=\"sub\">Users and requests without MFA: not read; give --report-token-file to merge each \
+             replica's /report.</p>",
+        );
     }
+    h.push_str("</body></html>\n");
     h
+}
+
+/// The fleet's replicas: how many answered, and each one not merged with why.
+fn replicas(h: &mut String, s: &StatusReport, all: &[Replica]) {
+    let read = all.iter().filter(|r| r.state != ReplicaState::Unread).count();
+    let _ = write!(h, "<h2>Replicas</h2><p class=\"sub\" id=\"answered\">{read} of {} answered.</p>", all.len());
+    if s.left_out != LeftOut::default() {
+        let _ = write!(
+            h,
+            "<p class=\"sub\">Cut at 10 000 rows: {} users and {} requests left out.</p>",
+            s.left_out.users, s.left_out.recent
+        );
+    }
+    if all.iter().all(|r| r.state == ReplicaState::Merged) {
+        return;
+    }
+    h.push_str("<table><tr><th>replica</th><th>state</th><th>why</th></tr>");
+    for r in all.iter().filter(|r| r.state != ReplicaState::Merged) {
+        let state = match r.state {
+            ReplicaState::Merged => "merged",
+            ReplicaState::Apart => "kept apart",
+            ReplicaState::Unread => "not read",
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}<br><span class=\"sub\">{}</span></td><td>{state}</td><td>{}</td></tr>",
+            esc(&r.name),
+            esc(&r.url),
+            esc(r.reason.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table>");
 }
 
 /// Title, the ratio in large type against the 95 % line, and the totals.
@@ -199,33 +250,62 @@ fn would_refuse(h: &mut String, s: &StatusReport) {
     h.push_str("</table>");
 }
 
-/// One instance's users and recent requests without MFA.
-fn users(h: &mut String, s: &StatusReport) {
-    h.push_str(
-        "<h2>Users without MFA <a class=\"sub\" href=\"/report/users.csv\">CSV</a></h2><table><tr><th>user</th><th>last seen</th><th>requests without MFA</th></tr>",
+/// A CSV link beside a table's heading (an instance's page; a fleet file has none to link).
+fn csv_link(csv: Option<&str>) -> String {
+    csv.map(|href| format!(" <a class=\"sub\" href=\"{href}\">CSV</a>")).unwrap_or_default()
+}
+
+/// Users without MFA; with the replicas that saw each, on the fleet's page.
+fn users(h: &mut String, users: &[UserSeen], csv: Option<&str>) {
+    let fleet = users.iter().any(|u| !u.replicas.is_empty());
+    let _ = write!(
+        h,
+        "<h2>Users without MFA{}</h2><table><tr><th>user</th><th>last seen</th><th>requests without MFA</th>{}</tr>",
+        csv_link(csv),
+        if fleet { "<th>replicas</th>" } else { "" }
     );
-    for u in &s.users_without_mfa {
+    for u in users {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td>",
             esc(&u.user),
             utc(u.last_seen),
             u.requests_without_mfa
         );
+        if fleet {
+            let _ = write!(h, "<td>{}</td>", esc(&u.replicas.join(", ")));
+        }
+        h.push_str("</tr>");
     }
-    h.push_str("</table><h2>Recent requests without MFA <a class=\"sub\" href=\"/report/recent.csv\">CSV</a></h2><table><tr><th>time</th><th>route</th><th>application</th><th>user</th><th>tenant</th></tr>");
-    for r in &s.recent_without_mfa {
+    h.push_str("</table>");
+}
+
+/// The most recent requests without MFA; with the replica that served each, on the fleet's page.
+fn recent(h: &mut String, rows: &[Recent], csv: Option<&str>) {
+    let fleet = rows.iter().any(|r| r.replica.is_some());
+    let _ = write!(
+        h,
+        "<h2>Recent requests without MFA{}</h2><table><tr><th>time</th><th>route</th><th>application</th>\
+         <th>user</th><th>tenant</th>{}</tr>",
+        csv_link(csv),
+        if fleet { "<th>replica</th>" } else { "" }
+    );
+    for r in rows {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
             utc(r.time),
             esc(&r.route),
             esc(&r.app),
             esc(r.user.as_deref().unwrap_or("-")),
             esc(r.tenant.as_deref().unwrap_or("-"))
         );
+        if let Some(replica) = r.replica.as_deref().filter(|_| fleet) {
+            let _ = write!(h, "<td>{}</td>", esc(replica));
+        }
+        h.push_str("</tr>");
     }
-    h.push_str("</table></body></html>\n");
+    h.push_str("</table>");
 }
 
 #[cfg(test)]
@@ -290,8 +370,14 @@ mod tests {
                 app: "a".into(),
                 user: Some("o'neil@x\"y".into()),
                 tenant: None,
+                replica: None,
             }],
-            users_without_mfa: vec![UserSeen { user: "u&v".into(), last_seen: 0, requests_without_mfa: 3 }],
+            users_without_mfa: vec![UserSeen {
+                user: "u&v".into(),
+                last_seen: 0,
+                requests_without_mfa: 3,
+                replicas: vec![],
+            }],
             days: vec![],
             would_refuse: vec![WouldRefuse {
                 route: "customers".into(),
@@ -299,6 +385,9 @@ mod tests {
                 reason: "app_only_not_allowed",
                 requests: 7,
             }],
+            replicas: None,
+            apart: vec![],
+            left_out: Default::default(),
         };
         let page = render(&s);
         assert!(

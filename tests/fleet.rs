@@ -1,5 +1,7 @@
-//! The fleet report against Debian's real `prometheus`, scraping two real gateways: the status
-//! report's worked example split across them, with one gateway restarted between two batches.
+//! The fleet report against Debian's real `prometheus`, scraping real gateways: the status
+//! report's worked example split across two, with one restarted between two batches; the users
+//! without MFA merged from five, of which two cannot be read; the ratio per day from history
+//! written by `promtool`; and the page as headless Chromium renders it.
 
 mod support;
 
@@ -31,7 +33,11 @@ impl Drop for Prometheus {
 }
 
 async fn prometheus(targets: &[u16]) -> Prometheus {
-    let dir = temp_dir("prometheus");
+    prometheus_on(targets, temp_dir("prometheus")).await
+}
+
+/// Prometheus on `dir`, whose `data` may hold history already (`promtool` blocks).
+async fn prometheus_on(targets: &[u16], dir: PathBuf) -> Prometheus {
     let targets: Vec<String> = targets.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mfa-gateway\n    static_configs:\n      - targets: [{}]\n",
@@ -188,4 +194,274 @@ async fn every_dashboard_query_answers_and_names_only_scraped_metrics() {
         }
     }
     assert!(queries >= 15, "{queries} queries");
+}
+
+const ROUTES: &str = "[[route]]\nname = \"offers\"\npath = \"/v1/offers\"\nrequire = \"mfa\"\n";
+
+/// A gateway with a fixed admin port, a report secret file and a host name of its own; `audit`
+/// is its `[audit]` table, if any.
+fn fleet_gateway(
+    up: std::net::SocketAddr,
+    keys: &mfa_gateway::dev::KeyServer,
+    admin: u16,
+    secret: &std::path::Path,
+    audit: &str,
+    host: &str,
+) -> Binary {
+    let text = config_text(
+        up,
+        &format!(
+            "[metrics]\napps = [\"{APP}\"]\n{}\n{ROUTES}[report]\ntoken_file = \"{}\"\n{audit}",
+            issuer_table(TEMPLATE_ISSUER, keys),
+            secret.display()
+        ),
+    )
+    .replace("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""));
+    Binary::start(&text, Some(&format!("export HOSTNAME={host}")))
+}
+
+/// A token without MFA for `upn`.
+fn without_mfa(issuer: &mfa_gateway::dev::DevIssuer, upn: &str) -> String {
+    let mut claims = entra_claims("nomfa", 600);
+    claims["upn"] = upn.into();
+    issuer.mint(&claims)
+}
+
+/// A replica's `/report` JSON, read with the report secret.
+async fn report_json(admin: u16, secret: &str) -> Value {
+    let req = http::Request::get(format!("http://127.0.0.1:{admin}/report"))
+        .header("authorization", format!("Bearer {secret}"))
+        .body(full(""))
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Five replicas behind one Prometheus: gw-a and gw-b readable and alike, gw-c with another
+/// report secret, gw-d stopped after Prometheus scraped it, gw-e showing users hashed. The merged
+/// tables are exactly the union of what gw-a's and gw-b's `/report` show; gw-c and gw-d are named
+/// with their reason; gw-e's users are kept apart; and the exit status says the answer is partial.
+#[tokio::test]
+#[ignore = "needs the prometheus binary and python3"]
+async fn the_fleet_report_merges_every_readable_replicas_users_and_names_the_others() {
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let up = echo_upstream().await;
+    let dir = temp_dir("fleet-users");
+    const SECRET: &str = "the-fleet-report-secret-0123";
+    let (secret, other) = (dir.join("report.secret"), dir.join("other.secret"));
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    std::fs::write(&other, "another-replicas-secret-4567\n").unwrap();
+    let hashed = "[audit]\nenabled = false\nuser_ids = \"hash\"\nhash_key = \"a-hash-key-of-twenty-chars\"\n";
+    let ports = [(); 5].map(|_| free_port());
+    let [pa, pb, pc, pd, pe] = ports;
+    let a = fleet_gateway(up, &keys, pa, &secret, "", "gw-a");
+    let b = fleet_gateway(up, &keys, pb, &secret, "", "gw-b");
+    let c = fleet_gateway(up, &keys, pc, &other, "", "gw-c");
+    let d = fleet_gateway(up, &keys, pd, &secret, "", "gw-d");
+    let e = fleet_gateway(up, &keys, pe, &secret, hashed, "gw-e");
+    let mfa = issuer.mint(&entra_claims("mfa", 600));
+    let traffic = [
+        (&a, "alice@contoso.example", 2),
+        (&a, "bob@contoso.example", 1),
+        (&b, "alice@contoso.example", 1),
+        (&b, "=cmd|' /C calc'!A0", 1),
+        (&c, "dave@contoso.example", 1),
+        (&d, "erin@contoso.example", 1),
+        (&e, "frank@contoso.example", 1),
+    ];
+    for (gw, upn, n) in traffic {
+        gw.ready().await;
+        for _ in 0..n {
+            assert_eq!(get(gw.addr, "/v1/offers", Some(&without_mfa(&issuer, upn))).await.0, StatusCode::UNAUTHORIZED);
+            tokio::time::sleep(Duration::from_millis(1100)).await; // distinct seconds: a strict order
+        }
+        assert_eq!(get(gw.addr, "/v1/offers", Some(&mfa)).await.0, StatusCode::OK);
+    }
+    let prom = prometheus(&ports).await;
+    scraped(&prom, 5).await;
+    let (ra, rb) = (report_json(pa, SECRET).await, report_json(pb, SECRET).await);
+    drop(d);
+
+    let file = secret.to_str().unwrap();
+    let out = report(&["--prometheus", &prom.url, "--window", "10m", "--report-token-file", file, "--format", "json"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(3), "a partial answer: {said}");
+    assert!(said.contains("3 of 5 replicas answered"), "{said}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(SECRET) && !said.contains(SECRET),
+        "the secret is never shown"
+    );
+
+    // Users: one row per user over gw-a and gw-b, requests summed, last seen the latest.
+    let mut want: std::collections::BTreeMap<String, (u64, i64, Vec<&str>)> = Default::default();
+    for (name, rep) in [("gw-a", &ra), ("gw-b", &rb)] {
+        for u in rep["users_without_mfa"].as_array().unwrap() {
+            let row = want.entry(u["user"].as_str().unwrap().into()).or_insert((0, 0, vec![]));
+            row.0 += u["requests_without_mfa"].as_u64().unwrap();
+            row.1 = row.1.max(u["last_seen"].as_i64().unwrap());
+            row.2.push(name);
+        }
+    }
+    let got: std::collections::BTreeMap<String, (u64, i64, Vec<&str>)> = r["users_without_mfa"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            let replicas = u["replicas"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+            (
+                u["user"].as_str().unwrap().into(),
+                (u["requests_without_mfa"].as_u64().unwrap(), u["last_seen"].as_i64().unwrap(), replicas),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(got["alice@contoso.example"], (3, got["alice@contoso.example"].1, vec!["gw-a", "gw-b"]));
+
+    // Recent requests: the union of both, each with its replica, newest first.
+    let row = |v: &Value, replica: &str| {
+        (
+            v["time"].as_i64().unwrap(),
+            v["route"].to_string(),
+            v["app"].to_string(),
+            v["user"].to_string(),
+            replica.to_string(),
+        )
+    };
+    let mut want: Vec<_> = ra["recent_without_mfa"].as_array().unwrap().iter().map(|v| row(v, "gw-a")).collect();
+    want.extend(rb["recent_without_mfa"].as_array().unwrap().iter().map(|v| row(v, "gw-b")));
+    want.sort_by_key(|x| std::cmp::Reverse(x.0));
+    let got: Vec<_> =
+        r["recent_without_mfa"].as_array().unwrap().iter().map(|v| row(v, v["replica"].as_str().unwrap())).collect();
+    assert_eq!(got, want, "newest first");
+    assert_eq!(got.len(), 5);
+
+    // The others, by name and reason.
+    let replicas = r["replicas"].as_array().unwrap();
+    let state = |name: &str| replicas.iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{name} in {r}"));
+    assert_eq!((state("gw-a")["state"].as_str(), state("gw-b")["state"].as_str()), (Some("merged"), Some("merged")));
+    let gw_c = state(&format!("127.0.0.1:{pc}"));
+    assert_eq!(gw_c["state"], "unread");
+    assert!(gw_c["reason"].as_str().unwrap().contains("answered 401"), "{gw_c}");
+    let gw_d = state(&format!("127.0.0.1:{pd}"));
+    assert_eq!(gw_d["state"], "unread");
+    assert!(gw_d["reason"].as_str().unwrap().contains(&format!("GET http://127.0.0.1:{pd}/report")), "{gw_d}");
+    assert_eq!(state("gw-e")["state"], "apart");
+    let apart = &r["apart"][0];
+    assert_eq!(apart["replicas"], serde_json::json!(["gw-e"]));
+    assert!(apart["why"].as_str().unwrap().contains("hash (key "), "{apart}");
+    let frank = apart["users_without_mfa"][0]["user"].as_str().unwrap();
+    assert!(
+        !frank.contains("frank") && frank == report_json(pe, SECRET).await["users_without_mfa"][0]["user"],
+        "{frank}"
+    );
+    assert_eq!(r["user_ids"]["mode"], "plain");
+
+    // The same tables as CSV, read by Python's csv module.
+    let csv = |format: &str| {
+        let out =
+            report(&["--prometheus", &prom.url, "--window", "10m", "--report-token-file", file, "--format", format]);
+        assert_eq!(out.status.code(), Some(3));
+        python_csv(&String::from_utf8(out.stdout).unwrap())
+    };
+    let users = csv("users-csv");
+    assert_eq!(users[0], ["user", "last_seen_utc", "requests_without_mfa", "replicas"]);
+    let json_users = r["users_without_mfa"].as_array().unwrap();
+    assert_eq!(users.len() - 1, json_users.len());
+    for (row, u) in users[1..].iter().zip(json_users) {
+        assert_eq!(row[0].trim_start_matches('\''), u["user"].as_str().unwrap());
+        assert_eq!(row[2], u["requests_without_mfa"].to_string());
+        let replicas: Vec<&str> = u["replicas"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        assert_eq!(row[3], replicas.join(";"));
+    }
+    assert!(users.iter().any(|row| row[0].starts_with("'=cmd")), "the formula is text: {users:?}");
+    let recent = csv("recent-csv");
+    assert_eq!(recent[0], ["time_utc", "route", "application", "user", "tenant", "replica"]);
+    let json_recent = r["recent_without_mfa"].as_array().unwrap();
+    assert_eq!(recent.len() - 1, json_recent.len());
+    for (row, v) in recent[1..].iter().zip(json_recent) {
+        assert_eq!(
+            (row[3].trim_start_matches('\''), row[5].as_str()),
+            (v["user"].as_str().unwrap(), v["replica"].as_str().unwrap())
+        );
+    }
+
+    let table = report(&["--prometheus", &prom.url, "--window", "10m", "--report-token-file", file]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    for line in [
+        "Replicas: 3 of 5 answered",
+        "not read: 127.0.0.1:",
+        "answered 401",
+        "Kept apart (gw-e)",
+        "alice@contoso.example",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    // --require-https refuses a Prometheus asked over http before sending anything.
+    let https_only = report(&["--prometheus", &prom.url, "--report-token-file", file, "--require-https"]);
+    assert_eq!(https_only.status.code(), Some(64));
+    drop((a, b, c, e));
+}
+
+/// Four days of history for one replica (`promtool tsdb create-blocks-from openmetrics`), in a
+/// folder Prometheus can start on: per UTC day, App+User requests with and without MFA of
+/// 1 and 1, none, 3 and 0, 19 and 1; the last of those days is yesterday.
+fn history() -> PathBuf {
+    let dir = temp_dir("prometheus-history");
+    const DAY: i64 = 86_400;
+    let today = mfa_gateway::auth::unix_now().div_euclid(DAY);
+    let first = today - 4;
+    let mut text = String::from("# TYPE mfa_gateway_app_user_requests counter\n");
+    for (mfa, jumps) in [("true", [1, 0, 3, 19]), ("false", [1, 0, 0, 1])] {
+        let mut value = 0;
+        // A sample every 10 minutes from the day before the first to today's start; each day's
+        // requests arrive at noon.
+        for t in ((first - 1) * DAY..=today * DAY).step_by(600) {
+            let day = t.div_euclid(DAY) - first;
+            if t.rem_euclid(DAY) == DAY / 2 && (0..4).contains(&day) {
+                value += jumps[day as usize];
+            }
+            text.push_str(&format!(
+                "mfa_gateway_app_user_requests_total{{app=\"{APP}\",instance=\"history:9901\",job=\"mfa-gateway\",mfa=\"{mfa}\"}} {value} {t}\n"
+            ));
+        }
+    }
+    text.push_str("# EOF\n");
+    std::fs::write(dir.join("history.om"), text).unwrap();
+    let made = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=24h"])
+        .arg(dir.join("history.om"))
+        .arg(dir.join("data"))
+        .output()
+        .expect("promtool (Debian package prometheus)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    dir
+}
+
+/// The ratio per day from Prometheus's history: each of the four days' ratio (or none) in the
+/// JSON, the table and the page.
+#[tokio::test]
+#[ignore = "needs the prometheus binary"]
+async fn the_fleet_trend_is_each_days_ratio_from_prometheus_history() {
+    let prom = prometheus_on(&[], history()).await;
+    let out = report(&["--prometheus", &prom.url, "--window", "7d", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let days: Vec<Value> = r["days"].as_array().unwrap().iter().map(|d| d["app_user_mfa_ratio"].clone()).collect();
+    let none = Value::Null;
+    assert_eq!(days, [none.clone(), none.clone(), 0.5.into(), none.clone(), 1.0.into(), 0.95.into(), none], "{r}");
+    let today = mfa_gateway::auth::unix_now().div_euclid(86_400) * 86_400;
+    assert_eq!(r["days"][6]["start"], today);
+    assert_eq!(r["totals"]["app_user_with_mfa"], 23, "the window's counts agree with the days': {r}");
+    let text = String::from_utf8(report(&["--prometheus", &prom.url, "--window", "7d"]).stdout).unwrap();
+    assert!(text.contains("50.0 %, ") && text.contains("95.0 %, "), "{text}");
+    let page = temp_dir("fleet-trend").join("report.html");
+    let html = report(&["--prometheus", &prom.url, "--format", "html", "--out", page.to_str().unwrap()]);
+    assert!(html.status.success());
+    let page = std::fs::read_to_string(page).unwrap();
+    assert!(page.contains("<svg id=\"trend\""), "{page}");
+    for pct in ["50.0 %", "100.0 %", "95.0 %", "no requests"] {
+        assert!(page.contains(&format!(">{pct}</text>")), "{pct} not drawn");
+    }
 }

@@ -397,21 +397,6 @@ async fn requests_total_holds_every_possible_series_at_zero_and_no_other() {
     }
 }
 
-/// Rows of a CSV document as Python's `csv` module reads them.
-fn python_csv(text: &str) -> Vec<Vec<String>> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", "import csv, json, sys; print(json.dumps(list(csv.reader(sys.stdin))))"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// `/report/users.csv` and `/report/recent.csv` carry the rows of the JSON report, and a user
 /// name that a spreadsheet would run as a formula arrives as text.
 #[tokio::test]

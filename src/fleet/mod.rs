@@ -204,10 +204,19 @@ async fn per_day(api: &prometheus::Api<'_>, job: &str, days: u32, now: i64) -> R
 fn add_tables(report: &mut StatusReport, reads: Vec<replicas::Read>) {
     let mut unread = Vec::new();
     let mut readable = Vec::new();
+    // A replica goes by its host (pod) name; two that give the same one, by both names.
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for t in reads.iter().filter_map(|r| r.tables.as_ref().ok()) {
+        *names.entry(t.instance.clone().unwrap_or_default()).or_default() += 1;
+    }
     for r in reads {
         match r.tables {
             Ok(t) => readable.push(merge::Readable {
-                name: t.instance.unwrap_or(r.instance),
+                name: match t.instance {
+                    Some(host) if names.get(&host) == Some(&1) => host,
+                    Some(host) => format!("{host} ({})", r.instance),
+                    None => r.instance,
+                },
                 url: r.url,
                 user_ids: t.user_ids,
                 users: t.users_without_mfa,

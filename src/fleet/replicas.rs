@@ -126,7 +126,82 @@ fn report_uri(scrape_url: &str) -> Result<http::Uri, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::report_uri;
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn target(url: String) -> Target {
+        Target {
+            labels: [("instance".to_string(), "replica:9901".to_string())].into(),
+            scrape_url: url,
+            health: "up".into(),
+            last_error: String::new(),
+        }
+    }
+
+    fn asking(require_https: bool) -> Asking {
+        let tls = crate::tls::client_config(None, None).unwrap();
+        Asking {
+            client: crate::fetch::client(tls, Some(Duration::from_secs(2))),
+            authorization: HeaderValue::from_static("Bearer the-report-secret"),
+            require_https,
+        }
+    }
+
+    /// A server that answers each connection with `answer` (then `zeros` bytes of body), and
+    /// counts the connections it had.
+    async fn server(answer: String, zeros: usize) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let _ = s.read(&mut [0; 4096]).await;
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    let chunk = vec![b'0'; 1 << 20];
+                    for _ in 0..zeros.div_ceil(1 << 20) {
+                        if s.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn require_https_sends_nothing_to_a_plain_http_replica() {
+        let (addr, seen) = server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".into(), 0).await;
+        let read = read(&asking(true), target(format!("http://{addr}/metrics"))).await;
+        assert!(read.tables.as_ref().is_err_and(|why| why.contains("not https")), "{:?}", read.tables.err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "no connection was made");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let (elsewhere, seen) = server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".into(), 0).await;
+        let moved = format!("HTTP/1.1 302 Found\r\nlocation: http://{elsewhere}/report\r\ncontent-length: 0\r\n\r\n");
+        let (addr, _) = server(moved, 0).await;
+        let read = read(&asking(false), target(format!("http://{addr}/metrics"))).await;
+        let why = read.tables.err().unwrap();
+        assert_eq!(why, "answered 302 Found; redirects are not followed");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the secret went nowhere else");
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_cap_is_cut_off() {
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", MAX_REPORT_BYTES + (1 << 20));
+        let (addr, _) = server(head, MAX_REPORT_BYTES + (1 << 20)).await;
+        let read = read(&asking(false), target(format!("http://{addr}/metrics"))).await;
+        let why = read.tables.err().unwrap();
+        assert!(why.contains("body") && why.contains("length limit exceeded"), "{why}");
+        assert_eq!(read.instance, "replica:9901");
+    }
 
     #[test]
     fn the_report_is_asked_beside_the_metrics_without_the_scrape_parameters() {

@@ -499,3 +499,18 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// Rows of a CSV document as Python's `csv` module reads them.
+pub fn python_csv(text: &str) -> Vec<Vec<String>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", "import csv, json, sys; print(json.dumps(list(csv.reader(sys.stdin))))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -42,7 +42,8 @@ const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:2rem;color:#
      .fill{height:100%;border-radius:3px} .fill.ok{background:#2da44e} .fill.low{background:#e5534b}\
      .line{position:absolute;top:-3px;bottom:-3px;left:95%;border-left:2px dashed #1b1f23}\
      table{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem}\
-     th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:middle;overflow-wrap:anywhere}\
+     th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:middle}\
+     td.id{overflow-wrap:anywhere}\
      th{font-weight:600} td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums} td.b{width:35%}";
 
 /// The CSS class of a ratio against the 95 % target.
@@ -112,7 +113,7 @@ fn replicas(h: &mut String, s: &StatusReport, all: &[Replica]) {
         };
         let _ = write!(
             h,
-            "<tr><td>{}<br><span class=\"sub\">{}</span></td><td>{state}</td><td>{}</td></tr>",
+            "<tr><td class=\"id\">{}<br><span class=\"sub\">{}</span></td><td>{state}</td><td>{}</td></tr>",
             esc(&r.name),
             esc(&r.url),
             esc(r.reason.as_deref().unwrap_or(""))
@@ -193,7 +194,7 @@ fn trend(h: &mut String, s: &StatusReport) {
             None => {
                 let _ = write!(
                     h,
-                    "<text x=\"{cx}\" y=\"110\" font-size=\"11\" text-anchor=\"middle\" fill=\"#57606a\">no requests</text>",
+                    "<text x=\"{cx}\" y=\"110\" font-size=\"11\" text-anchor=\"middle\" fill=\"#57606a\">none</text>",
                     cx = x + 20
                 );
             }
@@ -212,7 +213,7 @@ fn applications(h: &mut String, s: &StatusReport) {
     for a in &s.applications {
         let _ = write!(
             h,
-            "<tr><td>{app}</td><td class=\"b\"><div class=\"bar\"><div class=\"fill {class}\" style=\"width:{w:.1}%\"></div>\
+            "<tr><td class=\"id\">{app}</td><td class=\"b\"><div class=\"bar\"><div class=\"fill {class}\" style=\"width:{w:.1}%\"></div>\
              <div class=\"line\"></div></div></td><td class=\"n\">{r}</td><td class=\"n\">{req}</td><td class=\"n\">{with}</td>\
              <td class=\"n\">{without}</td><td class=\"n\">{only}</td></tr>",
             app = esc(&a.app),
@@ -240,7 +241,7 @@ fn would_refuse(h: &mut String, s: &StatusReport) {
     for w in &s.would_refuse {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"id\">{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
             esc(&w.route),
             esc(&w.app),
             w.reason,
@@ -267,13 +268,13 @@ fn users(h: &mut String, users: &[UserSeen], csv: Option<&str>) {
     for u in users {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td>",
+            "<tr><td class=\"id\">{}</td><td>{}</td><td class=\"n\">{}</td>",
             esc(&u.user),
             utc(u.last_seen),
             u.requests_without_mfa
         );
         if fleet {
-            let _ = write!(h, "<td>{}</td>", esc(&u.replicas.join(", ")));
+            let _ = write!(h, "<td class=\"id\">{}</td>", esc(&u.replicas.join(", ")));
         }
         h.push_str("</tr>");
     }
@@ -293,7 +294,7 @@ fn recent(h: &mut String, rows: &[Recent], csv: Option<&str>) {
     for r in rows {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            "<tr><td>{}</td><td>{}</td><td class=\"id\">{}</td><td class=\"id\">{}</td><td class=\"id\">{}</td>",
             utc(r.time),
             esc(&r.route),
             esc(&r.app),
@@ -301,7 +302,7 @@ fn recent(h: &mut String, rows: &[Recent], csv: Option<&str>) {
             esc(r.tenant.as_deref().unwrap_or("-"))
         );
         if let Some(replica) = r.replica.as_deref().filter(|_| fleet) {
-            let _ = write!(h, "<td>{}</td>", esc(replica));
+            let _ = write!(h, "<td class=\"id\">{}</td>", esc(replica));
         }
         h.push_str("</tr>");
     }
@@ -340,7 +341,7 @@ mod tests {
         assert_eq!(ratios[3..], [Some(0.5), None, Some(1.0), Some(0.95)], "{ratios:?}");
         let page = render(&s);
         assert!(page.contains("<svg id=\"trend\""), "no chart");
-        for text in ["50.0 %", "100.0 %", "95.0 %", "no requests", "10-04", "10-07"] {
+        for text in ["50.0 %", "100.0 %", "95.0 %", ">none<", "10-04", "10-07"] {
             assert!(page.contains(text), "{text} not on the page");
         }
     }
@@ -400,9 +401,9 @@ mod tests {
         assert!(page.contains("&lt;script&gt;x&lt;/script&gt;") && !page.contains("<script>"));
         assert!(page.contains("o&#39;neil@x&quot;y") && page.contains("u&amp;v"));
         assert!(page.contains("1970-01-01 00:00:00 UTC"));
-        assert!(
-            page.contains("<td>customers</td><td>&lt;b&gt;</td><td>app_only_not_allowed</td><td class=\"n\">7</td>")
-        );
+        assert!(page.contains(
+            "<td>customers</td><td class=\"id\">&lt;b&gt;</td><td>app_only_not_allowed</td><td class=\"n\">7</td>"
+        ));
         assert!(!page.contains("http://") && !page.contains("https://"), "nothing external");
         assert_eq!(utc(1_795_000_000), "2026-11-18 11:06:40 UTC");
     }

@@ -139,7 +139,10 @@ async fn the_worked_example_across_two_gateways_survives_a_restart() {
         report(&["--prometheus", &prom.url, "--window", "10m", "--format", "html", "--out", page.to_str().unwrap()]);
     assert!(html.status.success());
     let page = std::fs::read_to_string(page).unwrap();
-    assert!(page.contains("id=\"ratio\">40.0 %</div>") && page.contains(&format!("<td>{APP}</td>")), "{page}");
+    assert!(
+        page.contains("id=\"ratio\">40.0 %</div>") && page.contains(&format!("<td class=\"id\">{APP}</td>")),
+        "{page}"
+    );
 
     // A window with nothing in it is said to be empty, not 0 %.
     let empty = report(&["--prometheus", &prom.url, "--window", "1ms"]);
@@ -461,7 +464,89 @@ async fn the_fleet_trend_is_each_days_ratio_from_prometheus_history() {
     assert!(html.status.success());
     let page = std::fs::read_to_string(page).unwrap();
     assert!(page.contains("<svg id=\"trend\""), "{page}");
-    for pct in ["50.0 %", "100.0 %", "95.0 %", "no requests"] {
+    for pct in ["50.0 %", "100.0 %", "95.0 %", "none"] {
         assert!(page.contains(&format!(">{pct}</text>")), "{pct} not drawn");
+    }
+}
+
+/// `chromium --headless` with a profile of its own; `--no-sandbox` because CI runs as root.
+fn chromium(args: &[&str]) -> Output {
+    let profile = temp_dir("chromium");
+    Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium (Debian package chromium)")
+}
+
+/// The fleet page, with four days of history and one live replica's users, as Chromium renders
+/// it: the trend chart with each day's ratio, the headline ratio and the users are in the DOM it
+/// built; and its screenshot is the README's picture (`MFA_GATEWAY_SCREENSHOT=<path>` keeps it).
+#[tokio::test]
+#[ignore = "needs the prometheus binary and chromium"]
+async fn the_fleet_page_renders_in_chromium_with_its_trend_numbers_and_users() {
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let up = echo_upstream().await;
+    let dir = temp_dir("fleet-page");
+    let secret = dir.join("report.secret");
+    std::fs::write(&secret, "the-fleet-report-secret-0123\n").unwrap();
+    let admin = free_port();
+    let gw = fleet_gateway(up, &keys, admin, &secret, "", "partner-api-7d9f5c8b6-x2k4q");
+    gw.ready().await;
+    // Scraped before the requests, so that `increase` counts them (a series' first sample is
+    // where counting starts).
+    let prom = prometheus_on(&[admin], history()).await;
+    scraped(&prom, 1).await;
+    let users = ["adminagent.csp@contoso-partner.onmicrosoft.com", "7f4c3a1e-92d8-4b6f-a0c5-3e1d9b8f2a64@example.com"];
+    for upn in users {
+        get(gw.addr, "/v1/offers", Some(&without_mfa(&issuer, upn))).await;
+    }
+    let mfa = issuer.mint(&entra_claims("mfa", 600));
+    for _ in 0..6 {
+        get(gw.addr, "/v1/offers", Some(&mfa)).await;
+    }
+    // `increase` extrapolates by half a scrape interval past the last sample: over 12 s of
+    // samples that is under 5 %, which rounding to whole requests absorbs.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    let page = dir.join("report.html");
+    let file = secret.to_str().unwrap();
+    let out = report(&[
+        "--prometheus",
+        &prom.url,
+        "--report-token-file",
+        file,
+        "--format",
+        "html",
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("file://{}", page.display());
+
+    let dom = chromium(&["--dump-dom", &url]);
+    assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
+    let dom = String::from_utf8(dom.stdout).unwrap();
+    let chart = &dom[dom.find("<svg id=\"trend\"").expect("the trend chart in the DOM")..];
+    let chart = &chart[..chart.find("</svg>").unwrap()];
+    assert_eq!(chart.matches("<rect").count(), 4, "a bar per day with requests: {chart}");
+    // Today: 6 of 8 with MFA, from the live replica.
+    for pct in ["50.0 %", "100.0 %", "95.0 %", "none", "75.0 %"] {
+        assert!(chart.contains(&format!(">{pct}</text>")), "{pct} not in the rendered chart: {chart}");
+    }
+    assert!(dom.contains("id=\"ratio\">"), "the headline ratio");
+    assert!(dom.contains("1 of 1 answered") && dom.contains("Fleet:"), "{dom}");
+    for user in users {
+        assert!(dom.contains(&format!("<td class=\"id\">{user}</td>")), "{user} not in the rendered table");
+    }
+
+    let png = dir.join("report.png");
+    let shot = chromium(&[&format!("--screenshot={}", png.display()), "--window-size=1100,1300", &url]);
+    assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000, "a real picture: {} bytes", bytes.len());
+    if let Ok(keep) = std::env::var("MFA_GATEWAY_SCREENSHOT") {
+        std::fs::copy(&png, keep).unwrap();
     }
 }

@@ -72,8 +72,8 @@ async fn the_status_report_worked_example_gives_40_percent_in_metrics_and_report
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
     assert!(page.starts_with("<!doctype html>"), "{page}");
     assert!(page.contains("<div class=\"ratio low\" id=\"ratio\">40.0 %</div>"), "{page}");
-    assert!(page.contains("<table>") && page.contains("<td>00001111-aaaa-2222-bbbb-3333cccc4444</td>"));
-    assert!(page.contains("<td>Adminagent.csp@testtestpartner.onmicrosoft.com</td>"));
+    assert!(page.contains("<table>") && page.contains("<td class=\"id\">00001111-aaaa-2222-bbbb-3333cccc4444</td>"));
+    assert!(page.contains("<td class=\"id\">Adminagent.csp@testtestpartner.onmicrosoft.com</td>"));
     assert!(!page.contains("<script") && !page.contains("src="), "self-contained");
     // Its only links are to its own CSV tables.
     let links: Vec<&str> = page.split("href=\"").skip(1).map(|l| l.split('"').next().unwrap()).collect();

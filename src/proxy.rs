@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -29,6 +30,7 @@ pub(crate) struct UpstreamMetrics {
     errors: KindCounters,
     pub duration: Histogram,
     in_flight: IntGauge,
+    waiting: IntGauge,
 }
 
 impl UpstreamMetrics {
@@ -46,6 +48,11 @@ impl UpstreamMetrics {
                 "mfa_gateway_upstream_in_flight",
                 "Requests holding an upstream slot: from the request until its response body ends, and \
                  open tunnels (bounded by [upstream] max_in_flight).",
+            ),
+            waiting: gauge(
+                reg,
+                "mfa_gateway_upstream_waiting",
+                "Requests waiting for an upstream connection to come free ([upstream] max_connections busy).",
             ),
         }
     }
@@ -111,6 +118,9 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub(crate) struct InFlight {
     taken: Arc<AtomicUsize>,
     gauge: IntGauge,
+    waiting: IntGauge,
+    /// One of `[upstream] max_connections`, once the request has one (HTTP/1.1 only).
+    connection: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for InFlight {
@@ -133,6 +143,10 @@ pub(crate) struct Proxy {
     /// Slots taken, of `upstream.max_in_flight`. A counter, not a semaphore: nothing ever
     /// waits for a slot, so there is no queue to keep.
     in_flight: Arc<AtomicUsize>,
+    /// `upstream.max_connections` permits. HTTP/1.1 carries one request per connection at a time,
+    /// so holding a permit from the request to the end of its response body (or tunnel) bounds the
+    /// connections the pool opens; gRPC's HTTP/2 multiplexes and takes none.
+    connections: Arc<Semaphore>,
 }
 
 impl Proxy {
@@ -163,6 +177,7 @@ impl Proxy {
             grpc: builder(true).build(connector(true)),
             upstream: upstream.clone(),
             in_flight: Arc::default(),
+            connections: Arc::new(Semaphore::new(upstream.max_connections)),
         }
     }
 
@@ -174,7 +189,12 @@ impl Proxy {
             return None;
         }
         metrics.in_flight.inc();
-        Some(InFlight { taken: self.in_flight.clone(), gauge: metrics.in_flight.clone() })
+        Some(InFlight {
+            taken: self.in_flight.clone(),
+            gauge: metrics.in_flight.clone(),
+            waiting: metrics.waiting.clone(),
+            connection: None,
+        })
     }
 
     /// Sends the request upstream and returns its response headers (the body still streaming,
@@ -183,7 +203,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         origin: &Origin,
-        slot: InFlight,
+        mut slot: InFlight,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // The listener lends a lease to every request that asks to upgrade; it must not travel on.
         let lease = req.extensions_mut().remove::<Lease>();
@@ -222,7 +242,12 @@ impl Proxy {
             &self.client
         };
 
-        let mut resp = match tokio::time::timeout(self.upstream.timeout, client.request(req)).await {
+        // The wait for a connection counts against the time allowed for the answer.
+        let deadline = tokio::time::Instant::now() + self.upstream.timeout;
+        if !grpc {
+            slot.connection = Some(self.connection(&slot.waiting, deadline).await?);
+        }
+        let mut resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),
             Ok(Err(e)) => return Err(classify(e)),
             Ok(Ok(resp)) => resp,
@@ -247,6 +272,28 @@ impl Proxy {
         }
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp.map(|inner| Guarded::new(inner, Some(slot))))
+    }
+}
+
+impl Proxy {
+    /// A permit for one upstream connection: at once when one is free, else after waiting in
+    /// line (FIFO) until `deadline`.
+    async fn connection(
+        &self,
+        waiting: &IntGauge,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        if let Ok(permit) = self.connections.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        waiting.inc();
+        let permit = tokio::time::timeout_at(deadline, self.connections.clone().acquire_owned()).await;
+        waiting.dec();
+        match permit {
+            Ok(Ok(permit)) => Ok(permit),
+            // Never closed: the semaphore lives as long as the proxy.
+            Ok(Err(_)) | Err(_) => Err(UpstreamError::Timeout),
+        }
     }
 }
 

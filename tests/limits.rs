@@ -122,6 +122,48 @@ async fn past_max_in_flight_503_at_once_and_slots_come_back_when_bodies_end() {
     eventually("a dropped body gives its slot back", Duration::from_secs(2), async || in_flight().await == 0.0).await;
 }
 
+/// Past `[upstream] max_connections` busy connections a request waits, counted in
+/// `upstream_waiting` and unseen by the upstream, until a response body ends and frees one; a
+/// request still waiting at `upstream.timeout` gets 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_a_request_waits_for_a_free_connection_until_upstream_timeout() {
+    let (up, bodies) = held_body_upstream().await;
+    let gw =
+        start(&public_config(up, "").replace("[upstream]\n", "[upstream]\nmax_connections = 2\ntimeout = \"1s\"\n"))
+            .await;
+    let c = client();
+    let ask = || Request::get(format!("http://{}/stream", gw.addr)).body(full("")).unwrap();
+    let first = c.request(ask()).await.unwrap();
+    let second = c.request(ask()).await.unwrap();
+    assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
+    let third = tokio::spawn({
+        let (c, req) = (c.clone(), ask());
+        async move { c.request(req).await.unwrap() }
+    });
+    let waiting = async || metric(&gw, "mfa_gateway_upstream_waiting").await;
+    eventually("the third request waits for a connection", Duration::from_secs(2), async || waiting().await == 1.0)
+        .await;
+    assert_eq!(bodies.lock().unwrap().len(), 2, "the upstream has not seen the third request");
+
+    // The first body ends: its connection goes to the third request.
+    bodies.lock().unwrap().remove(0);
+    assert_eq!(&first.into_body().collect().await.unwrap().to_bytes()[..], b"first part;");
+    let third =
+        tokio::time::timeout(Duration::from_secs(2), third).await.expect("served once a connection was free").unwrap();
+    assert_eq!(third.status(), StatusCode::OK);
+    assert_eq!(waiting().await, 0.0);
+    assert_eq!(bodies.lock().unwrap().len(), 2);
+
+    // Both connections busy for longer than upstream.timeout: 504, after waiting that long.
+    let started = Instant::now();
+    let (status, _, body) = send(&c, ask()).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited for a connection: {:?}", started.elapsed());
+    assert_eq!(bodies.lock().unwrap().len(), 2, "the timed-out request never reached the upstream");
+    assert_eq!(waiting().await, 0.0);
+    drop((second, third));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_tunnel_holds_an_upstream_slot() {
     let up = tunnel_upstream("websocket").await;

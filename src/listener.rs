@@ -282,13 +282,15 @@ impl Connection<'_> {
                 req.extensions_mut().insert(lender.lease());
             }
             let gateway = gateway.clone();
-            async move {
+            // Boxed per request: hyper keeps a slot the size of this future for every connection,
+            // idle ones included, and the request path's future is some 3.4 KiB.
+            Box::pin(async move {
                 Ok::<_, Infallible>(match serves {
                     Serves::Requests(Mode::Proxy) => gateway.handle(req, peer).await,
                     Serves::Requests(Mode::Authz) => gateway.decide(req, peer).await,
                     Serves::Admin => crate::admin::route(&gateway, req).map(|b| Ended::new(Either::Right(b), None)),
                 })
-            }
+            })
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);

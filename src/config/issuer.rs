@@ -147,10 +147,10 @@ pub(super) fn validate(
         ),
         None => None,
     };
-    let cache_max_entries = cache.max_entries.unwrap_or(10_000);
-    // 32 MiB: a quarter of the shipped manifest's 128 Mi limit. 10 000 Entra-sized tokens (about
-    // 2.5 KiB each in the cache) weigh 25 MiB, so only unusually large tokens meet the bound.
-    let cache_max_bytes = cache.max_bytes.unwrap_or(32 << 20);
+    // 4 MiB, an eighth of a sidecar's 32 MiB (README, Performance): 3 000 Entra-sized tokens at
+    // about 1.4 KiB each in the cache, as many as the users a pod serves within a token's hour.
+    let cache_max_entries = cache.max_entries.unwrap_or(3_000);
+    let cache_max_bytes = cache.max_bytes.unwrap_or(4 << 20);
     if cache_max_entries > 0 && cache_max_bytes < 1 << 20 {
         return Err(v.err("cache.max_bytes", "must be at least 1048576 (1 MiB) while the cache is on"));
     }

@@ -133,6 +133,10 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
             vec!["upstream.client_key", "https://"],
         ),
         (format!("{base}[report]\ntoken_file = \"missing.secret\"\n"), vec!["report.token_file", "cannot read"]),
+        (
+            base.replace("url = \"http://127.0.0.1:1\"\n", "url = \"http://127.0.0.1:1\"\nmax_connections = 0\n"),
+            vec!["upstream.max_connections", "at least 1"],
+        ),
         (format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\n"), vec!["authz.front", "required with authz.listen"]),
         (
             format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"traefik\"\nuri_header = \"x-uri\"\n"),
@@ -264,6 +268,14 @@ fn the_fleet_report_says_when_prometheus_cannot_be_asked() {
     assert_eq!(code, Some(64), "{msg}");
     let (code, msg) = report(&["--no-such-flag"]);
     assert_eq!(code, Some(2), "{msg}");
+    // The report secret: a file that cannot be read, or an empty one, is a usage error named as such.
+    let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1", "--report-token-file", "/nonexistent/secret"]);
+    assert_eq!(code, Some(64), "{msg}");
+    assert!(msg.contains("cannot read --report-token-file /nonexistent/secret"), "{msg}");
+    let empty = temp_dir("report-secret").join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let (code, msg) = report(&["--prometheus", "http://127.0.0.1:1", "--report-token-file", empty.to_str().unwrap()]);
+    assert_eq!((code, msg.contains("is empty")), (Some(64), true), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

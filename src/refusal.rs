@@ -85,63 +85,38 @@ impl Refusal {
     /// The counter and log line a refusal gets besides `requests_total`: the client's faults at
     /// debug, the gateway's own (no keys, the upstream) at warn.
     pub(crate) fn record(&self, sinks: &RefusalSinks<'_>, request_id: &HeaderValue, route: &str) {
+        let request_id = crate::request_id::shown(request_id);
         match self {
             Refusal::Auth(AuthRefusal::MissingToken) => {
-                tracing::debug!(request_id = crate::request_id::shown(request_id), route, "no token");
+                tracing::debug!(request_id, route, "no token");
             }
             Refusal::Auth(AuthRefusal::Denied(d)) => {
                 if let Some(kind) = d.step_up_kind() {
                     sinks.auth.step_up_challenge(kind);
                 }
-                tracing::debug!(
-                    request_id = crate::request_id::shown(request_id),
-                    route,
-                    reason = self.reason(),
-                    "refused by the route's requirement"
-                );
+                tracing::debug!(request_id, route, reason = self.reason(), "refused by the route's requirement");
             }
             Refusal::Auth(AuthRefusal::Invalid(i)) => {
                 sinks.auth.invalid_token(*i);
-                tracing::debug!(
-                    request_id = crate::request_id::shown(request_id),
-                    route,
-                    reason = self.reason(),
-                    "token refused"
-                );
+                tracing::debug!(request_id, route, reason = self.reason(), "token refused");
             }
             Refusal::Auth(AuthRefusal::KeysUnavailable) => {
-                tracing::warn!(
-                    request_id = crate::request_id::shown(request_id),
-                    route,
-                    "no signing keys for the token's issuer"
-                );
+                tracing::warn!(request_id, route, "no signing keys for the token's issuer");
             }
             Refusal::BadPath(flaw) => {
-                tracing::debug!(
-                    request_id = crate::request_id::shown(request_id),
-                    flaw = flaw.description(),
-                    "path not in normal form"
-                );
+                tracing::debug!(request_id, flaw = flaw.description(), "path not in normal form");
             }
             Refusal::BadOriginal(flaw) => {
-                tracing::debug!(
-                    request_id = crate::request_id::shown(request_id),
-                    flaw = flaw.description(),
-                    "front proxy's question refused"
-                );
+                tracing::debug!(request_id, flaw = flaw.description(), "front proxy's question refused");
             }
             Refusal::Upstream(e) => {
                 sinks.upstream.failed(e);
-                tracing::warn!(request_id = crate::request_id::shown(request_id), route, kind = e.kind(), error = %crate::error_chain::describe(e), "upstream failed");
+                tracing::warn!(request_id, route, kind = e.kind(), error = %crate::error_chain::describe(e), "upstream failed");
             }
             // Counted in requests_total; a line per request at warn would flood the log under
             // overload.
             Refusal::UpstreamBusy => {
-                tracing::debug!(
-                    request_id = crate::request_id::shown(request_id),
-                    route,
-                    "upstream slots all taken; refused"
-                );
+                tracing::debug!(request_id, route, "upstream slots all taken; refused");
             }
         }
     }

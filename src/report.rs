@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::auth::policy::TokenKind;
 use crate::ratios::OTHER_APP;
 
+/// Partner Center caps its download of recent requests at 10 000 rows: the tables' default
+/// length on an instance, and where the fleet report cuts its merged tables.
+pub const MAX_ROWS: usize = 10_000;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportConfig {
     pub window_days: u32,
@@ -22,7 +26,7 @@ pub struct ReportConfig {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        Self { window_days: 7, max_recent: 10_000, max_users: 10_000, max_apps: 1_000 }
+        Self { window_days: 7, max_recent: MAX_ROWS, max_users: MAX_ROWS, max_apps: 1_000 }
     }
 }
 
@@ -263,6 +267,18 @@ pub struct DayRatio {
     pub app_user_mfa_ratio: Option<f64>,
 }
 
+impl DayRatio {
+    /// The day starting at `start` (Unix seconds, 00:00 UTC), from its counts.
+    pub fn new(start: i64, c: &Counts) -> Self {
+        Self {
+            start,
+            app_user_with_mfa: c.app_user_with_mfa,
+            app_user_without_mfa: c.app_user_without_mfa,
+            app_user_mfa_ratio: c.ratio(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct WouldRefuse {
     pub route: String,
@@ -420,12 +436,7 @@ impl Report {
                 for counts in s.days.iter().filter(|d| d.day == day).flat_map(|d| d.apps.values()) {
                     c.add(counts);
                 }
-                DayRatio {
-                    start: day * 86_400,
-                    app_user_with_mfa: c.app_user_with_mfa,
-                    app_user_without_mfa: c.app_user_without_mfa,
-                    app_user_mfa_ratio: c.ratio(),
-                }
+                DayRatio::new(day * 86_400, &c)
             })
             .collect();
         StatusReport {

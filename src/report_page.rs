@@ -97,8 +97,10 @@ fn replicas(h: &mut String, s: &StatusReport, all: &[Replica]) {
     if s.left_out != LeftOut::default() {
         let _ = write!(
             h,
-            "<p class=\"sub\">Cut at 10 000 rows: {} users and {} requests left out.</p>",
-            s.left_out.users, s.left_out.recent
+            "<p class=\"sub\">Cut at {} rows: {} users and {} requests left out.</p>",
+            crate::report::MAX_ROWS,
+            s.left_out.users,
+            s.left_out.recent
         );
     }
     if all.iter().all(|r| r.state == ReplicaState::Merged) {

@@ -7,9 +7,6 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::report::{ApartUsers, LeftOut, Recent, Replica, ReplicaState, UserIdsShown, UserSeen};
 
-/// Partner Center caps its download of recent requests at 10 000 rows; both tables are cut there.
-pub(super) const MAX_ROWS: usize = 10_000;
-
 /// One replica whose report was read.
 pub(super) struct Readable {
     pub(super) name: String,
@@ -131,6 +128,7 @@ fn tables(members: Vec<Readable>, cap: usize) -> (Vec<UserSeen>, Vec<Recent>, Le
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::MAX_ROWS;
 
     fn user(name: &str, last_seen: i64, n: u64) -> UserSeen {
         UserSeen { user: name.into(), last_seen, requests_without_mfa: n, replicas: vec![] }

@@ -187,16 +187,7 @@ async fn per_day(api: &prometheus::Api<'_>, job: &str, days: u32, now: i64) -> R
             }
         }
     }
-    Ok(counts
-        .iter()
-        .zip(first..)
-        .map(|(c, day)| DayRatio {
-            start: day * DAY,
-            app_user_with_mfa: c.app_user_with_mfa,
-            app_user_without_mfa: c.app_user_without_mfa,
-            app_user_mfa_ratio: c.ratio(),
-        })
-        .collect())
+    Ok(counts.iter().zip(first..).map(|(c, day)| DayRatio::new(day * DAY, c)).collect())
 }
 
 /// The replicas' reads into the report: the merged tables, the groups kept apart, and every
@@ -228,7 +219,7 @@ fn add_tables(report: &mut StatusReport, reads: Vec<replicas::Read>) {
         }
     }
     unread.sort_by(|a, b| a.name.cmp(&b.name));
-    let m = merge::merge(readable, merge::MAX_ROWS);
+    let m = merge::merge(readable, crate::report::MAX_ROWS);
     report.user_ids = m.user_ids;
     report.users_without_mfa = m.users;
     report.recent_without_mfa = m.recent;

@@ -286,7 +286,7 @@ impl Gateway {
         // A bounded number upstream at once, each until its response body ends: past it, 503 at
         // once rather than a queue that holds clients' sockets and memory.
         let slot = snap.proxy.slot(&self.upstream).ok_or(Refusal::UpstreamBusy)?;
-        let resp = snap.proxy.forward(req, origin, slot).await;
+        let resp = snap.proxy.forward(req, origin, slot, &self.upstream).await;
         let done = Instant::now();
         end.upstream_done = Some(done);
         let resp = resp.map_err(Refusal::Upstream)?;

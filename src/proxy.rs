@@ -118,7 +118,6 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub(crate) struct InFlight {
     taken: Arc<AtomicUsize>,
     gauge: IntGauge,
-    waiting: IntGauge,
     /// One of `[upstream] max_connections`, once the request has one (HTTP/1.1 only).
     connection: Option<OwnedSemaphorePermit>,
 }
@@ -189,12 +188,7 @@ impl Proxy {
             return None;
         }
         metrics.in_flight.inc();
-        Some(InFlight {
-            taken: self.in_flight.clone(),
-            gauge: metrics.in_flight.clone(),
-            waiting: metrics.waiting.clone(),
-            connection: None,
-        })
+        Some(InFlight { taken: self.in_flight.clone(), gauge: metrics.in_flight.clone(), connection: None })
     }
 
     /// Sends the request upstream and returns its response headers (the body still streaming,
@@ -204,6 +198,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         origin: &Origin,
         mut slot: InFlight,
+        metrics: &UpstreamMetrics,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // The listener lends a lease to every request that asks to upgrade; it must not travel on.
         let lease = req.extensions_mut().remove::<Lease>();
@@ -245,7 +240,7 @@ impl Proxy {
         // The wait for a connection counts against the time allowed for the answer.
         let deadline = tokio::time::Instant::now() + self.upstream.timeout;
         if !grpc {
-            slot.connection = Some(self.connection(&slot.waiting, deadline).await?);
+            slot.connection = Some(self.connection(&metrics.waiting, deadline).await?);
         }
         let mut resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),

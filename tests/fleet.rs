@@ -199,6 +199,9 @@ async fn every_dashboard_query_answers_and_names_only_scraped_metrics() {
     assert!(queries >= 15, "{queries} queries");
 }
 
+/// The replicas' report secret in the tests below.
+const SECRET: &str = "the-fleet-report-secret-0123";
+
 const ROUTES: &str = "[[route]]\nname = \"offers\"\npath = \"/v1/offers\"\nrequire = \"mfa\"\n";
 
 /// A gateway with a fixed admin port, a report secret file and a host name of its own; `audit`
@@ -251,7 +254,6 @@ async fn the_fleet_report_merges_every_readable_replicas_users_and_names_the_oth
     let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
     let up = echo_upstream().await;
     let dir = temp_dir("fleet-users");
-    const SECRET: &str = "the-fleet-report-secret-0123";
     let (secret, other) = (dir.join("report.secret"), dir.join("other.secret"));
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     std::fs::write(&other, "another-replicas-secret-4567\n").unwrap();
@@ -490,7 +492,7 @@ async fn the_fleet_page_renders_in_chromium_with_its_trend_numbers_and_users() {
     let up = echo_upstream().await;
     let dir = temp_dir("fleet-page");
     let secret = dir.join("report.secret");
-    std::fs::write(&secret, "the-fleet-report-secret-0123\n").unwrap();
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let admin = free_port();
     let gw = fleet_gateway(up, &keys, admin, &secret, "", "partner-api-7d9f5c8b6-x2k4q");
     gw.ready().await;

@@ -26,7 +26,12 @@ fn esc(s: &str) -> String {
 }
 
 fn percent(r: Option<f64>) -> String {
-    r.map_or_else(|| "no App+User requests".to_string(), |r| format!("{:.1} %", r * 100.0))
+    percent_or(r, "no App+User requests")
+}
+
+/// A ratio as a percentage to one decimal, or `none` when there is none to give.
+pub(crate) fn percent_or(r: Option<f64>, none: &str) -> String {
+    r.map_or_else(|| none.to_string(), |r| format!("{:.1} %", r * 100.0))
 }
 
 /// UTC, to the second, from Unix seconds: "2026-11-18 11:06:40 UTC".
@@ -221,7 +226,7 @@ fn applications(h: &mut String, s: &StatusReport) {
             app = esc(&a.app),
             class = class(a.app_user_mfa_ratio),
             w = a.app_user_mfa_ratio.unwrap_or(0.0) * 100.0,
-            r = a.app_user_mfa_ratio.map_or("-".to_string(), |r| format!("{:.1} %", r * 100.0)),
+            r = percent_or(a.app_user_mfa_ratio, "-"),
             req = a.requests,
             with = a.with_mfa,
             without = a.without_mfa,

@@ -4,13 +4,13 @@
 use std::fmt::Write;
 
 use crate::report::{Recent, ReplicaState, StatusReport, UserSeen};
-use crate::report_page::utc;
+use crate::report_page::{percent_or, utc};
 
 /// Rows of each user table a terminal shows; the other formats carry them all.
 const SHOWN_ROWS: usize = 20;
 
 fn pct(r: Option<f64>) -> String {
-    r.map_or("-".to_string(), |r| format!("{:.1} %", r * 100.0))
+    percent_or(r, "-")
 }
 
 pub fn text(s: &StatusReport) -> String {
@@ -19,10 +19,7 @@ pub fn text(s: &StatusReport) -> String {
         s.scope,
         s.window.as_deref().unwrap_or("?"),
         utc(s.generated_at),
-        match s.app_user_mfa_ratio {
-            Some(r) => format!("{:.1} %", r * 100.0),
-            None => "no App+User requests in the window (not a 0 % ratio)".to_string(),
-        },
+        percent_or(s.app_user_mfa_ratio, "no App+User requests in the window (not a 0 % ratio)"),
         s.totals.app_user_with_mfa,
         s.totals.app_user_without_mfa,
         s.totals.app_only,

@@ -25,7 +25,6 @@ pub(crate) mod fetch;
 pub mod fleet;
 pub(crate) mod gateway;
 pub(crate) mod guarded;
-pub(crate) mod h1_upstream;
 pub mod headers;
 pub(crate) mod heap;
 pub(crate) mod hop_by_hop;

@@ -1,7 +1,5 @@
-//! Forwarding: URI rewrite, hop-by-hop headers, `X-Forwarded-*`, upgrades, gRPC. Bodies (and
-//! their trailers) stream both ways; nothing here buffers a body. A cleartext upstream gets
-//! HTTP/1.1 on connections the requests drive themselves (`crate::h1_upstream`); an HTTPS
-//! upstream, and gRPC, go through hyper-util's pooled client.
+//! Forwarding with a pooled client: URI rewrite, hop-by-hop headers, `X-Forwarded-*`, upgrades,
+//! gRPC. Bodies (and their trailers) stream both ways; nothing here buffers a body.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +17,6 @@ use prometheus::{Histogram, IntGauge, Registry};
 use crate::config::UpstreamConfig;
 use crate::error_chain;
 use crate::guarded::{Guard, Guarded};
-use crate::h1_upstream::{self, UpstreamIncoming};
 use crate::headers::is_grpc;
 use crate::hop_by_hop::{strip_hop_by_hop, switched_as_asked};
 use crate::metrics::{gauge, latency, KindCounters};
@@ -65,25 +62,25 @@ impl UpstreamMetrics {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ClientError = hyper_util::client::legacy::Error;
 
 /// Why the upstream gave no response, with its causes for the log line only; a client is told
 /// the status and a fixed sentence.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
     #[error("the upstream's host name did not resolve")]
-    Dns(#[source] BoxError),
+    Dns(#[source] ClientError),
     /// Refused, unreachable, or the connect timeout.
     #[error("cannot connect to the upstream")]
-    Connect(#[source] BoxError),
+    Connect(#[source] ClientError),
     #[error("no response headers within upstream.timeout")]
     Timeout,
     /// Untrusted certificate, wrong name, ...
     #[error("TLS with the upstream failed")]
-    Tls(#[source] BoxError),
+    Tls(#[source] ClientError),
     /// Connected, but the exchange failed (reset, bad response).
     #[error("the exchange with the upstream failed")]
-    Protocol(#[source] BoxError),
+    Protocol(#[source] ClientError),
     #[error("the request cannot be sent upstream")]
     Request(#[source] http::Error),
     #[error("the upstream switched to a protocol the gateway did not ask for")]
@@ -133,14 +130,11 @@ impl Drop for InFlight {
 }
 
 /// The upstream's response body, streamed; its slot goes back when it ends or is dropped.
-pub(crate) type UpstreamBody = Guarded<UpstreamIncoming, InFlight>;
+pub(crate) type UpstreamBody = Guarded<Incoming, InFlight>;
 
 impl Guard for InFlight {}
 
 pub(crate) struct Proxy {
-    /// HTTP/1.1 to a cleartext upstream, driven by each request's own task.
-    h1: Option<Arc<h1_upstream::Pool>>,
-    /// An HTTPS upstream: HTTP/2 when its ALPN offers it, else HTTP/1.1.
     client: Client<Connector, Incoming>,
     /// HTTP/2 only, for gRPC: prior knowledge to an `http://` upstream, ALPN `h2` over TLS.
     grpc: Client<Connector, Incoming>,
@@ -177,16 +171,7 @@ impl Proxy {
             }
             b
         };
-        let h1 = upstream.tls.is_none().then(|| {
-            h1_upstream::Pool::new(
-                &upstream.authority,
-                upstream.connect_timeout,
-                upstream.pool_idle_timeout,
-                upstream.pool_max_idle_per_host,
-            )
-        });
         Self {
-            h1,
             client: builder(false).build(connector(true)),
             grpc: builder(true).build(connector(true)),
             upstream: upstream.clone(),
@@ -240,44 +225,27 @@ impl Proxy {
             (None, None) => {}
         }
 
+        let mut parts = Uri::builder().scheme(self.upstream.scheme.clone()).authority(self.upstream.authority.clone());
         // Path and query go through byte for byte.
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let driven = self.h1.as_ref().filter(|_| !grpc);
-        *req.uri_mut() = match driven {
-            // Origin-form, as HTTP/1.1 writes it; the connection is the pool's.
-            Some(_) => Uri::builder().path_and_query(path),
-            None => Uri::builder()
-                .scheme(self.upstream.scheme.clone())
-                .authority(self.upstream.authority.clone())
-                .path_and_query(path),
-        }
-        .build()
-        .map_err(UpstreamError::Request)?;
-        *req.version_mut() = if grpc { Version::HTTP_2 } else { Version::HTTP_11 };
-        if !req.headers().contains_key(header::HOST) {
-            // A request without a host (HTTP/1.0) still needs one in HTTP/1.1.
-            if let Ok(h) = HeaderValue::from_str(self.upstream.authority.as_str()) {
-                req.headers_mut().insert(header::HOST, h);
-            }
-        }
+        parts = parts.path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        *req.uri_mut() = parts.build().map_err(UpstreamError::Request)?;
+        let client = if grpc {
+            *req.version_mut() = Version::HTTP_2;
+            &self.grpc
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            &self.client
+        };
 
         // The wait for a connection counts against the time allowed for the answer.
         let deadline = tokio::time::Instant::now() + self.upstream.timeout;
         if !grpc {
             slot.connection = Some(self.connection(&metrics.waiting, deadline).await?);
         }
-        let sent = async {
-            match driven {
-                Some(pool) => pool.request(req).await.map_err(UpstreamError::from),
-                None => {
-                    let client = if grpc { &self.grpc } else { &self.client };
-                    Ok(client.request(req).await.map_err(classify)?.map(UpstreamIncoming::pooled))
-                }
-            }
-        };
-        let mut resp = match tokio::time::timeout_at(deadline, sent).await {
+        let mut resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),
-            Ok(result) => result?,
+            Ok(Err(e)) => return Err(classify(e)),
+            Ok(Ok(resp)) => resp,
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -353,27 +321,16 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// The kind of a failed exchange through hyper-util's client, by its causes.
-fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
+/// The kind of a failed exchange, by its causes.
+fn classify(e: ClientError) -> UpstreamError {
     if error_chain::any(&e, &|c| c.is::<rustls::Error>()) {
-        UpstreamError::Tls(e.into())
+        UpstreamError::Tls(e)
     } else if e.is_connect() && error_chain::any(&e, &|c| c.to_string() == "dns error") {
-        UpstreamError::Dns(e.into())
+        UpstreamError::Dns(e)
     } else if e.is_connect() {
-        UpstreamError::Connect(e.into())
+        UpstreamError::Connect(e)
     } else {
-        UpstreamError::Protocol(e.into())
-    }
-}
-
-impl From<h1_upstream::Failure> for UpstreamError {
-    fn from(f: h1_upstream::Failure) -> Self {
-        match f {
-            // Worded as hyper-util words it, for one log text whatever the client.
-            h1_upstream::Failure::Dns(e) => UpstreamError::Dns(format!("dns error: {e}").into()),
-            h1_upstream::Failure::Connect(e) => UpstreamError::Connect(e),
-            h1_upstream::Failure::Exchange(e) => UpstreamError::Protocol(e.into()),
-        }
+        UpstreamError::Protocol(e)
     }
 }
 

@@ -98,12 +98,20 @@ fn bench_tokens(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let auth = ready_authenticator(&rt, &config.auth);
     let headers = bearer(&tok);
+    let replays = mfa_gateway::auth::replay::ReplayStore::new(16);
+    let presented = mfa_gateway::auth::Presented {
+        method: "GET",
+        path: "/v1/customers",
+        origin: None,
+        required: None,
+        replays: &replays,
+    };
     // Twice: a token is cached on its second sighting.
     for _ in 0..2 {
-        rt.block_on(auth.verify(&headers)).unwrap();
+        rt.block_on(auth.verify(&headers, &presented)).unwrap();
     }
     c.bench_function("token/verify_cached (Authenticator::verify, cache hit)", |b| {
-        b.iter(|| ready(auth.verify(black_box(&headers))).unwrap())
+        b.iter(|| ready(auth.verify(black_box(&headers), &presented)).unwrap())
     });
 
     // Many clients each sending its own token: 3000 tokens cycling through a 1000-entry cache,
@@ -121,7 +129,7 @@ fn bench_tokens(c: &mut Criterion) {
     let mut next = 0;
     c.bench_function("token/3000 tokens cycling through a 1000-entry cache (Authenticator::verify)", |b| {
         b.iter(|| {
-            ready(auth.verify(black_box(&many[next % many.len()]))).unwrap();
+            ready(auth.verify(black_box(&many[next % many.len()]), &presented)).unwrap();
             next += 1;
         })
     });

@@ -105,7 +105,10 @@ fn report_refusal(gateway: &Gateway, req: &Request<Incoming>) -> Option<Response
     };
     // Read as the API port reads a bearer token; compared in constant time, so the answer's
     // timing says nothing about the secret.
-    let presented = crate::auth::token::bearer(req.headers()).ok().flatten();
+    let presented = match crate::auth::token::credential(req.headers()) {
+        Ok(Some((crate::auth::token::Scheme::Bearer, secret))) => Some(secret),
+        _ => None,
+    };
     let matches =
         presented.is_some_and(|p| aws_lc_rs::constant_time::verify_slices_are_equal(p.as_bytes(), &token.0).is_ok());
     if matches {

@@ -73,6 +73,8 @@ pub struct Event<'a> {
     pub decision: &'static str,
     pub reason: &'static str,
     pub token_kind: &'static str,
+    /// How the token was bound to the client: `bearer`, `dpop`, or `-` without a verified token.
+    pub binding: &'static str,
     pub tenant: Option<&'a str>,
     pub app: Option<&'a str>,
     pub user: Option<&'a str>,
@@ -95,6 +97,7 @@ pub fn emit(e: &Event<'_>) {
         decision = e.decision,
         reason = e.reason,
         token_kind = e.token_kind,
+        binding = e.binding,
         tid = e.tenant.unwrap_or("-"),
         app = e.app.unwrap_or("-"),
         user = e.user.unwrap_or("-"),

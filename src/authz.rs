@@ -34,6 +34,8 @@ impl FrontKind {
 pub struct AuthzConfig {
     pub listen: SocketAddr,
     pub front: Front,
+    /// The origin the front proxy serves, normalized: what a DPoP proof's `htu` is checked against.
+    pub public_origin: Option<String>,
 }
 
 /// Where the original request is read.

@@ -17,12 +17,14 @@ use prometheus::Registry;
 use crate::audit;
 use crate::auth::challenge::AuthRefusal;
 use crate::auth::metrics::AuthMetrics;
+use crate::auth::replay::ReplayStore;
+use crate::auth::{Presented, DPOP};
 use crate::authz::Flaw;
 use crate::config::Config;
-use crate::headers::{is_grpc, RemovedCounters};
+use crate::headers::RemovedCounters;
 use crate::proxy::{Origin, UpstreamBody, UpstreamMetrics};
 use crate::ratios::RatioCounters;
-use crate::refusal::{Body, Refusal, RefusalSinks};
+use crate::refusal::{Audience, Body, Refusal, RefusalSinks};
 use crate::report::{Observation, Report};
 use crate::request_end::{Asked, Decision, Ended, Memo, Mode, RequestEnd, RequestMetrics, Token};
 use crate::request_id::{RequestIds, REQUEST_ID};
@@ -58,6 +60,9 @@ pub(crate) struct Gateway {
     screened: RemovedCounters,
     ratios: Arc<RatioCounters>,
     report: Report,
+    /// DPoP proofs accepted within their window: kept across reloads, or a reload would open
+    /// a window for replays.
+    replays: ReplayStore,
     request_ids: RequestIds,
     /// `phase` is past `Serving`: read on every HTTP/1.1 response, so an atomic, not the watch.
     draining: AtomicBool,
@@ -82,6 +87,7 @@ impl Gateway {
             screened: RemovedCounters::register(registry),
             ratios,
             report,
+            replays: ReplayStore::new(crate::auth::replay::CAPACITY),
             request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
             phase: tokio::sync::watch::Sender::new(Phase::Serving),
@@ -208,7 +214,7 @@ impl Gateway {
             Some(Ok((m, _))) => m.clone(),
             _ => req.method().clone(),
         };
-        let grpc = is_grpc(req.headers());
+        let audience = Audience::of(req.headers());
         let http1 = req.version() < Version::HTTP_2;
         // From here on the request's records are written however it ends: the first await below
         // is where a client that leaves drops this future.
@@ -236,7 +242,7 @@ impl Gateway {
                 };
                 self.pass(snap, req, route, &origin, &mut end).await.map(|r| r.map(Either::Left))
             }
-            Some(Ok((_, target))) => self.judge(snap, &req, target.path(), route, &mut end).await,
+            Some(Ok((method, target))) => self.judge(snap, &req, (&method, target.path()), route, &mut end).await,
             Some(Err(flaw)) => Err(Refusal::BadOriginal(flaw)),
         };
         let mut resp = match result {
@@ -251,7 +257,7 @@ impl Gateway {
                 let (decision, reason) = (refusal.decision(), refusal.reason());
                 let sinks = RefusalSinks { auth: &self.auth_metrics, upstream: &self.upstream };
                 refusal.record(&sinks, &request_id, &route.name);
-                let resp = refusal.into_response(&snap.style, &request_id, grpc);
+                let resp = refusal.into_response(&snap.style, &request_id, audience);
                 end.answered(resp.status().as_u16(), decision, reason);
                 resp
             }
@@ -269,19 +275,25 @@ impl Gateway {
     async fn pass(
         &self,
         snap: &Snapshot,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         route: &Route,
         origin: &Origin,
         end: &mut RequestEnd,
     ) -> Result<Response<UpstreamBody>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
         crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
-        let admitted = self.admit(snap, req.headers_mut(), route, end).await;
+        let (mut parts, body) = req.into_parts();
+        let asked = (&parts.method, parts.uri.path());
+        let origin_for_proofs = snap.config.server.public_origin.as_deref();
+        let admitted = self.admit(snap, &mut parts.headers, asked, origin_for_proofs, route, end).await;
         let upstream_start = end.auth_finished();
         admitted?;
-        // On every route, public ones too: the upstream and its logs never see the token.
+        let mut req = Request::from_parts(parts, body);
+        // On every route, public ones too: the upstream and its logs see neither the token nor
+        // its proof.
         if !snap.config.auth.forward_authorization {
             req.headers_mut().remove(AUTHORIZATION);
+            req.headers_mut().remove(&DPOP);
         }
         // A bounded number upstream at once, each until its response body ends: past it, 503 at
         // once rather than a queue that holds clients' sockets and memory.
@@ -300,22 +312,26 @@ impl Gateway {
         &self,
         snap: &Snapshot,
         req: &Request<Incoming>,
-        path: &str,
+        (method, path): (&http::Method, &str),
         route: &Route,
         end: &mut RequestEnd,
     ) -> Result<Response<Body>, Refusal> {
         // Front proxies hand over the raw request target, dot segments and all, and resolve them
         // themselves before routing: the same one-spelling rule as proxy mode.
         crate::path::check(path).map_err(Refusal::BadPath)?;
-        // The credential is the only thing read from the question.
+        // The credential (and its proof) is the only thing read from the question.
         let mut answer = HeaderMap::new();
-        for v in req.headers().get_all(AUTHORIZATION) {
-            answer.append(AUTHORIZATION, v.clone());
+        for name in [&AUTHORIZATION, &DPOP] {
+            for v in req.headers().get_all(name) {
+                answer.append(name, v.clone());
+            }
         }
-        let admitted = self.admit(snap, &mut answer, route, end).await;
+        let origin_for_proofs = snap.config.authz.as_ref().and_then(|a| a.public_origin.as_deref());
+        let admitted = self.admit(snap, &mut answer, (method, path), origin_for_proofs, route, end).await;
         end.auth_finished();
         // Never echo a token.
         answer.remove(AUTHORIZATION);
+        answer.remove(&DPOP);
         admitted?;
         // Every identity header (the would-refuse marker too), empty for what this answer lacks:
         // a front proxy that copies them over the request replaces the client's copies of each.
@@ -332,18 +348,26 @@ impl Gateway {
     /// Identity headers, token and route requirement: what must hold before the upstream (or
     /// before a front proxy's question is answered yes). `headers` hold the credential and get
     /// the identity headers.
+    /// `asked`: the method and path the client used; `origin`: the public origin they were
+    /// used at (both for a DPoP proof).
     async fn admit(
         &self,
         snap: &Snapshot,
         headers: &mut HeaderMap,
+        (method, path): (&http::Method, &str),
+        origin: Option<&str>,
         route: &Route,
         end: &mut RequestEnd,
     ) -> Result<(), Refusal> {
         if route.require == Requirement::Public {
             return Ok(());
         }
-        // Verify the token (cached after the first time)...
-        let v = snap.auth.verify(headers).await.map_err(Refusal::Auth)?;
+        // Verify the token (cached after the first time) and its binding to the client...
+        let presented =
+            Presented { method: method.as_str(), path, origin, required: route.binding, replays: &self.replays };
+        let (v, bound) = snap.auth.verify(headers, &presented).await.map_err(Refusal::Auth)?;
+        self.auth_metrics.bound(bound.as_str());
+        end.bound = Some(bound);
         // ...count it for the MFA status report whatever the route decides...
         self.observe(snap, &v, route);
         end.verified = Some(v.clone());

@@ -43,6 +43,20 @@ pub(crate) struct RefusalStyle {
     pub request_context: Option<HeaderValue>,
 }
 
+/// How the client reads a refusal: as gRPC (status in trailers), and whether it speaks DPoP
+/// (its challenges then include `DPoP`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Audience {
+    pub grpc: bool,
+    pub dpop: bool,
+}
+
+impl Audience {
+    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
+        Self { grpc: crate::headers::is_grpc(headers), dpop: crate::auth::token::is_dpop(headers) }
+    }
+}
+
 /// The counters a refusal may add to, besides `requests_total` (which `RequestEnd` writes).
 pub(crate) struct RefusalSinks<'a> {
     pub auth: &'a AuthMetrics,
@@ -62,6 +76,8 @@ impl Refusal {
                 Deny::AppOnlyNotAllowed | Deny::MissingRole | Deny::MissingScope => Decision::Forbidden,
             },
             Refusal::Auth(AuthRefusal::KeysUnavailable) => Decision::KeysUnavailable,
+            Refusal::Auth(AuthRefusal::Proof(_) | AuthRefusal::Binding(_)) => Decision::InvalidToken,
+            Refusal::Auth(AuthRefusal::ProofsFull) => Decision::DpopBusy,
             Refusal::BadPath(_) | Refusal::BadOriginal(_) => Decision::BadRequest,
             Refusal::Upstream(_) => Decision::UpstreamError,
             Refusal::UpstreamBusy => Decision::UpstreamBusy,
@@ -75,6 +91,9 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::Invalid(i)) => i.reason(),
             Refusal::Auth(AuthRefusal::Denied(d)) => d.why().reason(),
             Refusal::Auth(AuthRefusal::KeysUnavailable) => "keys_unavailable",
+            Refusal::Auth(AuthRefusal::Proof(p)) => p.reason(),
+            Refusal::Auth(AuthRefusal::Binding(b)) => b.reason(),
+            Refusal::Auth(AuthRefusal::ProofsFull) => "store_full",
             Refusal::BadPath(_) => "path_not_normal",
             Refusal::BadOriginal(_) => "bad_original_request",
             Refusal::Upstream(e) => e.kind(),
@@ -103,6 +122,14 @@ impl Refusal {
             Refusal::Auth(AuthRefusal::KeysUnavailable) => {
                 tracing::warn!(request_id, route, "no signing keys for the token's issuer");
             }
+            Refusal::Auth(AuthRefusal::Proof(_) | AuthRefusal::Binding(_)) => {
+                sinks.auth.dpop_refused(self.reason());
+                tracing::debug!(request_id, route, reason = self.reason(), "token binding refused");
+            }
+            Refusal::Auth(AuthRefusal::ProofsFull) => {
+                sinks.auth.dpop_refused(self.reason());
+                tracing::warn!(request_id, route, "DPoP replay store full of live proofs; refused");
+            }
             Refusal::BadPath(flaw) => {
                 tracing::debug!(request_id, flaw = flaw.description(), "path not in normal form");
             }
@@ -121,14 +148,16 @@ impl Refusal {
         }
     }
 
-    pub(crate) fn into_response(self, style: &RefusalStyle, request_id: &HeaderValue, grpc: bool) -> Response<Body> {
+    pub(crate) fn into_response(self, style: &RefusalStyle, request_id: &HeaderValue, to: Audience) -> Response<Body> {
         let (mut resp, message) = match self {
             Refusal::Auth(a) => {
-                let c = challenge(a, &style.challenge);
+                let c = challenge(a, &style.challenge, to.dpop);
                 let mut resp = json(c.status, c.error, c.description);
                 let h = resp.headers_mut();
-                if let Some(w) = c.www_authenticate.and_then(|w| HeaderValue::from_str(&w).ok()) {
-                    h.insert(header::WWW_AUTHENTICATE, w);
+                for w in [c.www_authenticate, c.dpop].into_iter().flatten() {
+                    if let Ok(w) = HeaderValue::from_str(&w) {
+                        h.append(header::WWW_AUTHENTICATE, w);
+                    }
                 }
                 if let Some(secs) = c.retry_after_secs {
                     h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -166,7 +195,7 @@ impl Refusal {
                 (resp, WHAT)
             }
         };
-        if grpc {
+        if to.grpc {
             trailers_only(&mut resp, message);
         }
         resp
@@ -285,6 +314,7 @@ mod tests {
             step_up: crate::routes::StepUp::PartnerCenter,
             max_auth_age: None,
             enforce,
+            binding: None,
         }
     }
 

@@ -36,10 +36,12 @@ pub enum Decision {
     ClientClosed,
     /// Forwarded by a report-only route whose rules would have refused it.
     WouldRefuse,
+    /// Refused at once: the DPoP replay store was full of live proofs.
+    DpopBusy,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 11] = [
+    pub const ALL: [Decision; 12] = [
         Decision::Allowed,
         Decision::MfaRequired,
         Decision::MissingToken,
@@ -51,6 +53,7 @@ impl Decision {
         Decision::BadRequest,
         Decision::ClientClosed,
         Decision::WouldRefuse,
+        Decision::DpopBusy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Decision {
             Decision::BadRequest => "bad_request",
             Decision::ClientClosed => "client_closed",
             Decision::WouldRefuse => "would_refuse",
+            Decision::DpopBusy => "dpop_busy",
         }
     }
 }
@@ -285,6 +289,8 @@ pub struct RequestEnd {
     /// Upstream response headers (or the upstream's failure).
     pub upstream_done: Option<Instant>,
     pub verified: Option<Arc<Token>>,
+    /// How the request bound its verified token to the client.
+    pub bound: Option<crate::auth::BoundBy>,
     /// A report-only route's rules would have refused it, for this reason.
     pub would_refuse: Option<&'static str>,
     outcome: Option<(u16, Decision, &'static str)>,
@@ -300,6 +306,7 @@ impl RequestEnd {
             auth_done: None,
             upstream_done: None,
             verified: None,
+            bound: None,
             would_refuse: None,
             outcome: None,
         }
@@ -373,6 +380,7 @@ impl Drop for RequestEnd {
             decision: decision.as_str(),
             reason,
             token_kind: kind_label(kind),
+            binding: self.bound.map_or("-", crate::auth::BoundBy::as_str),
             tenant: v.and_then(|v| v.tid()),
             app: v.and_then(|v| v.app_id()),
             user: ids.as_ref().and_then(Ids::user),

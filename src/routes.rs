@@ -35,6 +35,23 @@ impl Requirement {
     }
 }
 
+/// How a route wants the token bound to its client (sender-constrained, RFC 9449 and RFC 8705).
+/// A bound token's binding is checked on every route; this makes one required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Binding {
+    /// A DPoP-bound token, with its proof (`Authorization: DPoP`).
+    Dpop,
+}
+
+impl Binding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Binding::Dpop => "dpop",
+        }
+    }
+}
+
 /// What a client is told when the route refuses it for want of MFA (or of a recent sign-in).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,6 +93,9 @@ pub struct Route {
     /// `false`: report-only. A request the route's rules would refuse is forwarded, marked and
     /// counted as `would_refuse`; a token that does not verify is refused all the same.
     pub enforce: bool,
+    /// The binding the token must have here (`None`: bearer tokens too). Like a token's
+    /// validity it is enforced on report-only routes too.
+    pub binding: Option<Binding>,
 }
 
 /// `[defaults]`: for routes that do not say, and for requests that match no route.
@@ -108,6 +128,7 @@ pub struct RouteConfig {
     pub max_auth_age: Option<std::time::Duration>,
     /// The route's own, or `[defaults].enforce`.
     pub enforce: bool,
+    pub binding: Option<Binding>,
 }
 
 pub const UNMATCHED: &str = "unmatched";
@@ -136,6 +157,7 @@ impl RouteTable {
                 step_up: c.step_up,
                 max_auth_age: c.max_auth_age.map(|d| d.as_secs()),
                 enforce: c.enforce,
+                binding: c.binding,
             });
             match templates.iter_mut().find(|(p, _)| *p == c.path) {
                 Some((_, ids)) => ids.push(i),
@@ -156,6 +178,7 @@ impl RouteTable {
             step_up: defaults.step_up,
             max_auth_age: None,
             enforce: defaults.enforce,
+            binding: None,
         };
         Ok(Self { router, routes, unmatched })
     }
@@ -203,6 +226,7 @@ mod tests {
             step_up: StepUp::PartnerCenter,
             max_auth_age: None,
             enforce: true,
+            binding: None,
         }
     }
 

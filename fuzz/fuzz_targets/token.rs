@@ -97,8 +97,8 @@ fuzz_target!(|data: &[u8]| {
         headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
     }
 
-    // The request path's order: bearer, parse, issuer, algorithm, key, then `auth::accept`.
-    let Ok(Some(t)) = token::bearer(&headers) else { return };
+    // The request path's order: credential, parse, issuer, algorithm, key, then `auth::accept`.
+    let Ok(Some((_, t))) = token::credential(&headers) else { return };
     let Ok(parsed) = token::parse(t, rules.max_token_bytes) else { return };
     let Some(iss) = parsed.claims.iss() else { return };
     if !rules.issuer.could_match(iss) || !rules.algorithms.contains(&parsed.alg) {

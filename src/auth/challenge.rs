@@ -3,6 +3,7 @@
 use base64::Engine;
 use http::StatusCode;
 
+use super::dpop::{self, BindingError, ProofError};
 use super::invalid::Invalid;
 use super::policy::Deny;
 use crate::routes::StepUp;
@@ -17,6 +18,13 @@ pub enum AuthRefusal {
     Denied(Denial),
     /// No key could be had for the token's issuer: our fault, not the caller's.
     KeysUnavailable,
+    /// The DPoP proof failed a check of RFC 9449 §4.3.
+    Proof(ProofError),
+    /// Token and proof do not belong together, or the route's binding is not met.
+    Binding(BindingError),
+    /// The replay store holds as many live proofs as it may: refused rather than a proof
+    /// forgotten early. Our limit, not the caller's fault.
+    ProofsFull,
 }
 
 /// A route's rule refused a verified token: all that `Authenticator::authorize` can return.
@@ -89,6 +97,8 @@ pub struct Challenge {
     /// HTTP/1.1 reason phrase when it is not the standard one.
     pub reason_phrase: Option<&'static str>,
     pub www_authenticate: Option<String>,
+    /// A second `WWW-Authenticate`: the `DPoP` challenge beside a `Bearer` one (RFC 9449 §7.2).
+    pub dpop: Option<String>,
     pub error: &'static str,
     pub description: &'static str,
     pub retry_after_secs: Option<u64>,
@@ -96,9 +106,23 @@ pub struct Challenge {
 
 pub const MFA_REASON_PHRASE: &str = "Unauthorized - MFA required";
 
-/// The challenge for a refusal under the `[challenge]` settings.
+/// The challenge for a refusal under the `[challenge]` settings. A client that used the `DPoP`
+/// scheme gets a `DPoP` challenge beside each `Bearer` one.
+pub fn challenge(refusal: AuthRefusal, settings: &ChallengeSettings, dpop_client: bool) -> Challenge {
+    let mut c = first_challenge(refusal, settings);
+    let already = c.www_authenticate.as_deref().is_some_and(|w| w.starts_with("DPoP"));
+    if dpop_client && c.status == StatusCode::UNAUTHORIZED && !already {
+        c.dpop = Some(scheme("DPoP", settings, &[algs()]));
+    }
+    c
+}
+
+fn algs() -> String {
+    format!("algs=\"{}\"", dpop::ALGS_PARAM)
+}
+
 #[deny(clippy::wildcard_enum_match_arm)]
-pub fn challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challenge {
+fn first_challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challenge {
     match refusal {
         // RFC 6750 §3.1: a request without credentials gets no error code.
         AuthRefusal::MissingToken => unauthorized(bearer(settings, &[]), "missing_token", "a Bearer token is required"),
@@ -127,21 +151,47 @@ pub fn challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challeng
             status: StatusCode::SERVICE_UNAVAILABLE,
             reason_phrase: None,
             www_authenticate: None,
+            dpop: None,
             error: "keys_unavailable",
             description: "the token issuer's signing keys cannot be fetched right now",
             retry_after_secs: Some(5),
+        },
+        // RFC 9449 §7.1: the proof's own error, with the algorithms accepted.
+        AuthRefusal::Proof(why) => {
+            let params =
+                ["error=\"invalid_dpop_proof\"".into(), format!("error_description=\"{}\"", why.description()), algs()];
+            unauthorized(scheme("DPoP", settings, &params), "invalid_dpop_proof", why.description())
+        }
+        AuthRefusal::Binding(why) => {
+            let params =
+                ["error=\"invalid_token\"".into(), format!("error_description=\"{}\"", why.description()), algs()];
+            unauthorized(scheme("DPoP", settings, &params), "invalid_token", why.description())
+        }
+        AuthRefusal::ProofsFull => Challenge {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason_phrase: None,
+            www_authenticate: None,
+            dpop: None,
+            error: "dpop_busy",
+            description: "too many DPoP proofs to remember right now",
+            retry_after_secs: Some(1),
         },
     }
 }
 
 /// `Bearer` with the configured realm first, then `params`.
 fn bearer(settings: &ChallengeSettings, params: &[String]) -> String {
+    scheme("Bearer", settings, params)
+}
+
+/// `name` (an auth scheme) with the configured realm first, then `params`.
+fn scheme(name: &str, settings: &ChallengeSettings, params: &[String]) -> String {
     let realm = settings.realm.as_deref().map(|r| format!("realm=\"{r}\""));
     let all: Vec<&str> = realm.iter().map(String::as_str).chain(params.iter().map(String::as_str)).collect();
     if all.is_empty() {
-        "Bearer".to_string()
+        name.to_string()
     } else {
-        format!("Bearer {}", all.join(", "))
+        format!("{name} {}", all.join(", "))
     }
 }
 
@@ -150,6 +200,7 @@ fn unauthorized(www_authenticate: String, error: &'static str, description: &'st
         status: StatusCode::UNAUTHORIZED,
         reason_phrase: None,
         www_authenticate: Some(www_authenticate),
+        dpop: None,
         error,
         description,
         retry_after_secs: None,
@@ -195,27 +246,27 @@ mod tests {
     fn refusal_table() {
         let plain = ChallengeSettings::default();
         let api = ChallengeSettings { realm: Some("api".into()), ..Default::default() };
-        let c = challenge(AuthRefusal::MissingToken, &plain);
+        let c = challenge(AuthRefusal::MissingToken, &plain, false);
         assert_eq!((c.status, c.www_authenticate.as_deref()), (StatusCode::UNAUTHORIZED, Some("Bearer")));
-        let c = challenge(AuthRefusal::MissingToken, &api);
+        let c = challenge(AuthRefusal::MissingToken, &api, false);
         assert_eq!(c.www_authenticate.as_deref(), Some("Bearer realm=\"api\""));
 
-        let c = challenge(AuthRefusal::Invalid(Invalid::Expired), &api);
+        let c = challenge(AuthRefusal::Invalid(Invalid::Expired), &api, false);
         assert_eq!(
             c.www_authenticate.as_deref(),
             Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token expired\"")
         );
 
-        let c = challenge(AuthRefusal::Denied(Denial::Plain(Deny::MfaRequired)), &api);
+        let c = challenge(AuthRefusal::Denied(Denial::Plain(Deny::MfaRequired)), &api, false);
         assert_eq!(c.status, StatusCode::UNAUTHORIZED);
         assert_eq!(c.reason_phrase, Some("Unauthorized - MFA required"));
         assert_eq!(c.www_authenticate.as_deref(), Some("Bearer error=\"invalid_token\""));
 
-        let c = challenge(AuthRefusal::Denied(Denial::Plain(Deny::AppOnlyNotAllowed)), &plain);
+        let c = challenge(AuthRefusal::Denied(Denial::Plain(Deny::AppOnlyNotAllowed)), &plain, false);
         assert_eq!(c.status, StatusCode::FORBIDDEN);
         assert!(c.www_authenticate.unwrap().starts_with("Bearer error=\"insufficient_scope\", error_description="));
 
-        let c = challenge(AuthRefusal::KeysUnavailable, &plain);
+        let c = challenge(AuthRefusal::KeysUnavailable, &plain, false);
         assert_eq!(
             (c.status, c.www_authenticate, c.retry_after_secs),
             (StatusCode::SERVICE_UNAVAILABLE, None, Some(5))
@@ -224,9 +275,41 @@ mod tests {
 
     #[test]
     fn descriptions_are_safe_header_text() {
-        for i in Invalid::ALL {
-            let d = i.description();
+        let all = Invalid::ALL
+            .iter()
+            .map(|i| i.description())
+            .chain(ProofError::ALL.iter().map(|p| p.description()))
+            .chain(BindingError::ALL.iter().map(|b| b.description()));
+        for d in all {
             assert!(!d.contains('"') && !d.contains('\\') && d.is_ascii(), "{d}");
         }
+    }
+
+    /// RFC 9449 §7.1 and §7.2: proof errors and binding errors in a `DPoP` challenge; a DPoP
+    /// client refused for want of MFA gets the Partner Center bytes and a `DPoP` challenge too.
+    #[test]
+    fn dpop_refusals() {
+        let plain = ChallengeSettings::default();
+        let c = challenge(AuthRefusal::Proof(ProofError::WrongUri), &plain, true);
+        assert_eq!(c.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            c.www_authenticate.as_deref(),
+            Some(
+                "DPoP error=\"invalid_dpop_proof\", error_description=\"the DPoP proof is for another URI\", \
+                 algs=\"ES256 ES384 EdDSA RS256 PS256 PS384\""
+            )
+        );
+        assert_eq!(c.dpop, None);
+        let c = challenge(AuthRefusal::Binding(BindingError::BoundAsBearer), &plain, false);
+        assert!(c.www_authenticate.unwrap().starts_with("DPoP error=\"invalid_token\", error_description="));
+
+        let c = challenge(AuthRefusal::Denied(Denial::Plain(Deny::MfaRequired)), &plain, true);
+        assert_eq!(c.reason_phrase, Some("Unauthorized - MFA required"));
+        assert_eq!(c.www_authenticate.as_deref(), Some("Bearer error=\"invalid_token\""));
+        assert_eq!(c.dpop.as_deref(), Some("DPoP algs=\"ES256 ES384 EdDSA RS256 PS256 PS384\""));
+        assert_eq!(challenge(AuthRefusal::Denied(Denial::Plain(Deny::MfaRequired)), &plain, false).dpop, None);
+        // Forbidden is not a challenge to authenticate again.
+        let c = challenge(AuthRefusal::Denied(Denial::Plain(Deny::MissingRole)), &plain, true);
+        assert_eq!((c.status, c.dpop), (StatusCode::FORBIDDEN, None));
     }
 }

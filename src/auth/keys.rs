@@ -159,7 +159,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<ParsedJwks, JwksError> {
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for (i, v) in raw.keys.into_iter().enumerate() {
-        match parse_jwk(v) {
+        match public_key(v) {
             Ok(k) => keys.push(k),
             Err(why) => skipped.push(format!("key {i}: {why}")),
         }
@@ -170,7 +170,9 @@ pub fn parse_jwks(body: &[u8]) -> Result<ParsedJwks, JwksError> {
     Ok(ParsedJwks { keys, skipped })
 }
 
-fn parse_jwk(v: serde_json::Value) -> Result<Key, String> {
+/// One public JWK as a verification key (a key set's member, or a DPoP proof's own `jwk`), or
+/// why it is not usable.
+pub fn public_key(v: serde_json::Value) -> Result<Key, String> {
     let jwk: RawJwk = serde_json::from_value(v).map_err(|e| e.to_string())?;
     if let Some(u) = &jwk.use_ {
         if u != "sig" {

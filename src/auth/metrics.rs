@@ -21,7 +21,12 @@ pub struct AuthMetrics {
     /// Set at scrape time, as key set ages are.
     pub cache_bytes: IntGauge,
     step_up_challenges: KindCounters,
+    dpop_refusals: KindCounters,
+    bindings: KindCounters,
 }
+
+/// The `binding` label of `token_bindings_total` (`BoundBy` names).
+pub const BINDINGS: [&str; 2] = ["bearer", "dpop"];
 
 impl AuthMetrics {
     pub fn register(reg: &Registry) -> Self {
@@ -78,7 +83,31 @@ impl AuthMetrics {
                  rfc9470, or entra_claims (to clients that handle it).",
                 &STEP_UP_KINDS,
             ),
+            dpop_refusals: KindCounters::labelled(
+                reg,
+                "mfa_gateway_dpop_refusals_total",
+                "Requests refused for their DPoP proof or their token's binding, by reason.",
+                "reason",
+                &super::dpop::REFUSAL_REASONS,
+            ),
+            bindings: KindCounters::labelled(
+                reg,
+                "mfa_gateway_token_bindings_total",
+                "Verified tokens by how the request bound them to the client: bearer (not bound) or dpop.",
+                "binding",
+                &BINDINGS,
+            ),
         }
+    }
+
+    /// A refusal for a DPoP proof or a token's binding, by its `REFUSAL_REASONS` label.
+    pub fn dpop_refused(&self, reason: &str) {
+        self.dpop_refusals.inc(reason);
+    }
+
+    /// A token that passed, by how it was bound (`BINDINGS`).
+    pub fn bound(&self, binding: &str) {
+        self.bindings.inc(binding);
     }
 
     pub fn invalid_token(&self, why: Invalid) {

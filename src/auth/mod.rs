@@ -4,12 +4,14 @@
 
 pub mod admission;
 pub mod challenge;
+pub mod dpop;
 pub mod invalid;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod profile;
+pub mod replay;
 pub mod token;
 pub mod verified;
 
@@ -18,15 +20,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::routes::{Route, StepUp};
+use crate::routes::{Binding, Route, StepUp};
 use challenge::{AuthRefusal, ChallengeSettings, Denial, StepUpNeeded};
+use dpop::{BindingError, ProofError};
 use invalid::Invalid;
 use jwks::{IssuerKeys, KeySpec, KeyTiming};
 use keys::Lookup;
 use metrics::AuthMetrics;
 use policy::Deny;
 use profile::Profile;
-use token::IssuerRules;
+use replay::{NotRecorded, ReplayStore};
+use token::{IssuerRules, Scheme};
 use verified::{TokenText, UntilExp, Verified};
 
 // ---------------------------------------------------------------------------------------------
@@ -82,6 +86,44 @@ pub fn accept<'p>(
 
 // ---------------------------------------------------------------------------------------------
 // The authenticator.
+
+/// How far a DPoP proof's `iat` may be from now, either way, in seconds; its `jti` is kept as
+/// long. Proofs are made for one request, so a minute covers clock skew and slow networks.
+pub const DPOP_WINDOW_SECS: i64 = 60;
+
+/// The request a token comes with: what a DPoP proof must match, and the route's binding.
+pub struct Presented<'a> {
+    pub method: &'a str,
+    /// The path as the client sent it (without the query).
+    pub path: &'a str,
+    /// The listener's `public_origin`, normalized; without one, DPoP-bound tokens are refused.
+    pub origin: Option<&'a str>,
+    /// The route's required binding.
+    pub required: Option<Binding>,
+    /// The proofs accepted within their window, shared by every request of this replica.
+    pub replays: &'a ReplayStore,
+}
+
+/// How the request bound its token to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BoundBy {
+    /// Not bound: a bearer token.
+    Nothing,
+    Dpop,
+}
+
+impl BoundBy {
+    /// `token_bindings_total`'s label and the audit field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoundBy::Nothing => "bearer",
+            BoundBy::Dpop => "dpop",
+        }
+    }
+}
+
+/// The header carrying a DPoP proof (RFC 9449 §4.1).
+pub static DPOP: HeaderName = HeaderName::from_static("dpop");
 
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
@@ -179,13 +221,28 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
         self.issuers.iter().filter_map(|i| i.not_ready_reason()).collect()
     }
 
-    /// Verifies the request's bearer token (from cache when it verified before).
-    pub async fn verify(&self, headers: &HeaderMap) -> Result<Arc<Verified<M>>, AuthRefusal> {
-        let token = match token::bearer(headers) {
+    /// Verifies the request's token (from cache when it verified before), then its binding to
+    /// the client: a DPoP-bound token only with its proof, and the route's binding if it has one.
+    pub async fn verify(
+        &self,
+        headers: &HeaderMap,
+        presented: &Presented<'_>,
+    ) -> Result<(Arc<Verified<M>>, BoundBy), AuthRefusal> {
+        let (scheme, token) = match token::credential(headers) {
             Ok(Some(t)) => t,
             Ok(None) => return Err(AuthRefusal::MissingToken),
             Err(why) => return Err(AuthRefusal::Invalid(why)),
         };
+        let v = self.verified(token).await?;
+        let bound = self.check_binding(scheme, token, &v, headers, presented)?;
+        if presented.required == Some(Binding::Dpop) && bound != BoundBy::Dpop {
+            return Err(AuthRefusal::Binding(BindingError::Required));
+        }
+        Ok((v, bound))
+    }
+
+    /// The token's `Verified`: from the cache, or verified now.
+    async fn verified(&self, token: &str) -> Result<Arc<Verified<M>>, AuthRefusal> {
         let key = std::hash::BuildHasher::hash_one(&self.token_hash, token);
         if let Some(v) = self.cache.get(&key).filter(|v| v.token.as_ref().is_some_and(|t| *t.0 == *token)) {
             // The entry expires at `exp`; these checks cover a key that left the set since.
@@ -208,6 +265,45 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             _ => {}
         }
         Ok(v)
+    }
+
+    /// RFC 9449 §7.1: a DPoP-bound token only with the `DPoP` scheme and a valid proof of its
+    /// key; the `DPoP` scheme only with a DPoP-bound token. Never cached: a proof is for one request.
+    fn check_binding(
+        &self,
+        scheme: Scheme,
+        token: &str,
+        v: &Verified<M>,
+        headers: &HeaderMap,
+        presented: &Presented<'_>,
+    ) -> Result<BoundBy, AuthRefusal> {
+        let jkt = match (scheme, v.jkt.as_deref()) {
+            (Scheme::Bearer, None) => return Ok(BoundBy::Nothing),
+            (Scheme::Bearer, Some(_)) => return Err(AuthRefusal::Binding(BindingError::BoundAsBearer)),
+            (Scheme::Dpop, None) => return Err(AuthRefusal::Binding(BindingError::NotBound)),
+            (Scheme::Dpop, Some(jkt)) => jkt,
+        };
+        let origin = presented.origin.ok_or(AuthRefusal::Binding(BindingError::NoOrigin))?;
+        let proof = |e| AuthRefusal::Proof(e);
+        let mut proofs = headers.get_all(&DPOP).iter();
+        let one = proofs.next().ok_or(proof(ProofError::Missing))?;
+        if proofs.next().is_some() {
+            return Err(proof(ProofError::Multiple));
+        }
+        let htu = dpop::expected_htu(origin, presented.path).ok_or(proof(ProofError::WrongUri))?;
+        let now = (self.clock)();
+        let expected =
+            dpop::Expected { method: presented.method, htu: &htu, access_token: token, now, window: DPOP_WINDOW_SECS };
+        let proven = dpop::check(one.to_str().map_err(|_| proof(ProofError::Malformed))?, &expected).map_err(proof)?;
+        if proven.jkt != jkt {
+            return Err(AuthRefusal::Binding(BindingError::KeyMismatch));
+        }
+        // Last: only a proof that passed every other check uses up its jti.
+        presented.replays.record(jkt, &proven.jti, proven.expires, now).map_err(|e| match e {
+            NotRecorded::Replayed => proof(ProofError::Replayed),
+            NotRecorded::Full => AuthRefusal::ProofsFull,
+        })?;
+        Ok(BoundBy::Dpop)
     }
 
     async fn verify_uncached(&self, token: &str, keep: bool) -> Result<Verified<M>, AuthRefusal> {
@@ -244,6 +340,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             Lookup::Invalid(why) => return Err(invalid(why)),
         };
         let id = accept(&parsed, rules, &key, &self.profiles[index], (self.clock)()).map_err(invalid)?;
+        let jkt = parsed.claims.cnf_jkt().map_err(invalid)?.map(Box::from);
         let value = |s: Option<&str>| s.and_then(|s| HeaderValue::from_str(s).ok());
         Ok(Verified {
             issuer: index,
@@ -257,6 +354,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             auth_time: id.auth_time,
             claims_capable: id.claims_capable,
             ids: [value(id.tid), value(id.oid), value(id.app_id), value(id.upn), value(id.user)],
+            jkt,
             memo: M::default(),
             token: keep.then(|| TokenText(token.into())),
         })
@@ -314,6 +412,13 @@ mod tests {
         h
     }
 
+    /// A bearer token on a route with no binding required.
+    async fn check(auth: &Authenticator, token: &str) -> Result<Arc<Verified>, AuthRefusal> {
+        static REPLAYS: std::sync::LazyLock<ReplayStore> = std::sync::LazyLock::new(|| ReplayStore::new(16));
+        let presented = Presented { method: "GET", path: "/", origin: None, required: None, replays: &REPLAYS };
+        auth.verify(&bearer(token), &presented).await.map(|(v, _)| v)
+    }
+
     /// An authenticator for `config/partner-center.toml` with `cache` as its `[cache]` table,
     /// trusting `issuer`'s key from a file, keys loaded.
     async fn ready_authenticator(issuer: &DevIssuer, cache: &str) -> (Authenticator, Arc<AuthMetrics>) {
@@ -347,19 +452,19 @@ mod tests {
 
         let (with_mfa, without) = (issuer.mint(&entra_claims("mfa", 600)), issuer.mint(&entra_claims("nomfa", 600)));
         // Verified twice: cached on the second sighting, so the entry holds its token.
-        auth.verify(&bearer(&without)).await.unwrap();
-        let other = auth.verify(&bearer(&without)).await.unwrap();
+        check(&auth, &without).await.unwrap();
+        let other = check(&auth, &without).await.unwrap();
         assert!(!other.mfa && other.token.is_some());
         // As if the two tokens hashed alike: the MFA token's slot holds the other token's entry.
         auth.cache.insert(std::hash::BuildHasher::hash_one(&auth.token_hash, with_mfa.as_str()), other);
         let misses = metrics.cache_misses.get();
-        let v = auth.verify(&bearer(&with_mfa)).await.unwrap();
+        let v = check(&auth, &with_mfa).await.unwrap();
         assert!(v.mfa, "answered with the other token's entry");
         assert_eq!(metrics.cache_misses.get(), misses + 1);
         // Seen a second time, the token is cached under its own entry.
-        assert!(auth.verify(&bearer(&with_mfa)).await.unwrap().mfa);
+        assert!(check(&auth, &with_mfa).await.unwrap().mfa);
         let hits = metrics.cache_hits.get();
-        assert!(auth.verify(&bearer(&with_mfa)).await.unwrap().mfa);
+        assert!(check(&auth, &with_mfa).await.unwrap().mfa);
         assert_eq!(metrics.cache_hits.get(), hits + 1);
     }
 
@@ -382,15 +487,15 @@ mod tests {
         let token = issuer.mint(&claims);
         // Cached on its second sighting, answered from the cache on the third.
         for _ in 0..3 {
-            auth.verify(&bearer(&token)).await.unwrap();
+            check(&auth, &token).await.unwrap();
         }
         assert_eq!(metrics.cache_hits.get(), 1);
         let leeway = auth.rules[0].leeway_secs;
         set(exp + leeway);
-        auth.verify(&bearer(&token)).await.expect("valid up to exp + leeway");
+        check(&auth, &token).await.expect("valid up to exp + leeway");
         assert_eq!(metrics.cache_hits.get(), 2, "still answered from the cache");
         set(exp + leeway + 1);
-        assert_eq!(auth.verify(&bearer(&token)).await.err(), Some(AuthRefusal::Invalid(Invalid::Expired)));
+        assert_eq!(check(&auth, &token).await.err(), Some(AuthRefusal::Invalid(Invalid::Expired)));
     }
 
     /// Junk sent between a good token's two sightings leaves no mark in the doorkeeper, so the
@@ -401,18 +506,18 @@ mod tests {
         // A small cache: its doorkeeper has 64 slots, which 10 000 marks would surely overwrite.
         let (auth, metrics) = ready_authenticator(&issuer, "max_entries = 16").await;
         let good = issuer.mint(&entra_claims("mfa", 600));
-        auth.verify(&bearer(&good)).await.unwrap();
+        check(&auth, &good).await.unwrap();
         assert_eq!(metrics.cache_deferred.get(), 1);
         // 10 000 distinct tokens with a broken signature (a few characters of it changed).
         let cut = good.len() - 10;
         for i in 0..10_000u32 {
             let junk = format!("{}{:05}{}", &good[..cut], i, &good[cut + 5..]);
-            assert!(matches!(auth.verify(&bearer(&junk)).await, Err(AuthRefusal::Invalid(_))));
+            assert!(matches!(check(&auth, &junk).await, Err(AuthRefusal::Invalid(_))));
         }
-        auth.verify(&bearer(&good)).await.unwrap();
+        check(&auth, &good).await.unwrap();
         assert_eq!(metrics.cache_deferred.get(), 1, "the second sighting was taken for a first");
         let hits = metrics.cache_hits.get();
-        auth.verify(&bearer(&good)).await.unwrap();
+        check(&auth, &good).await.unwrap();
         assert_eq!(metrics.cache_hits.get(), hits + 1, "the verified token was not cached");
     }
 
@@ -428,8 +533,8 @@ mod tests {
             // About 8 KiB each: 300 of them weigh over twice the bound.
             claims["pad"] = serde_json::Value::from(format!("{i:06}{}", "x".repeat(6000)));
             let token = issuer.mint(&claims);
-            auth.verify(&bearer(&token)).await.unwrap();
-            weights.push(auth.verify(&bearer(&token)).await.unwrap().weight());
+            check(&auth, &token).await.unwrap();
+            weights.push(check(&auth, &token).await.unwrap().weight());
         }
         auth.cache.run_pending_tasks();
         assert!(weights.iter().all(|w| *w > 8000), "each entry weighs its token: {:?}", &weights[..3]);

@@ -135,6 +135,7 @@ mod tests {
             step_up: crate::routes::StepUp::PartnerCenter,
             max_auth_age: None,
             enforce: true,
+            binding: None,
         }
     }
 

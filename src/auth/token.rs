@@ -11,8 +11,16 @@ use serde_json::Value;
 
 use super::invalid::Invalid;
 
-/// The bearer token of a request: `Ok(None)` when there is none (or another scheme).
-pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Invalid> {
+/// How the client presents its token: RFC 6750 `Bearer`, or RFC 9449 `DPoP` with a proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Bearer,
+    Dpop,
+}
+
+/// The access token of a request and its scheme: `Ok(None)` when there is none (or another
+/// scheme).
+pub fn credential(headers: &HeaderMap) -> Result<Option<(Scheme, &str)>, Invalid> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -21,15 +29,25 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Invalid> {
         return Err(Invalid::MultipleAuthorization);
     }
     let bytes = value.as_bytes();
-    // RFC 7235: the scheme is case-insensitive; RFC 6750: one space, then the token.
-    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+    // RFC 7235: the scheme is case-insensitive; RFC 6750 and RFC 9449: one space, then the token.
+    let (scheme, rest) = if bytes.len() >= 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        (Scheme::Bearer, &bytes[7..])
+    } else if bytes.len() >= 5 && bytes[..5].eq_ignore_ascii_case(b"dpop ") {
+        (Scheme::Dpop, &bytes[5..])
+    } else {
         return Ok(None);
-    }
-    let token = std::str::from_utf8(&bytes[7..]).map_err(|_| Invalid::Malformed)?.trim();
+    };
+    let token = std::str::from_utf8(rest).map_err(|_| Invalid::Malformed)?.trim();
     if token.is_empty() {
         return Err(Invalid::Malformed);
     }
-    Ok(Some(token))
+    Ok(Some((scheme, token)))
+}
+
+/// Whether the request presents its token with the `DPoP` scheme (its refusals then carry a
+/// `DPoP` challenge too).
+pub fn is_dpop(headers: &HeaderMap) -> bool {
+    matches!(credential(headers), Ok(Some((Scheme::Dpop, _))))
 }
 
 /// Issuer to match: exact, or a multi-tenant template holding `{tenantid}`.
@@ -161,6 +179,20 @@ impl Claims {
     /// Whether the claim is present (and not `null`).
     pub fn has(&self, name: &str) -> bool {
         !matches!(self.all.get(name), None | Some(Value::Null))
+    }
+
+    /// `cnf.jkt` (RFC 9449 §6.1): the thumbprint of the key the token is bound to. `Err` when
+    /// `cnf` or its `jkt` is there but not of the right type: a binding not understood is refused.
+    pub fn cnf_jkt(&self) -> Result<Option<&str>, Invalid> {
+        match self.all.get("cnf") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(cnf)) => match cnf.get("jkt") {
+                None => Ok(None),
+                Some(Value::String(jkt)) if !jkt.is_empty() => Ok(Some(jkt)),
+                Some(_) => Err(Invalid::BadJson),
+            },
+            Some(_) => Err(Invalid::BadJson),
+        }
     }
 
     pub fn iss(&self) -> Option<&str> {
@@ -329,17 +361,22 @@ mod tests {
     }
 
     #[test]
-    fn bearer_extraction() {
+    fn credential_extraction() {
         let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), Ok(None));
+        assert_eq!(credential(&h), Ok(None));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwYXNz"));
-        assert_eq!(bearer(&h), Ok(None));
+        assert_eq!(credential(&h), Ok(None));
         h.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc.def.ghi"));
-        assert_eq!(bearer(&h), Ok(Some("abc.def.ghi")));
+        assert_eq!(credential(&h), Ok(Some((Scheme::Bearer, "abc.def.ghi"))));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("DPoP abc.def.ghi"));
+        assert_eq!(credential(&h), Ok(Some((Scheme::Dpop, "abc.def.ghi"))));
+        assert!(is_dpop(&h));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("dpop "));
+        assert_eq!(credential(&h), Err(Invalid::Malformed));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&h), Err(Invalid::Malformed));
+        assert_eq!(credential(&h), Err(Invalid::Malformed));
         h.append(AUTHORIZATION, HeaderValue::from_static("Bearer x.y.z"));
-        assert_eq!(bearer(&h), Err(Invalid::MultipleAuthorization));
+        assert_eq!(credential(&h), Err(Invalid::MultipleAuthorization));
     }
 
     #[test]

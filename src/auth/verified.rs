@@ -28,6 +28,8 @@ pub struct Verified<M = ()> {
     /// kept once, as the header value the upstream receives (a claim that cannot be a header
     /// value is left out, not mangled).
     pub(super) ids: [Option<HeaderValue>; 5],
+    /// `cnf.jkt`: the token is DPoP-bound to the key with this thumbprint (RFC 9449 §6.1).
+    pub jkt: Option<Box<str>>,
     /// The caller's own, made with `M::default()` when the token verifies.
     pub memo: M,
     /// The token itself, when cached: the cache is keyed by its hash, and a hit counts only when
@@ -92,7 +94,12 @@ impl<M> Verified<M> {
     pub(super) fn weight(&self) -> usize {
         let ids: usize = self.ids.iter().flatten().map(HeaderValue::len).sum();
         let roles: usize = self.roles.iter().map(|r| r.len() + std::mem::size_of::<String>()).sum();
-        ENTRY_OVERHEAD + self.token.as_ref().map_or(0, |t| t.0.len()) + ids + roles + self.scopes.len()
+        ENTRY_OVERHEAD
+            + self.token.as_ref().map_or(0, |t| t.0.len())
+            + ids
+            + roles
+            + self.scopes.len()
+            + self.jkt.as_ref().map_or(0, |j| j.len())
     }
 }
 

@@ -13,13 +13,19 @@ pub(super) struct RawAuthz {
     method_header: Option<String>,
     uri_header: Option<String>,
     path_prefix: Option<String>,
+    public_origin: Option<String>,
 }
 
 impl Validator<'_> {
     pub(super) fn authz(&self, a: RawAuthz) -> Result<Option<crate::authz::AuthzConfig>, ConfigError> {
         use crate::authz::{AuthzConfig, Front, FrontKind};
         let Some(listen) = a.listen else {
-            if a.front.is_some() || a.method_header.is_some() || a.uri_header.is_some() || a.path_prefix.is_some() {
+            if a.front.is_some()
+                || a.method_header.is_some()
+                || a.uri_header.is_some()
+                || a.path_prefix.is_some()
+                || a.public_origin.is_some()
+            {
                 return Err(self.err(
                     "authz.listen",
                     "[authz] settings without listen; set listen to turn the decision listener on",
@@ -76,6 +82,7 @@ impl Validator<'_> {
                 Front::Envoy { path_prefix }
             }
         };
-        Ok(Some(AuthzConfig { listen, front }))
+        let public_origin = a.public_origin.map(|o| self.origin("authz.public_origin", &o)).transpose()?;
+        Ok(Some(AuthzConfig { listen, front, public_origin }))
     }
 }

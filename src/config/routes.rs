@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::validator::{ConfigError, Validator};
-use crate::routes::{Defaults, Requirement, RouteConfig, StepUp};
+use crate::routes::{Binding, Defaults, Requirement, RouteConfig, StepUp};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +27,7 @@ pub(super) struct RawRoute {
     step_up: Option<StepUp>,
     max_auth_age: Option<String>,
     enforce: Option<bool>,
+    binding: Option<Binding>,
 }
 
 impl Validator<'_> {
@@ -90,6 +91,9 @@ impl Validator<'_> {
                 self.err(key("require"), "a public route looks at no token, so roles_any/scopes_any cannot apply")
             );
         }
+        if r.require == Requirement::Public && r.binding.is_some() {
+            return Err(self.err(key("binding"), "a public route looks at no token, so no binding can be required"));
+        }
         let max_auth_age = match &r.max_auth_age {
             Some(s) => Some(self.nonzero(&key("max_auth_age"), s)?),
             None => None,
@@ -111,6 +115,7 @@ impl Validator<'_> {
             step_up: r.step_up.unwrap_or(step_up),
             max_auth_age,
             enforce: r.enforce.unwrap_or(defaults.enforce),
+            binding: r.binding,
         })
     }
 }

@@ -23,6 +23,9 @@ pub struct ServerConfig {
     /// Remove every client header with `_` in its name (nginx's default).
     pub drop_underscore_headers: bool,
     pub http2: Http2Config,
+    /// The origin clients address (`https://api.example.com`), normalized: what a DPoP proof's
+    /// `htu` is checked against. Never guessed from `Host`; without it, DPoP-bound tokens are refused.
+    pub public_origin: Option<String>,
 }
 
 /// HTTP/2 limits per client connection.
@@ -69,6 +72,7 @@ pub(super) struct RawServer {
     drop_underscore_headers: bool,
     #[serde(default)]
     http2: RawHttp2,
+    public_origin: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +141,7 @@ impl Default for RawServer {
             tls: None,
             drop_underscore_headers: true,
             http2: RawHttp2::default(),
+            public_origin: None,
         }
     }
 }
@@ -246,6 +251,7 @@ impl Validator<'_> {
             },
             drop_underscore_headers: s.drop_underscore_headers,
             http2,
+            public_origin: s.public_origin.map(|o| self.origin("server.public_origin", &o)).transpose()?,
         })
     }
 

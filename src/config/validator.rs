@@ -124,6 +124,16 @@ impl Validator<'_> {
     }
 
     /// Checks a URL's syntax and scheme; returns the parsed URI.
+    /// A public origin, `scheme://host[:port]`, normalized as a DPoP proof's `htu` is.
+    pub(super) fn origin(&self, key: &str, s: &str) -> Result<String, ConfigError> {
+        let bare = !s.contains(['?', '#']) && s.split_once("://").is_some_and(|(_, rest)| !rest.contains('/'));
+        match crate::auth::dpop::normalize_htu(s) {
+            Some(n) if bare => Ok(n.trim_end_matches('/').to_owned()),
+            _ => Err(self
+                .err(key, format!("{s:?}: give the origin clients use, e.g. \"https://api.example.com\" (no path)"))),
+        }
+    }
+
     pub(super) fn url(&self, key: &str, s: &str) -> Result<http::Uri, ConfigError> {
         let uri: http::Uri = s.parse().map_err(|e| self.err(key, format!("bad URL {s:?}: {e}")))?;
         match uri.scheme_str() {

@@ -1,0 +1,346 @@
+//! DPoP-bound tokens (RFC 9449): a token whose `cnf.jkt` names a key passes only with the `DPoP`
+//! scheme and a proof signed by that key for this request. The proofs here are minted with keys
+//! made in the test (ES256 and Ed25519), each failing case failing one check of §4.3.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use base64::Engine;
+use http::{HeaderMap, Request, StatusCode};
+use mfa_gateway::dev::{entra_claims, DevIssuer};
+use serde_json::{json, Value};
+use support::*;
+
+const ORIGIN: &str = "https://api.example.test";
+const ALGS: &str = "algs=\"ES256 ES384 EdDSA RS256 PS256 PS384\"";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A client's proof key.
+enum Holder {
+    Es256(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl Holder {
+    fn es256() -> Self {
+        Holder::Es256(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap())
+    }
+
+    fn ed25519() -> Self {
+        Holder::Ed25519(Ed25519KeyPair::generate().unwrap())
+    }
+
+    fn alg(&self) -> &'static str {
+        match self {
+            Holder::Es256(_) => "ES256",
+            Holder::Ed25519(_) => "EdDSA",
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        match self {
+            Holder::Es256(k) => {
+                let point = k.public_key().as_ref();
+                json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+            }
+            Holder::Ed25519(k) => json!({"kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref())}),
+        }
+    }
+
+    /// RFC 7638, written out here: the required members in order, hashed.
+    fn jkt(&self) -> String {
+        let j = self.jwk();
+        let canonical = match self {
+            Holder::Es256(_) => format!(r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#, j["x"], j["y"]),
+            Holder::Ed25519(_) => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":{}}}"#, j["x"]),
+        };
+        b64(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    fn sign(&self, input: &[u8]) -> Vec<u8> {
+        match self {
+            Holder::Es256(k) => k.sign(&SystemRandom::new(), input).unwrap().as_ref().to_vec(),
+            Holder::Ed25519(k) => k.sign(input).as_ref().to_vec(),
+        }
+    }
+
+    /// A proof with `header` and `claims` as given.
+    fn sign_proof(&self, header: &Value, claims: &Value) -> String {
+        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        format!("{input}.{}", b64(&self.sign(input.as_bytes())))
+    }
+
+    fn header(&self) -> Value {
+        json!({"typ": "dpop+jwt", "alg": self.alg(), "jwk": self.jwk()})
+    }
+
+    /// A valid proof for `method` `url` presenting `token`.
+    fn proof(&self, method: &str, url: &str, token: &str) -> String {
+        self.sign_proof(&self.header(), &claims(method, url, token))
+    }
+}
+
+fn claims(method: &str, url: &str, token: &str) -> Value {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    json!({
+        "jti": format!("proof-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
+        "htm": method,
+        "htu": url,
+        "iat": now(),
+        "ath": b64(digest::digest(&digest::SHA256, token.as_bytes()).as_ref()),
+    })
+}
+
+/// A token with MFA (or not) bound to `holder`'s key.
+fn bound_token(issuer: &DevIssuer, kind: &str, holder: &Holder) -> String {
+    let mut c = entra_claims(kind, 600);
+    c["cnf"] = json!({"jkt": holder.jkt()});
+    issuer.mint(&c)
+}
+
+struct Harness {
+    issuer: DevIssuer,
+    gw: mfa_gateway::app::Running,
+    _keys: std::sync::Arc<mfa_gateway::dev::KeyServer>,
+}
+
+/// A gateway behind `ORIGIN` (unless `origin` is empty) with the Partner Center routes:
+/// `customers` (app_user_mfa) and `bound` (app_user_mfa, DPoP required).
+async fn harness(origin: &str) -> Harness {
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let routes = "[[route]]\nname = \"customers\"\npath = \"/v1/customers/{*rest}\"\nrequire = \"app_user_mfa\"\n\
+                  [[route]]\nname = \"bound\"\npath = \"/v1/bound/{*rest}\"\nrequire = \"app_user_mfa\"\nbinding = \"dpop\"\n";
+    let mut text = config_text(echo_upstream().await, &format!("{}\n{routes}", issuer_table(TEMPLATE_ISSUER, &keys)));
+    if !origin.is_empty() {
+        text = text.replace("[server]\n", &format!("[server]\npublic_origin = \"{origin}\"\n"));
+    }
+    let gw = start(&text).await;
+    wait_ready(&gw).await;
+    Harness { issuer, gw, _keys: keys }
+}
+
+/// Sends `method` `path` with `authorization` and, if given, one `DPoP` header.
+async fn call(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    authorization: &str,
+    proof: Option<&str>,
+) -> (StatusCode, HeaderMap, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", h.gw.addr))
+        .header("authorization", authorization);
+    if let Some(p) = proof {
+        req = req.header("dpop", p);
+    }
+    send(&client(), req.body(full("")).unwrap()).await
+}
+
+fn challenges(headers: &HeaderMap) -> Vec<String> {
+    headers.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+}
+
+async fn refusals(h: &Harness, reason: &str) -> f64 {
+    metric(&h.gw, &format!("mfa_gateway_dpop_refusals_total{{reason=\"{reason}\"}}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_token_passes_with_its_proof() {
+    let h = harness(ORIGIN).await;
+    for holder in [Holder::es256(), Holder::ed25519()] {
+        let token = bound_token(&h.issuer, "mfa", &holder);
+        // The proof names the public origin, not the loopback address the gateway listens on;
+        // the query is not part of htu.
+        let proof = holder.proof("GET", &format!("{ORIGIN}/v1/customers/x?page=2"), &token);
+        let (status, _, body) = call(&h, "GET", "/v1/customers/x?page=2", &format!("DPoP {token}"), Some(&proof)).await;
+        assert_eq!(status, StatusCode::OK, "{} proof: {body}", holder.alg());
+        // The proof goes where the token goes (`forward_authorization`, on by default).
+        assert_eq!(echoed(&body, "dpop"), proof.as_str());
+        assert_eq!(echoed(&body, "x-mfa-gateway-mfa"), "true");
+    }
+    assert_eq!(metric(&h.gw, "mfa_gateway_token_bindings_total{binding=\"dpop\"}").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_bound_token_is_refused_as_bearer_and_with_another_keys_proof() {
+    let h = harness(ORIGIN).await;
+    let (owner, thief) = (Holder::es256(), Holder::es256());
+    let token = bound_token(&h.issuer, "mfa", &owner);
+    let url = format!("{ORIGIN}/v1/customers/x");
+
+    let (status, headers, body) = call(&h, "GET", "/v1/customers/x", &format!("Bearer {token}"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(
+        challenges(&headers),
+        [format!(
+            "DPoP error=\"invalid_token\", error_description=\"a DPoP-bound token needs the DPoP scheme and a proof\", {ALGS}"
+        )]
+    );
+    assert!(!body.contains(&token[..20]), "never echoed");
+    assert_eq!(refusals(&h, "bound_as_bearer").await, 1.0);
+
+    // The thief's own, valid proof: the key is not the token's.
+    let proof = thief.proof("GET", &url, &token);
+    let (status, headers, _) = call(&h, "GET", "/v1/customers/x", &format!("DPoP {token}"), Some(&proof)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenges(&headers)[0].starts_with("DPoP error=\"invalid_token\""), "{:?}", challenges(&headers));
+    assert_eq!(refusals(&h, "jkt").await, 1.0);
+
+    // An unbound token with the DPoP scheme.
+    let plain = h.issuer.mint(&entra_claims("mfa", 600));
+    let proof = owner.proof("GET", &url, &plain);
+    let (status, _, body) = call(&h, "GET", "/v1/customers/x", &format!("DPoP {plain}"), Some(&proof)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(refusals(&h, "not_bound").await, 1.0);
+}
+
+/// One proof per check of RFC 9449 §4.3, each failing that check only, each refused with its
+/// reason in the challenge, the body and the metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_failing_each_check_is_refused_with_its_reason() {
+    let h = harness(ORIGIN).await;
+    let holder = Holder::es256();
+    let token = bound_token(&h.issuer, "mfa", &holder);
+    let other_token = bound_token(&h.issuer, "nomfa", &holder);
+    let url = format!("{ORIGIN}/v1/customers/x");
+    let good = || claims("GET", &url, &token);
+    let with = |name: &str, v: Value| {
+        let mut c = good();
+        c[name] = v;
+        holder.sign_proof(&holder.header(), &c)
+    };
+    let header_with = |name: &str, v: Value| {
+        let mut hd = holder.header();
+        hd[name] = v;
+        holder.sign_proof(&hd, &good())
+    };
+    let private_jwk = {
+        let mut jwk = holder.jwk();
+        // Any private member refuses the proof; its value does not matter.
+        jwk["d"] = json!(b64(&[7u8; 32]));
+        header_with("jwk", jwk)
+    };
+    let bad_signature = {
+        let p = holder.proof("GET", &url, &token);
+        let (rest, sig) = p.rsplit_once('.').unwrap();
+        let mut sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+        sig[5] ^= 1;
+        format!("{rest}.{}", b64(&sig))
+    };
+    let replayed = holder.proof("GET", &url, &token);
+    assert_eq!(call(&h, "GET", "/v1/customers/x", &format!("DPoP {token}"), Some(&replayed)).await.0, StatusCode::OK);
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("typ", header_with("typ", json!("JWT")), "the DPoP proof's typ is not dpop+jwt"),
+        ("alg", header_with("alg", json!("HS256")), "the DPoP proof's algorithm is not accepted"),
+        ("jwk", private_jwk, "the DPoP proof's jwk is not a public signing key"),
+        ("signature", bad_signature, "the DPoP proof's signature does not verify"),
+        ("htm", with("htm", json!("POST")), "the DPoP proof is for another method"),
+        ("htu", with("htu", json!(format!("{ORIGIN}/v1/customers/y"))), "the DPoP proof is for another URI"),
+        ("htu", with("htu", json!(format!("http://127.0.0.1/v1/customers/x"))), "the DPoP proof is for another URI"),
+        ("iat", with("iat", json!(now() - 120)), "the DPoP proof's iat is outside the accepted window"),
+        ("jti", replayed, "the DPoP proof was used before"),
+        (
+            "ath",
+            with("ath", json!(b64(digest::digest(&digest::SHA256, other_token.as_bytes()).as_ref()))),
+            "the DPoP proof is for another access token",
+        ),
+    ];
+    for (reason, proof, description) in cases {
+        let before = refusals(&h, reason).await;
+        let (status, headers, body) = call(&h, "GET", "/v1/customers/x", &format!("DPoP {token}"), Some(&proof)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{reason}: {body}");
+        assert_eq!(
+            challenges(&headers),
+            [format!("DPoP error=\"invalid_dpop_proof\", error_description=\"{description}\", {ALGS}")],
+            "{reason}"
+        );
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "invalid_dpop_proof", "{reason}");
+        assert_eq!(refusals(&h, reason).await, before + 1.0, "{reason}");
+    }
+    // Two proofs, and none.
+    let (a, b) = (holder.proof("GET", &url, &token), holder.proof("GET", &url, &token));
+    let req = Request::get(format!("http://{}/v1/customers/x", h.gw.addr))
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", a)
+        .header("dpop", b)
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(refusals(&h, "multiple").await, 1.0);
+    assert_eq!(call(&h, "GET", "/v1/customers/x", &format!("DPoP {token}"), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(refusals(&h, "missing").await, 1.0);
+}
+
+/// RFC 9449 §7.2 beside the mandated bytes: the status line and `Bearer error="invalid_token"`
+/// exactly, and a `DPoP` challenge as a second header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_client_without_mfa_gets_the_partner_center_refusal_and_a_dpop_challenge() {
+    let h = harness(ORIGIN).await;
+    let holder = Holder::ed25519();
+    let token = bound_token(&h.issuer, "nomfa", &holder);
+    let proof = holder.proof("GET", &format!("{ORIGIN}/v1/customers/x"), &token);
+    let request =
+        format!("GET /v1/customers/x HTTP/1.1\r\nHost: x\r\nAuthorization: DPoP {token}\r\nDPoP: {proof}\r\nConnection: close\r\n\r\n");
+    let raw = String::from_utf8(raw(h.gw.addr, request.as_bytes(), std::time::Duration::from_secs(5)).await).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 401 Unauthorized - MFA required\r\n"), "{raw}");
+    let lines: Vec<&str> = raw.lines().filter(|l| l.to_ascii_lowercase().starts_with("www-authenticate:")).collect();
+    assert_eq!(
+        lines,
+        ["www-authenticate: Bearer error=\"invalid_token\"".to_string(), format!("www-authenticate: DPoP {ALGS}")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_requiring_dpop_refuses_bearer_tokens_and_takes_bound_ones() {
+    let h = harness(ORIGIN).await;
+    let plain = h.issuer.mint(&entra_claims("mfa", 600));
+    let (status, headers, _) = call(&h, "GET", "/v1/bound/x", &format!("Bearer {plain}"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenges(&headers),
+        [format!(
+            "DPoP error=\"invalid_token\", error_description=\"this operation requires a DPoP-bound token\", {ALGS}"
+        )]
+    );
+    assert_eq!(refusals(&h, "binding_required").await, 1.0);
+    // The same token passes where no binding is required.
+    assert_eq!(call(&h, "GET", "/v1/customers/x", &format!("Bearer {plain}"), None).await.0, StatusCode::OK);
+    assert_eq!(metric(&h.gw, "mfa_gateway_token_bindings_total{binding=\"bearer\"}").await, 1.0);
+
+    let holder = Holder::es256();
+    let token = bound_token(&h.issuer, "mfa", &holder);
+    let proof = holder.proof("DELETE", &format!("{ORIGIN}/v1/bound/x"), &token);
+    assert_eq!(call(&h, "DELETE", "/v1/bound/x", &format!("DPoP {token}"), Some(&proof)).await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_public_origin_bound_tokens_are_refused() {
+    let h = harness("").await;
+    let holder = Holder::es256();
+    let token = bound_token(&h.issuer, "mfa", &holder);
+    // Whatever origin the proof names, there is none to check it against.
+    for origin in [ORIGIN.to_string(), format!("http://{}", h.gw.addr)] {
+        let proof = holder.proof("GET", &format!("{origin}/v1/customers/x"), &token);
+        let (status, _, body) = call(&h, "GET", "/v1/customers/x", &format!("DPoP {token}"), Some(&proof)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    assert_eq!(refusals(&h, "no_public_origin").await, 2.0);
+    // Unbound tokens are served as before.
+    let plain = h.issuer.mint(&entra_claims("mfa", 600));
+    assert_eq!(call(&h, "GET", "/v1/customers/x", &format!("Bearer {plain}"), None).await.0, StatusCode::OK);
+}

@@ -243,7 +243,7 @@ fn bench_dpop(c: &mut Criterion) {
     let es_proof = proof("ES256", &es_jwk, &|m| es.sign(&rng, m).unwrap().as_ref().to_vec());
     let ed_proof = proof("EdDSA", &ed_jwk, &|m| ed.sign(m).as_ref().to_vec());
     let htu = dpop::normalize_htu("https://api.example.com/v1/customers").unwrap();
-    let expected = dpop::Expected { method: "GET", htu: &htu, access_token: &token, now, window: 60 };
+    let expected = dpop::Expected { method: "GET", htu: &htu, access_token: &token, now, window: 60, nonces: None };
     for (name, p) in [("ES256", &es_proof), ("EdDSA", &ed_proof)] {
         assert!(dpop::check(p, &expected).is_ok());
         c.bench_function(&format!("dpop/proof check, {name} (dpop::check)"), |b| {

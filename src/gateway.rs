@@ -301,8 +301,9 @@ impl Gateway {
         let resp = snap.proxy.forward(req, origin, slot, &self.upstream).await;
         let done = Instant::now();
         end.upstream_done = Some(done);
-        let resp = resp.map_err(Refusal::Upstream)?;
+        let mut resp = resp.map_err(Refusal::Upstream)?;
         self.upstream.duration.observe((done - upstream_start).as_secs_f64());
+        give_nonce(snap, end, resp.headers_mut());
         Ok(resp)
     }
 
@@ -340,6 +341,7 @@ impl Gateway {
                 answer.insert(name.clone(), HeaderValue::from_static(""));
             }
         }
+        give_nonce(snap, end, &mut answer);
         let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
         *resp.headers_mut() = answer;
         Ok(resp)
@@ -412,5 +414,15 @@ impl Gateway {
             user: ids.user(),
             tenant: v.tid(),
         });
+    }
+}
+
+/// RFC 9449 §9: with nonces on, every answer to a DPoP-bound request hands the client the
+/// current nonce, for its next proof.
+fn give_nonce(snap: &Snapshot, end: &RequestEnd, headers: &mut HeaderMap) {
+    if let (Some(crate::auth::BoundBy::Dpop), Some(n)) = (end.bound, &snap.auth.nonces) {
+        if let Ok(v) = HeaderValue::from_str(&n.issue(crate::auth::unix_now())) {
+            headers.insert(crate::auth::dpop::DPOP_NONCE, v);
+        }
     }
 }

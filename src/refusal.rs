@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings, Denial};
+use crate::auth::dpop::{ProofError, DPOP_NONCE};
 use crate::auth::invalid::Invalid;
 use crate::auth::metrics::AuthMetrics;
 use crate::auth::policy::Deny;
@@ -39,6 +40,8 @@ pub(crate) enum Refusal {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RefusalStyle {
     pub challenge: ChallengeSettings,
+    /// DPoP nonces, when on: a `use_dpop_nonce` refusal carries a fresh one.
+    pub dpop_nonces: Option<std::sync::Arc<crate::auth::dpop::Nonces>>,
     /// Sent with the MFA refusal, as Partner Center does.
     pub request_context: Option<HeaderValue>,
 }
@@ -154,6 +157,11 @@ impl Refusal {
                 let c = challenge(a, &style.challenge, to.dpop);
                 let mut resp = json(c.status, c.error, c.description);
                 let h = resp.headers_mut();
+                if let (AuthRefusal::Proof(ProofError::UseNonce), Some(n)) = (a, &style.dpop_nonces) {
+                    if let Ok(v) = HeaderValue::from_str(&n.issue(crate::auth::unix_now())) {
+                        h.insert(DPOP_NONCE, v);
+                    }
+                }
                 for w in [c.www_authenticate, c.dpop].into_iter().flatten() {
                     if let Ok(w) = HeaderValue::from_str(&w) {
                         h.append(header::WWW_AUTHENTICATE, w);

@@ -131,6 +131,7 @@ impl Snapshot {
             ratios: ratios.clone(),
             audit: config.audit.enabled.then(|| user_ids.clone()),
         });
+        let dpop_nonces = auth.nonces.clone();
         let snapshot = Snapshot {
             routes,
             sinks,
@@ -140,6 +141,7 @@ impl Snapshot {
             auth,
             proxy,
             style: RefusalStyle {
+                dpop_nonces: dpop_nonces.clone(),
                 challenge: config.auth.challenge.clone(),
                 request_context: config.auth.request_context.clone(),
             },

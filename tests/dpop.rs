@@ -4,104 +4,16 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aws_lc_rs::digest;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::Engine;
 use http::{HeaderMap, Request, StatusCode};
 use mfa_gateway::dev::{entra_claims, DevIssuer};
 use serde_json::{json, Value};
+use support::proofs::{b64, claims, now, Holder};
 use support::*;
 
 const ORIGIN: &str = "https://api.example.test";
 const ALGS: &str = "algs=\"ES256 ES384 EdDSA RS256 PS256 PS384\"";
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-/// A client's proof key.
-enum Holder {
-    Es256(EcdsaKeyPair),
-    Ed25519(Ed25519KeyPair),
-}
-
-impl Holder {
-    fn es256() -> Self {
-        Holder::Es256(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap())
-    }
-
-    fn ed25519() -> Self {
-        Holder::Ed25519(Ed25519KeyPair::generate().unwrap())
-    }
-
-    fn alg(&self) -> &'static str {
-        match self {
-            Holder::Es256(_) => "ES256",
-            Holder::Ed25519(_) => "EdDSA",
-        }
-    }
-
-    fn jwk(&self) -> Value {
-        match self {
-            Holder::Es256(k) => {
-                let point = k.public_key().as_ref();
-                json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])})
-            }
-            Holder::Ed25519(k) => json!({"kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref())}),
-        }
-    }
-
-    /// RFC 7638, written out here: the required members in order, hashed.
-    fn jkt(&self) -> String {
-        let j = self.jwk();
-        let canonical = match self {
-            Holder::Es256(_) => format!(r#"{{"crv":"P-256","kty":"EC","x":{},"y":{}}}"#, j["x"], j["y"]),
-            Holder::Ed25519(_) => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":{}}}"#, j["x"]),
-        };
-        b64(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
-    }
-
-    fn sign(&self, input: &[u8]) -> Vec<u8> {
-        match self {
-            Holder::Es256(k) => k.sign(&SystemRandom::new(), input).unwrap().as_ref().to_vec(),
-            Holder::Ed25519(k) => k.sign(input).as_ref().to_vec(),
-        }
-    }
-
-    /// A proof with `header` and `claims` as given.
-    fn sign_proof(&self, header: &Value, claims: &Value) -> String {
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-        format!("{input}.{}", b64(&self.sign(input.as_bytes())))
-    }
-
-    fn header(&self) -> Value {
-        json!({"typ": "dpop+jwt", "alg": self.alg(), "jwk": self.jwk()})
-    }
-
-    /// A valid proof for `method` `url` presenting `token`.
-    fn proof(&self, method: &str, url: &str, token: &str) -> String {
-        self.sign_proof(&self.header(), &claims(method, url, token))
-    }
-}
-
-fn claims(method: &str, url: &str, token: &str) -> Value {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    json!({
-        "jti": format!("proof-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
-        "htm": method,
-        "htu": url,
-        "iat": now(),
-        "ath": b64(digest::digest(&digest::SHA256, token.as_bytes()).as_ref()),
-    })
-}
 
 /// A token with MFA (or not) bound to `holder`'s key.
 fn bound_token(issuer: &DevIssuer, kind: &str, holder: &Holder) -> String {
@@ -120,9 +32,20 @@ struct Harness {
 /// `customers` (app_user_mfa) and `bound` (app_user_mfa, DPoP required).
 async fn harness(origin: &str) -> Harness {
     let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    harness_for(origin, issuer, keys, "").await
+}
+
+/// The same for an issuer of the caller's, with `extra` tables.
+async fn harness_for(
+    origin: &str,
+    issuer: DevIssuer,
+    keys: std::sync::Arc<mfa_gateway::dev::KeyServer>,
+    extra: &str,
+) -> Harness {
     let routes = "[[route]]\nname = \"customers\"\npath = \"/v1/customers/{*rest}\"\nrequire = \"app_user_mfa\"\n\
                   [[route]]\nname = \"bound\"\npath = \"/v1/bound/{*rest}\"\nrequire = \"app_user_mfa\"\nbinding = \"dpop\"\n";
-    let mut text = config_text(echo_upstream().await, &format!("{}\n{routes}", issuer_table(TEMPLATE_ISSUER, &keys)));
+    let mut text =
+        config_text(echo_upstream().await, &format!("{}\n{routes}{extra}", issuer_table(TEMPLATE_ISSUER, &keys)));
     if !origin.is_empty() {
         text = text.replace("[server]\n", &format!("[server]\npublic_origin = \"{origin}\"\n"));
     }
@@ -343,4 +266,89 @@ async fn without_a_public_origin_bound_tokens_are_refused() {
     // Unbound tokens are served as before.
     let plain = h.issuer.mint(&entra_claims("mfa", 600));
     assert_eq!(call(&h, "GET", "/v1/customers/x", &format!("Bearer {plain}"), None).await.0, StatusCode::OK);
+}
+
+/// Authorization-only mode: the front's question carries the token and its proof; the proof is
+/// checked against the original request (read from the front's headers) at `[authz]
+/// public_origin`, and the answer echoes neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_proxys_question_checks_the_proof_against_the_original_request() {
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let tables = authz_tables("nginx", &format!("public_origin = \"{ORIGIN}\"\n"), &keys, "");
+    let gw = start(&config_text(echo_upstream().await, &tables)).await;
+    wait_ready(&gw).await;
+    let holder = Holder::es256();
+    let token = bound_token(&issuer, "mfa", &holder);
+    let ask = |proof: String, method: &str| {
+        Request::get(format!("http://{}/", gw.authz_addr.unwrap()))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .header("x-original-method", method)
+            .header("x-original-uri", "/v1/customers/c1/users?top=5")
+            .body(full(""))
+            .unwrap()
+    };
+    let proof = holder.proof("POST", &format!("{ORIGIN}/v1/customers/c1/users"), &token);
+    let (status, headers, _) = send(&client(), ask(proof.clone(), "POST")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-mfa-gateway-mfa"], "true");
+    assert!(headers.get("dpop").is_none() && headers.get("authorization").is_none(), "never echoed");
+    // The same proof again: a replay. A proof for the question's own request (GET /) is not one
+    // for the original request.
+    assert_eq!(send(&client(), ask(proof, "POST")).await.0, StatusCode::UNAUTHORIZED);
+    let for_question = holder.proof("GET", &format!("{ORIGIN}/"), &token);
+    let (status, headers, _) = send(&client(), ask(for_question, "GET")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenges(&headers)[0].contains("the DPoP proof is for another URI"), "{:?}", challenges(&headers));
+}
+
+/// Nonces (§9) from a secret file that two replicas share: a proof without one is answered
+/// `use_dpop_nonce` with a fresh nonce, a proof with it passes on either replica, every DPoP
+/// answer hands out the current nonce, and a nonce under another secret is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonces_from_a_shared_secret_work_on_every_replica() {
+    let dir = temp_dir("dpop-nonce");
+    std::fs::write(dir.join("nonce"), "a-secret-both-replicas-read-0123456789\n").unwrap();
+    std::fs::write(dir.join("other"), "another-secret-another-fleet-0123456789\n").unwrap();
+    let table = |f: &str| format!("[dpop]\nnonce_secret_file = \"{}\"\n", dir.join(f).display());
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let a = harness_for(ORIGIN, issuer, keys.clone(), &table("nonce")).await;
+    let b = harness_for(ORIGIN, DevIssuer::generate("unused"), keys.clone(), &table("nonce")).await;
+    let elsewhere = harness_for(ORIGIN, DevIssuer::generate("unused"), keys, &table("other")).await;
+    let holder = Holder::ed25519();
+    let token = bound_token(&a.issuer, "mfa", &holder);
+    let url = format!("{ORIGIN}/v1/customers/x");
+    let with_nonce = |nonce: &str| {
+        let mut c = claims("GET", &url, &token);
+        c["nonce"] = json!(nonce);
+        holder.sign_proof(&holder.header(), &c)
+    };
+    let dpop = format!("DPoP {token}");
+
+    let (status, headers, _) =
+        call(&a, "GET", "/v1/customers/x", &dpop, Some(&holder.proof("GET", &url, &token))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        challenges(&headers),
+        [format!(
+            "DPoP error=\"use_dpop_nonce\", error_description=\"a DPoP proof with a fresh nonce from this server is required\", {ALGS}"
+        )]
+    );
+    let nonce = headers["dpop-nonce"].to_str().unwrap().to_owned();
+    assert_eq!(refusals(&a, "nonce").await, 1.0);
+
+    let (status, headers, body) = call(&a, "GET", "/v1/customers/x", &dpop, Some(&with_nonce(&nonce))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(headers.contains_key("dpop-nonce"), "a DPoP answer hands out the current nonce");
+    // Another replica with the same secret takes the same nonce.
+    assert_eq!(call(&b, "GET", "/v1/customers/x", &dpop, Some(&with_nonce(&nonce))).await.0, StatusCode::OK);
+    // A fleet with another secret does not, and says which nonce it wants.
+    let (status, headers, _) = call(&elsewhere, "GET", "/v1/customers/x", &dpop, Some(&with_nonce(&nonce))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_ne!(headers["dpop-nonce"].to_str().unwrap(), nonce);
+    // A made-up nonce is refused.
+    assert_eq!(
+        call(&a, "GET", "/v1/customers/x", &dpop, Some(&with_nonce("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -1,7 +1,8 @@
 //! Against a real, certified OpenID Provider (the npm registry's `oidc-provider`, run by
 //! `tests/oidc/provider.mjs`): RFC 9068 access tokens from real authorization-code and
 //! client-credentials flows, configured only as the README says, and a key the provider starts
-//! signing with right after the gateway loaded its key set.
+//! signing with right after the gateway loaded its key set; and DPoP-bound tokens (RFC 9449)
+//! with a real client, npm's `oauth4webapi`, making the proofs.
 //!
 //! Needs Node.js and `npm install --prefix tests/oidc` (`.ci/run` does both).
 
@@ -131,4 +132,78 @@ async fn rfc9068_tokens_from_a_real_provider_and_a_key_rotated_after_start_up() 
         "{body}"
     );
     assert_eq!(r["users_without_mfa"][0]["user"], "alice");
+}
+
+/// DPoP (RFC 9449) with a provider and a client neither written here: oidc-provider issues a
+/// DPoP-bound token through a real authorization-code flow, and oauth4webapi makes the proof and
+/// the call, to the gateway's public origin (passed on to its loopback address, as a front
+/// would). What a thief could do with what it saw is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node"]
+async fn a_dpop_bound_token_from_a_real_provider_works_only_with_its_clients_proofs() {
+    const ORIGIN: &str = "https://api.example.test";
+    let mut op = tokio::task::block_in_place(Op::start);
+    let text = config_text(
+        echo_upstream().await,
+        &format!(
+            "[[issuer]]\nissuer = \"{iss}\"\ndiscovery = \"{iss}/.well-known/openid-configuration\"\n\
+             profile = \"rfc9068\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n{ROUTES}",
+            iss = op.issuer
+        ),
+    )
+    .replace("[server]\n", &format!("[server]\npublic_origin = \"{ORIGIN}\"\n"));
+    let gw = start(&text).await;
+    wait_ready(&gw).await;
+
+    let path = "/v1/customers/c1/users";
+    let line = tokio::task::block_in_place(|| op.ask(&format!("dpop mfa http://{} {ORIGIN}{path}", gw.addr), "dpop"));
+    let [status, attempts, token, proof]: [&str; 4] = line.split(' ').collect::<Vec<_>>().try_into().unwrap();
+    assert_eq!((status, attempts), ("200", "1"), "oauth4webapi's call with its proof");
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(claims["cnf"]["jkt"].is_string(), "the provider bound the token: {claims}");
+    assert_eq!(metric(&gw, "mfa_gateway_token_bindings_total{binding=\"dpop\"}").await, 1.0);
+
+    let call = |method: &str, path: &str, authorization: String, proof: Option<String>| {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", gw.addr))
+            .header("authorization", authorization);
+        if let Some(p) = proof {
+            req = req.header("dpop", p);
+        }
+        req.body(full("")).unwrap()
+    };
+    let refused = async |req, reason: &str| {
+        let (status, headers, body) = send(&client(), req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{reason}: {body}");
+        assert!(headers["www-authenticate"].to_str().unwrap().starts_with("DPoP error="), "{reason}");
+        let counted = format!("mfa_gateway_dpop_refusals_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&gw, &counted).await, 1.0, "{reason}");
+    };
+    let dpop = format!("DPoP {token}");
+    // The token alone, as a bearer token.
+    refused(call("GET", path, format!("Bearer {token}"), None), "bound_as_bearer").await;
+    // The client's proof again, and for another method and another URI.
+    refused(call("GET", path, dpop.clone(), Some(proof.to_string())), "jti").await;
+    refused(call("DELETE", path, dpop.clone(), Some(proof.to_string())), "htm").await;
+    refused(call("GET", "/v1/customers/c2/users", dpop.clone(), Some(proof.to_string())), "htu").await;
+    // A proof the thief makes with a key of its own.
+    let thief = support::proofs::Holder::es256().proof("GET", &format!("{ORIGIN}{path}"), token);
+    refused(call("GET", path, dpop.clone(), Some(thief)), "jkt").await;
+
+    // With nonces on, the client's first proof is answered use_dpop_nonce and a nonce; its second,
+    // with the nonce, passes.
+    let secret = temp_dir("oidc-dpop").join("nonce");
+    std::fs::write(&secret, "a-nonce-secret-for-the-whole-fleet-0123456789").unwrap();
+    let with_nonces = start(&format!("{text}\n[dpop]\nnonce_secret_file = \"{}\"\n", secret.display())).await;
+    wait_ready(&with_nonces).await;
+    let line =
+        tokio::task::block_in_place(|| op.ask(&format!("dpop mfa http://{} {ORIGIN}{path}", with_nonces.addr), "dpop"));
+    let answer: Vec<&str> = line.split(' ').collect();
+    assert_eq!((answer[0], answer[1]), ("200", "2"), "the nonce flow: refused once, then served");
+    assert_eq!(metric(&with_nonces, "mfa_gateway_dpop_refusals_total{reason=\"nonce\"}").await, 1.0);
 }

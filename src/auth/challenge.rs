@@ -156,6 +156,12 @@ fn first_challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challe
             description: "the token issuer's signing keys cannot be fetched right now",
             retry_after_secs: Some(5),
         },
+        // RFC 9449 §9: a fresh nonce goes with it (`crate::refusal`).
+        AuthRefusal::Proof(why @ ProofError::UseNonce) => {
+            let params =
+                ["error=\"use_dpop_nonce\"".into(), format!("error_description=\"{}\"", why.description()), algs()];
+            unauthorized(scheme("DPoP", settings, &params), "use_dpop_nonce", why.description())
+        }
         // RFC 9449 §7.1: the proof's own error, with the algorithms accepted.
         AuthRefusal::Proof(why) => {
             let params =

@@ -3,6 +3,7 @@
 //! key-server I/O; `Authenticator` puts them together behind a verified-token cache.
 
 pub mod admission;
+pub mod binding;
 pub mod challenge;
 pub mod dpop;
 pub mod invalid;
@@ -20,17 +21,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::routes::{Binding, Route, StepUp};
+use crate::routes::{Route, StepUp};
+pub use binding::{BoundBy, Presented, DPOP};
 use challenge::{AuthRefusal, ChallengeSettings, Denial, StepUpNeeded};
-use dpop::{BindingError, ProofError};
 use invalid::Invalid;
 use jwks::{IssuerKeys, KeySpec, KeyTiming};
 use keys::Lookup;
 use metrics::AuthMetrics;
 use policy::Deny;
 use profile::Profile;
-use replay::{NotRecorded, ReplayStore};
-use token::{IssuerRules, Scheme};
+use token::IssuerRules;
 use verified::{TokenText, UntilExp, Verified};
 
 // ---------------------------------------------------------------------------------------------
@@ -58,6 +58,21 @@ pub struct AuthConfig {
     pub cache_max_entries: u64,
     /// What the cached tokens may weigh in all (`Verified::weight`).
     pub cache_max_bytes: u64,
+    /// `[dpop]`: resource-server nonces, when on.
+    pub dpop_nonce: Option<DpopNonce>,
+}
+
+/// The secret every replica shares for DPoP nonces, and their time step.
+#[derive(Clone, PartialEq)]
+pub struct DpopNonce {
+    pub secret: Vec<u8>,
+    pub step_secs: i64,
+}
+
+impl std::fmt::Debug for DpopNonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpopNonce").field("step_secs", &self.step_secs).finish_non_exhaustive()
+    }
 }
 
 /// Fetches an issuer's keys once, as the gateway would (discovery document, then keys; or the
@@ -87,44 +102,6 @@ pub fn accept<'p>(
 // ---------------------------------------------------------------------------------------------
 // The authenticator.
 
-/// How far a DPoP proof's `iat` may be from now, either way, in seconds; its `jti` is kept as
-/// long. Proofs are made for one request, so a minute covers clock skew and slow networks.
-pub const DPOP_WINDOW_SECS: i64 = 60;
-
-/// The request a token comes with: what a DPoP proof must match, and the route's binding.
-pub struct Presented<'a> {
-    pub method: &'a str,
-    /// The path as the client sent it (without the query).
-    pub path: &'a str,
-    /// The listener's `public_origin`, normalized; without one, DPoP-bound tokens are refused.
-    pub origin: Option<&'a str>,
-    /// The route's required binding.
-    pub required: Option<Binding>,
-    /// The proofs accepted within their window, shared by every request of this replica.
-    pub replays: &'a ReplayStore,
-}
-
-/// How the request bound its token to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BoundBy {
-    /// Not bound: a bearer token.
-    Nothing,
-    Dpop,
-}
-
-impl BoundBy {
-    /// `token_bindings_total`'s label and the audit field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BoundBy::Nothing => "bearer",
-            BoundBy::Dpop => "dpop",
-        }
-    }
-}
-
-/// The header carrying a DPoP proof (RFC 9449 §4.1).
-pub static DPOP: HeaderName = HeaderName::from_static("dpop");
-
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -146,6 +123,8 @@ pub struct Authenticator<M = ()> {
     /// `None` with the cache off (`[cache] max_entries = 0`).
     doorkeeper: Option<admission::Doorkeeper>,
     metrics: Arc<AuthMetrics>,
+    /// DPoP nonces, when `[dpop]` turns them on.
+    pub nonces: Option<Arc<dpop::Nonces>>,
     /// Unix seconds, for `exp`, `nbf` and `auth_time`: `unix_now` but in tests.
     clock: fn() -> i64,
 }
@@ -195,6 +174,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             token_hash: foldhash::fast::RandomState::default(),
             doorkeeper: (cfg.cache_max_entries > 0).then(|| admission::Doorkeeper::new(cfg.cache_max_entries)),
             metrics,
+            nonces: cfg.dpop_nonce.as_ref().map(|n| Arc::new(dpop::Nonces::new(&n.secret, n.step_secs))),
             clock: unix_now,
         }
     }
@@ -234,10 +214,15 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             Err(why) => return Err(AuthRefusal::Invalid(why)),
         };
         let v = self.verified(token).await?;
-        let bound = self.check_binding(scheme, token, &v, headers, presented)?;
-        if presented.required == Some(Binding::Dpop) && bound != BoundBy::Dpop {
-            return Err(AuthRefusal::Binding(BindingError::Required));
-        }
+        let bound = binding::check(
+            scheme,
+            token,
+            v.jkt.as_deref(),
+            headers,
+            presented,
+            (self.clock)(),
+            self.nonces.as_deref(),
+        )?;
         Ok((v, bound))
     }
 
@@ -265,45 +250,6 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             _ => {}
         }
         Ok(v)
-    }
-
-    /// RFC 9449 §7.1: a DPoP-bound token only with the `DPoP` scheme and a valid proof of its
-    /// key; the `DPoP` scheme only with a DPoP-bound token. Never cached: a proof is for one request.
-    fn check_binding(
-        &self,
-        scheme: Scheme,
-        token: &str,
-        v: &Verified<M>,
-        headers: &HeaderMap,
-        presented: &Presented<'_>,
-    ) -> Result<BoundBy, AuthRefusal> {
-        let jkt = match (scheme, v.jkt.as_deref()) {
-            (Scheme::Bearer, None) => return Ok(BoundBy::Nothing),
-            (Scheme::Bearer, Some(_)) => return Err(AuthRefusal::Binding(BindingError::BoundAsBearer)),
-            (Scheme::Dpop, None) => return Err(AuthRefusal::Binding(BindingError::NotBound)),
-            (Scheme::Dpop, Some(jkt)) => jkt,
-        };
-        let origin = presented.origin.ok_or(AuthRefusal::Binding(BindingError::NoOrigin))?;
-        let proof = |e| AuthRefusal::Proof(e);
-        let mut proofs = headers.get_all(&DPOP).iter();
-        let one = proofs.next().ok_or(proof(ProofError::Missing))?;
-        if proofs.next().is_some() {
-            return Err(proof(ProofError::Multiple));
-        }
-        let htu = dpop::expected_htu(origin, presented.path).ok_or(proof(ProofError::WrongUri))?;
-        let now = (self.clock)();
-        let expected =
-            dpop::Expected { method: presented.method, htu: &htu, access_token: token, now, window: DPOP_WINDOW_SECS };
-        let proven = dpop::check(one.to_str().map_err(|_| proof(ProofError::Malformed))?, &expected).map_err(proof)?;
-        if proven.jkt != jkt {
-            return Err(AuthRefusal::Binding(BindingError::KeyMismatch));
-        }
-        // Last: only a proof that passed every other check uses up its jti.
-        presented.replays.record(jkt, &proven.jti, proven.expires, now).map_err(|e| match e {
-            NotRecorded::Replayed => proof(ProofError::Replayed),
-            NotRecorded::Full => AuthRefusal::ProofsFull,
-        })?;
-        Ok(BoundBy::Dpop)
     }
 
     async fn verify_uncached(&self, token: &str, keep: bool) -> Result<Verified<M>, AuthRefusal> {
@@ -414,7 +360,8 @@ mod tests {
 
     /// A bearer token on a route with no binding required.
     async fn check(auth: &Authenticator, token: &str) -> Result<Arc<Verified>, AuthRefusal> {
-        static REPLAYS: std::sync::LazyLock<ReplayStore> = std::sync::LazyLock::new(|| ReplayStore::new(16));
+        static REPLAYS: std::sync::LazyLock<replay::ReplayStore> =
+            std::sync::LazyLock::new(|| replay::ReplayStore::new(16));
         let presented = Presented { method: "GET", path: "/", origin: None, required: None, replays: &REPLAYS };
         auth.verify(&bearer(token), &presented).await.map(|(v, _)| v)
     }

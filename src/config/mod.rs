@@ -3,6 +3,7 @@
 //! and the problem, so a bad deploy fails at start-up with one readable line.
 
 mod authz;
+mod dpop;
 mod issuer;
 mod routes;
 mod server;
@@ -88,6 +89,8 @@ struct RawConfig {
     routes: Vec<routes::RawRoute>,
     #[serde(default)]
     authz: authz::RawAuthz,
+    #[serde(default)]
+    dpop: dpop::RawDpop,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,7 +186,8 @@ impl Validator<'_> {
         let (upstream, forwarding) = self.upstream_table(raw.upstream, server.max_connections, authz.as_ref())?;
         let (report, report_token) = self.report_tables(raw.report)?;
         let (defaults, routes) = self.routes(raw.defaults, raw.challenge.step_up, raw.routes)?;
-        let auth = issuer::validate(self, raw.issuers, raw.mfa, raw.identity, raw.challenge, raw.cache)?;
+        let mut auth = issuer::validate(self, raw.issuers, raw.mfa, raw.identity, raw.challenge, raw.cache)?;
+        auth.dpop_nonce = self.dpop(raw.dpop)?;
         let config = Config {
             admin: self.admin(raw.admin)?,
             log: self.log(raw.log)?,

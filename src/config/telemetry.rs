@@ -142,17 +142,7 @@ impl Validator<'_> {
     }
 
     fn report_token(&self, file: &str) -> Result<ReportToken, ConfigError> {
-        let path = self.path(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| self.err("report.token_file", format!("cannot read {}: {e}", path.display())))?;
-        let secret = text.trim();
-        if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(self.err(
-                "report.token_file",
-                format!("{} must hold one secret of at least 16 printable characters", path.display()),
-            ));
-        }
-        Ok(ReportToken(secret.as_bytes().to_vec()))
+        Ok(ReportToken(self.secret_file("report.token_file", file, 16)?))
     }
 
     fn report(&self, r: RawReport) -> Result<crate::report::ReportConfig, ConfigError> {

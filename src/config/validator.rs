@@ -124,6 +124,20 @@ impl Validator<'_> {
     }
 
     /// Checks a URL's syntax and scheme; returns the parsed URI.
+    /// One secret of at least `min` printable characters, read from `file` (surrounding white
+    /// space dropped). Errors name `key` and the file, never the content.
+    pub(super) fn secret_file(&self, key: &str, file: &str, min: usize) -> Result<Vec<u8>, ConfigError> {
+        let path = self.path(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))?;
+        let secret = text.trim();
+        if secret.len() < min || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(self
+                .err(key, format!("{} must hold one secret of at least {min} printable characters", path.display())));
+        }
+        Ok(secret.as_bytes().to_vec())
+    }
+
     /// A public origin, `scheme://host[:port]`, normalized as a DPoP proof's `htu` is.
     pub(super) fn origin(&self, key: &str, s: &str) -> Result<String, ConfigError> {
         let bare = !s.contains(['?', '#']) && s.split_once("://").is_some_and(|(_, rest)| !rest.contains('/'));

@@ -3,12 +3,19 @@
 //   user mfa | user pwd  -> "token <jwt>": an authorization-code flow, signed in with that amr
 //   client               -> "token <jwt>": a client-credentials grant
 //   rotate               -> "rotated <kid>": sign with a new key from now on, the old one still published
+//   dpop <how> <base> <url>
+//                        -> "dpop <status> <attempts> <token> <proof>": a DPoP-bound token (RFC 9449)
+//                           from an authorization-code flow, then a request to <url> made by
+//                           oauth4webapi with its proof, sent to <base> (the gateway behind <url>'s
+//                           origin); made again with the server's nonce if it asks for one
 // This script is also the flows' client: it follows the redirects with a cookie jar as a
-// browser would, finishing the login and consent interactions itself.
+// browser would, finishing the login and consent interactions itself. For DPoP the token request
+// and the call are oauth4webapi's: a real client making the proofs.
 import * as http from 'node:http';
 import * as crypto from 'node:crypto';
 import * as readline from 'node:readline';
 import Provider from 'oidc-provider';
+import * as oauth from 'oauth4webapi';
 
 const API = 'https://api.partnercenter.microsoft.com';
 const REDIRECT = 'http://127.0.0.1:9/cb';
@@ -94,7 +101,8 @@ async function tokenRequest(auth, form) {
   return body.access_token;
 }
 
-async function userToken(how) {
+/// Signs `how` in through /auth and returns the redirect back with its code, and the PKCE verifier.
+async function authorize(how) {
   const verifier = crypto.randomBytes(32).toString('base64url');
   const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
   const params = new URLSearchParams({
@@ -115,15 +123,54 @@ async function userToken(how) {
     if (!location) throw new Error(`no redirect from ${url}: ${r.status} ${await r.text()}`);
     const next = new URL(location, url);
     if (next.href.startsWith(REDIRECT)) {
-      const code = next.searchParams.get('code');
-      if (!code) throw new Error(`no code: ${next.href}`);
-      return tokenRequest(basic('web', 'web-secret'), {
-        grant_type: 'authorization_code', code, redirect_uri: REDIRECT, code_verifier: verifier, resource: API,
-      });
+      if (!next.searchParams.get('code')) throw new Error(`no code: ${next.href}`);
+      return { callback: next, verifier };
     }
     url = next.href;
   }
   throw new Error('too many redirects');
+}
+
+async function userToken(how) {
+  const { callback, verifier } = await authorize(how);
+  return tokenRequest(basic('web', 'web-secret'), {
+    grant_type: 'authorization_code', code: callback.searchParams.get('code'), redirect_uri: REDIRECT,
+    code_verifier: verifier, resource: API,
+  });
+}
+
+/// oauth4webapi end to end: discovery, a DPoP-bound token for the code, then one call to `url`
+/// with its proof. The call goes to `base`, as a front proxy at `url`'s origin would pass it on.
+async function dpopCall(how, base, url) {
+  const insecure = { [oauth.allowInsecureRequests]: true };
+  const as = await oauth.processDiscoveryResponse(new URL(issuer), await oauth.discoveryRequest(new URL(issuer), insecure));
+  const client = { client_id: 'web' };
+  const DPoP = oauth.DPoP(client, await oauth.generateKeyPair('ES256'));
+  const { callback, verifier } = await authorize(how);
+  const params = oauth.validateAuthResponse(as, client, callback, 's1');
+  const grant = await oauth.authorizationCodeGrantRequest(as, client, oauth.ClientSecretBasic('web-secret'), params,
+    REDIRECT, verifier, { DPoP, additionalParameters: { resource: API }, ...insecure });
+  const tokens = await oauth.processAuthorizationCodeResponse(as, client, grant);
+  if (tokens.token_type.toLowerCase() !== 'dpop') throw new Error(`not DPoP-bound: ${tokens.token_type}`);
+  let proof = '-';
+  const viaGateway = (target, options) => {
+    proof = new Headers(options.headers).get('dpop');
+    const u = new URL(target);
+    return fetch(`${base}${u.pathname}${u.search}`, options);
+  };
+  // A server that wants a nonce answers use_dpop_nonce with one; the handle keeps it, and the
+  // call is made again (RFC 9449 §9), as oauth4webapi's documentation says to.
+  for (let attempt = 1; ; attempt += 1) {
+    let r;
+    try {
+      r = await oauth.protectedResourceRequest(tokens.access_token, 'GET', new URL(url), new Headers(), null,
+        { DPoP, [oauth.customFetch]: viaGateway });
+    } catch (e) {
+      if (oauth.isDPoPNonceError(e) && attempt < 3) continue;
+      throw e;
+    }
+    return `${r.status} ${attempt} ${tokens.access_token} ${proof}`;
+  }
 }
 
 const clientToken = () => tokenRequest(basic('reporting-job', 'job-secret'), {
@@ -133,10 +180,11 @@ const clientToken = () => tokenRequest(basic('reporting-job', 'job-secret'), {
 console.log(`ready ${issuer}`);
 const lines = readline.createInterface({ input: process.stdin });
 for await (const line of lines) {
-  const [cmd, arg] = line.trim().split(/\s+/);
+  const [cmd, arg, ...rest] = line.trim().split(/\s+/);
   try {
     if (cmd === 'user') console.log(`token ${await userToken(arg)}`);
     else if (cmd === 'client') console.log(`token ${await clientToken()}`);
+    else if (cmd === 'dpop') console.log(`dpop ${await dpopCall(arg, rest[0], rest[1])}`);
     else if (cmd === 'rotate') {
       const kid = `op-${keys.length + 1}`;
       keys = [newKey(kid), ...keys];

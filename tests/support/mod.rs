@@ -1,6 +1,8 @@
 //! Real servers on loopback port 0: upstreams, the key server, the gateway; and a real client.
 #![allow(dead_code)]
 
+pub mod proofs;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,112 @@
+//! A verified token's binding to its client, checked on every request (never cached: a proof
+//! is for one request): a DPoP-bound token only with the `DPoP` scheme and a valid proof of its
+//! key, the `DPoP` scheme only with a DPoP-bound token, and the route's required binding. No I/O.
+
+use http::{HeaderMap, HeaderName};
+
+use super::challenge::AuthRefusal;
+use super::dpop::{self, BindingError, Nonces, ProofError};
+use super::replay::{NotRecorded, ReplayStore};
+use super::token::Scheme;
+use crate::routes::Binding;
+
+/// How far a DPoP proof's `iat` may be from now, either way, in seconds; its `jti` is kept as
+/// long. Proofs are made for one request, so a minute covers clock skew and slow networks.
+pub const DPOP_WINDOW_SECS: i64 = 60;
+
+/// The request a token comes with: what a DPoP proof must match, and the route's binding.
+pub struct Presented<'a> {
+    pub method: &'a str,
+    /// The path as the client sent it (without the query).
+    pub path: &'a str,
+    /// The listener's `public_origin`, normalized; without one, DPoP-bound tokens are refused.
+    pub origin: Option<&'a str>,
+    /// The route's required binding.
+    pub required: Option<Binding>,
+    /// The proofs accepted within their window, shared by every request of this replica.
+    pub replays: &'a ReplayStore,
+}
+
+/// How the request bound its token to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BoundBy {
+    /// Not bound: a bearer token.
+    Nothing,
+    Dpop,
+}
+
+impl BoundBy {
+    /// `token_bindings_total`'s label and the audit field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoundBy::Nothing => "bearer",
+            BoundBy::Dpop => "dpop",
+        }
+    }
+}
+
+/// The header carrying a DPoP proof (RFC 9449 §4.1).
+pub static DPOP: HeaderName = HeaderName::from_static("dpop");
+
+/// How `token` (bound to `bound_to`, its `cnf.jkt`) is bound on this request, if that meets the
+/// route's requirement. RFC 9449 §7.1: a DPoP-bound token only with the `DPoP` scheme and a
+/// valid proof of its key; the `DPoP` scheme only with a DPoP-bound token.
+pub(super) fn check(
+    scheme: Scheme,
+    token: &str,
+    bound_to: Option<&str>,
+    headers: &HeaderMap,
+    presented: &Presented<'_>,
+    now: i64,
+    nonces: Option<&Nonces>,
+) -> Result<BoundBy, AuthRefusal> {
+    let bound = match (scheme, bound_to) {
+        (Scheme::Bearer, None) => BoundBy::Nothing,
+        (Scheme::Bearer, Some(_)) => return Err(AuthRefusal::Binding(BindingError::BoundAsBearer)),
+        (Scheme::Dpop, None) => return Err(AuthRefusal::Binding(BindingError::NotBound)),
+        (Scheme::Dpop, Some(jkt)) => {
+            prove(jkt, token, headers, presented, (now, nonces))?;
+            BoundBy::Dpop
+        }
+    };
+    if presented.required == Some(Binding::Dpop) && bound != BoundBy::Dpop {
+        return Err(AuthRefusal::Binding(BindingError::Required));
+    }
+    Ok(bound)
+}
+
+/// The request's one proof, checked for the key `jkt` and recorded against replays.
+fn prove(
+    jkt: &str,
+    token: &str,
+    headers: &HeaderMap,
+    presented: &Presented<'_>,
+    (now, nonces): (i64, Option<&Nonces>),
+) -> Result<(), AuthRefusal> {
+    let origin = presented.origin.ok_or(AuthRefusal::Binding(BindingError::NoOrigin))?;
+    let proof = |e| AuthRefusal::Proof(e);
+    let mut proofs = headers.get_all(&DPOP).iter();
+    let one = proofs.next().ok_or(proof(ProofError::Missing))?;
+    if proofs.next().is_some() {
+        return Err(proof(ProofError::Multiple));
+    }
+    let htu = dpop::expected_htu(origin, presented.path).ok_or(proof(ProofError::WrongUri))?;
+    let expected = dpop::Expected {
+        method: presented.method,
+        htu: &htu,
+        access_token: token,
+        now,
+        window: DPOP_WINDOW_SECS,
+        nonces,
+    };
+    let proven = dpop::check(one.to_str().map_err(|_| proof(ProofError::Malformed))?, &expected).map_err(proof)?;
+    if proven.jkt != jkt {
+        return Err(AuthRefusal::Binding(BindingError::KeyMismatch));
+    }
+    // Last: only a proof that passed every other check uses up its jti.
+    presented.replays.record(jkt, &proven.jti, proven.expires, now).map_err(|e| match e {
+        NotRecorded::Replayed => proof(ProofError::Replayed),
+        NotRecorded::Full => AuthRefusal::ProofsFull,
+    })?;
+    Ok(())
+}

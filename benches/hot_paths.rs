@@ -196,6 +196,7 @@ fn bench_report(c: &mut Criterion) {
             app: "11111111-2222-3333-4444-555555555555",
             user: Some(user),
             tenant: Some("aaaabbbb-0000-cccc-1111-dddd2222eeee"),
+            bound: false,
         })
     };
     let t = 1_700_000_000;

@@ -371,7 +371,7 @@ impl Gateway {
         self.auth_metrics.bound(bound.as_str());
         end.bound = Some(bound);
         // ...count it for the MFA status report whatever the route decides...
-        self.observe(snap, &v, route);
+        self.observe(snap, &v, bound, route);
         end.verified = Some(v.clone());
         // ...then apply the route's requirement; a report-only route lets a refusal through,
         // marked and counted.
@@ -402,7 +402,7 @@ impl Gateway {
     }
 
     /// The status report's inputs: one App+User (with or without MFA) or app-only request.
-    fn observe(&self, snap: &Snapshot, v: &Token, route: &Route) {
+    fn observe(&self, snap: &Snapshot, v: &Token, bound: crate::auth::BoundBy, route: &Route) {
         Memo::ratio(v, &self.ratios).inc();
         let ids = Memo::ids(v, &snap.user_ids);
         self.report.record(&Observation {
@@ -413,6 +413,7 @@ impl Gateway {
             app: v.app_id().unwrap_or("none"),
             user: ids.user(),
             tenant: v.tid(),
+            bound: bound == crate::auth::BoundBy::Dpop,
         });
     }
 }

@@ -215,14 +215,14 @@ fn trend(h: &mut String, s: &StatusReport) {
 fn applications(h: &mut String, s: &StatusReport) {
     h.push_str(
         "<h2>Applications</h2><table><tr><th>application</th><th>App+User with MFA</th><th>ratio</th>\
-         <th>requests</th><th>with MFA</th><th>without</th><th>app-only</th></tr>",
+         <th>requests</th><th>with MFA</th><th>without</th><th>app-only</th><th>DPoP-bound</th></tr>",
     );
     for a in &s.applications {
         let _ = write!(
             h,
             "<tr><td class=\"id\">{app}</td><td class=\"b\"><div class=\"bar\"><div class=\"fill {class}\" style=\"width:{w:.1}%\"></div>\
              <div class=\"line\"></div></div></td><td class=\"n\">{r}</td><td class=\"n\">{req}</td><td class=\"n\">{with}</td>\
-             <td class=\"n\">{without}</td><td class=\"n\">{only}</td></tr>",
+             <td class=\"n\">{without}</td><td class=\"n\">{only}</td><td class=\"n\">{bound}</td></tr>",
             app = esc(&a.app),
             class = class(a.app_user_mfa_ratio),
             w = a.app_user_mfa_ratio.unwrap_or(0.0) * 100.0,
@@ -231,6 +231,7 @@ fn applications(h: &mut String, s: &StatusReport) {
             with = a.with_mfa,
             without = a.without_mfa,
             only = a.app_only,
+            bound = percent_or(a.app_user_bound_ratio, "-"),
         );
     }
     h.push_str("</table>");
@@ -340,6 +341,7 @@ mod tests {
                     app: "a",
                     user: Some("u@example"),
                     tenant: None,
+                    bound: false,
                 });
             }
         }
@@ -362,7 +364,7 @@ mod tests {
             window_days: Some(7),
             window: None,
             generated_at: 1_795_000_000,
-            totals: Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5 },
+            totals: Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5, app_user_bound: Some(1) },
             app_user_mfa_ratio: Some(0.4),
             applications: vec![AppSummary {
                 app: "<script>x</script>".into(),
@@ -371,6 +373,7 @@ mod tests {
                 without_mfa: 3,
                 app_only: 5,
                 app_user_mfa_ratio: Some(0.4),
+                app_user_bound_ratio: Some(0.2),
             }],
             recent_without_mfa: vec![Recent {
                 time: 1_795_000_000,

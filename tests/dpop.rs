@@ -249,6 +249,13 @@ async fn a_route_requiring_dpop_refuses_bearer_tokens_and_takes_bound_ones() {
     let token = bound_token(&h.issuer, "mfa", &holder);
     let proof = holder.proof("DELETE", &format!("{ORIGIN}/v1/bound/x"), &token);
     assert_eq!(call(&h, "DELETE", "/v1/bound/x", &format!("DPoP {token}"), Some(&proof)).await.0, StatusCode::OK);
+
+    // The status report: of the application's two App+User requests that passed (the one refused
+    // for its binding is not counted), one was DPoP-bound.
+    let (_, _, body) = get(h.gw.admin_addr, "/report", None).await;
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["totals"]["app_user_bound"], 1, "{body}");
+    assert_eq!(r["applications"][0]["app_user_bound_ratio"].as_f64(), Some(0.5), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

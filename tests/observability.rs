@@ -54,7 +54,10 @@ async fn the_status_report_worked_example_gives_40_percent_in_metrics_and_report
     assert_eq!(status, StatusCode::OK);
     let r: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(r["app_user_mfa_ratio"], 0.4);
-    assert_eq!(r["totals"], json!({"app_user_with_mfa": 2, "app_user_without_mfa": 3, "app_only": 5}));
+    assert_eq!(
+        r["totals"],
+        json!({"app_user_with_mfa": 2, "app_user_without_mfa": 3, "app_only": 5, "app_user_bound": 0})
+    );
     assert_eq!(r["window_days"], 7);
     assert_eq!(r["recent_without_mfa"].as_array().unwrap().len(), 3);
     assert_eq!(r["recent_without_mfa"][0]["route"], "offers");

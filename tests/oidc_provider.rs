@@ -128,7 +128,7 @@ async fn rfc9068_tokens_from_a_real_provider_and_a_key_rotated_after_start_up() 
     let r: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         r["totals"],
-        serde_json::json!({"app_user_with_mfa": 1, "app_user_without_mfa": 2, "app_only": 2}),
+        serde_json::json!({"app_user_with_mfa": 1, "app_user_without_mfa": 2, "app_only": 2, "app_user_bound": 0}),
         "{body}"
     );
     assert_eq!(r["users_without_mfa"][0]["user"], "alice");

@@ -70,7 +70,12 @@ async fn check_row(row: Row) {
 
     let (_, _, body) = get(h.gw.admin_addr, "/report", None).await;
     let r: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(r["totals"], json!({"app_user_with_mfa": 1, "app_user_without_mfa": 2, "app_only": 2}), "{}", row.iss);
+    assert_eq!(
+        r["totals"],
+        json!({"app_user_with_mfa": 1, "app_user_without_mfa": 2, "app_only": 2, "app_user_bound": 0}),
+        "{}",
+        row.iss
+    );
     assert_eq!(r["app_user_mfa_ratio"].as_f64().unwrap(), 1.0 / 3.0);
     assert_eq!(r["users_without_mfa"][0]["user"], row.user, "{}", row.iss);
 }

@@ -267,7 +267,10 @@ mod tests {
         ];
         let only = [("b".to_string(), 4.96), ("quiet".to_string(), 0.0)];
         let s = build(&user, &only, "7d", 0);
-        assert_eq!(s.totals, Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5 });
+        assert_eq!(
+            s.totals,
+            Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5, app_user_bound: None }
+        );
         assert_eq!(s.app_user_mfa_ratio, Some(0.4));
         let apps: Vec<&str> = s.applications.iter().map(|a| a.app.as_str()).collect();
         assert_eq!(apps, ["b", "a"], "worst first; an application with nothing in the window is left out");

@@ -46,6 +46,8 @@ pub struct Observation<'a> {
     pub app: &'a str,
     pub user: Option<&'a str>,
     pub tenant: Option<&'a str>,
+    /// The token was bound to the client (DPoP).
+    pub bound: bool,
 }
 
 struct Day {
@@ -166,6 +168,9 @@ impl Report {
             (TokenKind::AppUser, true) => counts.app_user_with_mfa += 1,
             (TokenKind::AppUser, false) => counts.app_user_without_mfa += 1,
         }
+        if o.kind == TokenKind::AppUser {
+            counts.app_user_bound = Some(counts.app_user_bound.unwrap_or(0) + u64::from(o.bound));
+        }
         if o.kind == TokenKind::AppUser && !o.mfa {
             if self.cfg.max_recent > 0 {
                 if s.recent.len() == self.cfg.max_recent {
@@ -265,7 +270,7 @@ mod tests {
     use super::*;
 
     fn obs(t: i64, kind: TokenKind, mfa: bool, app: &'static str, user: Option<&'static str>) -> Observation<'static> {
-        Observation { unix_secs: t, route: "offers", kind, mfa, app, user, tenant: Some("t") }
+        Observation { unix_secs: t, route: "offers", kind, mfa, app, user, tenant: Some("t"), bound: false }
     }
 
     #[test]
@@ -283,7 +288,10 @@ mod tests {
         }
         let s = r.snapshot(t + 10);
         assert_eq!(s.app_user_mfa_ratio, Some(0.4));
-        assert_eq!(s.totals, Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5 });
+        assert_eq!(
+            s.totals,
+            Counts { app_user_with_mfa: 2, app_user_without_mfa: 3, app_only: 5, app_user_bound: Some(0) }
+        );
         assert_eq!(s.applications[0].app, "daemon");
         assert_eq!(s.applications[1].app_user_mfa_ratio, Some(0.4));
         assert_eq!(s.recent_without_mfa.len(), 3);

@@ -8,6 +8,10 @@ pub struct Counts {
     pub app_user_with_mfa: u64,
     pub app_user_without_mfa: u64,
     pub app_only: u64,
+    /// App+User requests whose token was bound to the client (DPoP): an instance counts them;
+    /// the fleet report, read from Prometheus, does not know them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_user_bound: Option<u64>,
 }
 
 impl Counts {
@@ -15,12 +19,21 @@ impl Counts {
         self.app_user_with_mfa += o.app_user_with_mfa;
         self.app_user_without_mfa += o.app_user_without_mfa;
         self.app_only += o.app_only;
+        if let Some(b) = o.app_user_bound {
+            self.app_user_bound = Some(self.app_user_bound.unwrap_or(0) + b);
+        }
     }
 
     /// with / (with + without); app-only excluded, as the status report defines it.
     pub fn ratio(&self) -> Option<f64> {
         let all = self.app_user_with_mfa + self.app_user_without_mfa;
         (all > 0).then(|| self.app_user_with_mfa as f64 / all as f64)
+    }
+
+    /// bound / (with + without): the share of App+User requests whose token was bound.
+    pub fn bound_ratio(&self) -> Option<f64> {
+        let all = self.app_user_with_mfa + self.app_user_without_mfa;
+        self.app_user_bound.filter(|_| all > 0).map(|b| b as f64 / all as f64)
     }
 }
 
@@ -44,6 +57,9 @@ pub struct AppSummary {
     pub without_mfa: u64,
     pub app_only: u64,
     pub app_user_mfa_ratio: Option<f64>,
+    /// App+User requests whose token was DPoP-bound / all App+User requests; null when there
+    /// were none, or in the fleet report (Prometheus does not count them per application).
+    pub app_user_bound_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,6 +219,7 @@ pub fn summarize(per_app: impl Iterator<Item = (String, Counts)>) -> (Counts, Ve
                 without_mfa: c.app_user_without_mfa,
                 app_only: c.app_only,
                 app_user_mfa_ratio: c.ratio(),
+                app_user_bound_ratio: c.bound_ratio(),
             }
         })
         .collect();

@@ -5,7 +5,8 @@
 //! with 512 connections, 1 000 tokens in turn (all cached), and a different token on every
 //! request with the cache off (every request pays for a signature verification); then two token loads as questions to
 //! the decision listener of authorization-only mode (`[authz]`, front = "nginx"), which answers
-//! without forwarding. Last, latency at a fixed rate, open loop: a quarter of the gateway's
+//! without forwarding; then DPoP-bound tokens (RFC 9449) with a fresh ES256 or EdDSA proof on
+//! every request (made before the row, so the generator does not sign while it measures). Last, latency at a fixed rate, open loop: a quarter of the gateway's
 //! saturated rate with a repeated token, to the upstream and through the gateway, each request
 //! timed from when it was due (so a late answer also counts against the requests queued behind
 //! it).
@@ -17,6 +18,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
+use mfa_gateway::dev::{entra_claims, DevIssuer, DpopKey, KeyServer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -146,6 +148,41 @@ struct Load {
     seconds: u64,
     /// Requests per second in all (open loop), or `None` for a closed loop.
     rate: Option<f64>,
+    /// A DPoP-bound token and one proof per request; the row ends when they run out.
+    dpop: Option<Arc<Proofs>>,
+}
+
+/// A token bound to a key, and proofs of that key for the row's requests, taken in turn.
+struct Proofs {
+    token: String,
+    proofs: Vec<String>,
+    next: AtomicUsize,
+}
+
+/// The public origin of the bench gateway, for proofs' `htu`.
+const ORIGIN: &str = "https://bench.example";
+
+impl Proofs {
+    /// `n` proofs for GET `path`, made on two threads.
+    fn mint(issuer: &DevIssuer, key: DpopKey, path: &str, n: usize) -> Arc<Proofs> {
+        let mut claims = entra_claims("mfa", 3600);
+        claims["cnf"] = json!({"jkt": key.jkt()});
+        let token = issuer.mint(&claims);
+        let (key, url, iat) = (Arc::new(key), format!("{ORIGIN}{path}"), mfa_gateway::auth::unix_now());
+        let halves: Vec<_> = (0..2)
+            .map(|h| {
+                let (key, url, token) = (key.clone(), url.clone(), token.clone());
+                std::thread::spawn(move || {
+                    (h..n)
+                        .step_by(2)
+                        .map(|i| key.proof("GET", &url, &token, &format!("e2e-{i}"), iat))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let proofs = halves.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        Arc::new(Proofs { token, proofs, next: AtomicUsize::new(0) })
+    }
 }
 
 /// Closed loop: `connections` keep-alive connections (each with its streams over HTTP/2), each
@@ -171,7 +208,7 @@ async fn load(l: Load) -> Outcome {
         .into_iter()
         .enumerate()
         .map(|(c, mut send)| {
-            let (tokens, path, headers) = (l.tokens.clone(), l.path, l.headers);
+            let (tokens, path, headers, dpop) = (l.tokens.clone(), l.path, l.headers, l.dpop.clone());
             // Open loop: this sender's requests are due every `every`, staggered across senders.
             let every = l.rate.map(|r| Duration::from_secs_f64(senders_n as f64 / r));
             let mut due = start + every.map_or(Duration::ZERO, |e| e.mul_f64(c as f64 / senders_n as f64));
@@ -186,6 +223,10 @@ async fn load(l: Load) -> Outcome {
                     if !tokens.is_empty() {
                         i = (i + 1) % tokens.len();
                         req = req.header("authorization", format!("Bearer {}", tokens[i]));
+                    }
+                    if let Some(d) = &dpop {
+                        let Some(proof) = d.proofs.get(d.next.fetch_add(1, Ordering::Relaxed)) else { break };
+                        req = req.header("authorization", format!("DPoP {}", d.token)).header("dpop", proof.as_str());
                     }
                     let t = match every {
                         // Behind schedule because the last answer came late: timed from when
@@ -258,8 +299,8 @@ fn main() {
     let (gw, nocache, _running) = gateway_rt.block_on(async {
         let keys = KeyServer::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), json!({"keys": [issuer.jwk()]}), "https://sts.windows.net/{tenantid}/");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{upstream}\"\n\
-             [log]\nfilter = \"warn\"\n[audit]\nenabled = false\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_origin = \"{ORIGIN}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{upstream}\"\n\
+             [log]\nfilter = \"warn\"\n[audit]\nenabled = false\n[dpop]\nmax_proofs = 2000000\n\
              [authz]\nlisten = \"127.0.0.1:0\"\nfront = \"nginx\"\n\
              [[issuer]]\nissuer = \"https://sts.windows.net/{{tenantid}}/\"\ndiscovery = \"{}\"\n\
              audiences = [\"https://api.partnercenter.microsoft.com\"]\n\
@@ -310,7 +351,20 @@ fn main() {
     let (c, h1) = (a.connections, Proto::H1);
     let h2c = Proto::H2c { streams: 10 };
     let row = |name, addr, path, headers, tokens: &Arc<Vec<String>>, connections, proto| {
-        (name, Load { addr, path, headers, tokens: tokens.clone(), connections, proto, seconds: a.seconds, rate: None })
+        (
+            name,
+            Load {
+                addr,
+                path,
+                headers,
+                tokens: tokens.clone(),
+                connections,
+                proto,
+                seconds: a.seconds,
+                rate: None,
+                dpop: None,
+            },
+        )
     };
     let scenarios: Vec<(&str, Load)> = vec![
         row("upstream direct (baseline)", upstream, "/v1/customers/x", &[], &none, c, h1),
@@ -351,6 +405,14 @@ fn main() {
     };
     for (name, l) in scenarios {
         run(name, l, &mut baseline);
+    }
+    // More proofs than the row can use at its rate: 40 000 a second of the row.
+    for (name, key) in
+        [("gateway, DPoP, ES256 proofs", DpopKey::es256()), ("gateway, DPoP, EdDSA proofs", DpopKey::ed25519())]
+    {
+        let proofs = Proofs::mint(&issuer, key, "/v1/customers/x", 40_000 * a.seconds as usize);
+        let (_, l) = row(name, gw.0, "/v1/customers/x", &[], &none, c, h1);
+        run(name, Load { dpop: Some(proofs), ..l }, &mut baseline);
     }
     // Latency at a normal load rather than at saturation: a quarter of the gateway's own rate
     // with a repeated token (about a quarter of one nginx hop's).

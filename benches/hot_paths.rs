@@ -220,35 +220,17 @@ fn bench_report(c: &mut Criterion) {
 /// under the proof's own key, claims, thumbprint). Proofs are made once per request and never
 /// cached, so this is paid on every request.
 fn bench_dpop(c: &mut Criterion) {
-    use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-    use base64::Engine;
     use mfa_gateway::auth::dpop;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    use mfa_gateway::dev::DpopKey;
     let token = DevIssuer::generate("k1").mint(&entra_claims("mfa", 3600));
     let now = mfa_gateway::auth::unix_now();
-    let claims = serde_json::json!({
-        "jti": "bench", "htm": "GET", "htu": "https://api.example.com/v1/customers", "iat": now,
-        "ath": b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref()),
-    });
-    let es = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
-    let ed = Ed25519KeyPair::generate().unwrap();
-    let point = es.public_key().as_ref().to_vec();
-    let es_jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])});
-    let ed_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(ed.public_key().as_ref())});
-    let proof = |alg: &str, jwk: &serde_json::Value, sign: &dyn Fn(&[u8]) -> Vec<u8>| {
-        let header = serde_json::json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk});
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-        format!("{input}.{}", b64(&sign(input.as_bytes())))
-    };
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let es_proof = proof("ES256", &es_jwk, &|m| es.sign(&rng, m).unwrap().as_ref().to_vec());
-    let ed_proof = proof("EdDSA", &ed_jwk, &|m| ed.sign(m).as_ref().to_vec());
     let htu = dpop::normalize_htu("https://api.example.com/v1/customers").unwrap();
     let expected = dpop::Expected { method: "GET", htu: &htu, access_token: &token, now, window: 60, nonces: None };
-    for (name, p) in [("ES256", &es_proof), ("EdDSA", &ed_proof)] {
-        assert!(dpop::check(p, &expected).is_ok());
-        c.bench_function(&format!("dpop/proof check, {name} (dpop::check)"), |b| {
-            b.iter(|| dpop::check(black_box(p), &expected).unwrap())
+    for key in [DpopKey::es256(), DpopKey::ed25519()] {
+        let proof = key.proof("GET", "https://api.example.com/v1/customers", &token, "bench", now);
+        assert!(dpop::check(&proof, &expected).is_ok());
+        c.bench_function(&format!("dpop/proof check, {} (dpop::check)", key.alg()), |b| {
+            b.iter(|| dpop::check(black_box(&proof), &expected).unwrap())
         });
     }
 }

@@ -1,5 +1,6 @@
-//! Development parts: an issuer whose RSA key is made in memory (minting tokens), a JWKS and
-//! discovery server on loopback, and an upstream that echoes the identity it was given. The demo
+//! Development parts: an issuer whose RSA key is made in memory (minting tokens), a DPoP client
+//! key (minting proofs), a JWKS and discovery server on loopback, and an upstream that echoes
+//! the identity it was given. The demo
 //! runs them; the integration tests and benches run against them too. Nothing here is on the
 //! request path.
 
@@ -21,6 +22,61 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+
+/// A DPoP client's key (RFC 9449), made in memory: ES256 or Ed25519.
+pub enum DpopKey {
+    Es256(aws_lc_rs::signature::EcdsaKeyPair),
+    Ed25519(aws_lc_rs::signature::Ed25519KeyPair),
+}
+
+impl DpopKey {
+    pub fn es256() -> Self {
+        let alg = &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        DpopKey::Es256(aws_lc_rs::signature::EcdsaKeyPair::generate(alg).expect("P-256 key generation"))
+    }
+
+    pub fn ed25519() -> Self {
+        DpopKey::Ed25519(aws_lc_rs::signature::Ed25519KeyPair::generate().expect("Ed25519 key generation"))
+    }
+
+    pub fn alg(&self) -> &'static str {
+        match self {
+            DpopKey::Es256(_) => "ES256",
+            DpopKey::Ed25519(_) => "EdDSA",
+        }
+    }
+
+    /// The public key as a JWK, as a proof's header carries it.
+    pub fn jwk(&self) -> Value {
+        match self {
+            DpopKey::Es256(k) => {
+                let point = k.public_key().as_ref();
+                json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                       "y": URL_SAFE_NO_PAD.encode(&point[33..65])})
+            }
+            DpopKey::Ed25519(k) => json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(k.public_key())}),
+        }
+    }
+
+    /// The key's RFC 7638 thumbprint: a bound token's `cnf.jkt`.
+    pub fn jkt(&self) -> String {
+        crate::auth::dpop::thumbprint(self.jwk().as_object().expect("an object")).expect("a public key")
+    }
+
+    /// A proof for `method` `url` presenting `token`.
+    pub fn proof(&self, method: &str, url: &str, token: &str, jti: &str, iat: i64) -> String {
+        let ath = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()));
+        let header = json!({"typ": "dpop+jwt", "alg": self.alg(), "jwk": self.jwk()});
+        let claims = json!({"jti": jti, "htm": method, "htu": url, "iat": iat, "ath": ath});
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let signature = match self {
+            DpopKey::Es256(k) => k.sign(&SystemRandom::new(), input.as_bytes()).expect("signing").as_ref().to_vec(),
+            DpopKey::Ed25519(k) => k.sign(input.as_bytes()).as_ref().to_vec(),
+        };
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+}
 
 pub const DEMO_TENANT: &str = "aaaabbbb-0000-cccc-1111-dddd2222eeee";
 pub const DEMO_AUDIENCE: &str = "https://api.partnercenter.microsoft.com";

@@ -77,6 +77,7 @@ impl Gateway {
         let auth_metrics = Arc::new(AuthMetrics::register(registry));
         let ratios = Arc::new(RatioCounters::register(registry, &config.metrics));
         let report = Report::new(config.report.clone());
+        let max_proofs = config.auth.dpop.max_proofs;
         let (first, _) = Snapshot::build(config, None, &requests, &ratios, &auth_metrics)?;
         Ok(Self {
             current: ArcSwap::from_pointee(first),
@@ -87,7 +88,7 @@ impl Gateway {
             screened: RemovedCounters::register(registry),
             ratios,
             report,
-            replays: ReplayStore::new(crate::auth::replay::CAPACITY),
+            replays: ReplayStore::new(max_proofs),
             request_ids: RequestIds::default(),
             draining: AtomicBool::new(false),
             phase: tokio::sync::watch::Sender::new(Phase::Serving),
@@ -111,6 +112,7 @@ impl Gateway {
         let next = Arc::new(next);
         let previous = self.current.swap(next.clone());
         next.auth.retime(&next.config.auth);
+        self.replays.set_capacity(next.config.auth.dpop.max_proofs);
         for gone in &previous.auth.issuers {
             if !next.auth.issuers.iter().any(|k| k.spec.name == gone.spec.name) {
                 self.auth_metrics.issuer_removed(&gone.spec.name);

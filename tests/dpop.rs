@@ -359,3 +359,40 @@ async fn nonces_from_a_shared_secret_work_on_every_replica() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// A full replay store refuses new proofs (503, `dpop_busy`) rather than forget one early: the
+/// first proof's replay is still refused as a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_replay_store_refuses_new_proofs_and_still_knows_the_old_ones() {
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let h = harness_for(ORIGIN, issuer, keys, "[dpop]\nmax_proofs = 1000\n").await;
+    let holder = Holder::ed25519();
+    let token = bound_token(&h.issuer, "mfa", &holder);
+    let url = format!("{ORIGIN}/v1/customers/x");
+    let dpop = format!("DPoP {token}");
+    let first = holder.proof("GET", &url, &token);
+    assert_eq!(call(&h, "GET", "/v1/customers/x", &dpop, Some(&first)).await.0, StatusCode::OK);
+    for _ in 1..1000 {
+        let proof = holder.proof("GET", &url, &token);
+        assert_eq!(call(&h, "GET", "/v1/customers/x", &dpop, Some(&proof)).await.0, StatusCode::OK);
+    }
+    let (status, headers, body) =
+        call(&h, "GET", "/v1/customers/x", &dpop, Some(&holder.proof("GET", &url, &token))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(refusals(&h, "store_full").await, 1.0);
+    assert_eq!(
+        metric(
+            &h.gw,
+            r#"mfa_gateway_requests_total{decision="dpop_busy",mode="proxy",route="customers",token_kind="none"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        call(&h, "GET", "/v1/customers/x", &dpop, Some(&first)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "still a replay"
+    );
+    assert_eq!(refusals(&h, "jti").await, 1.0);
+}

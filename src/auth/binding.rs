@@ -10,9 +10,12 @@ use super::replay::{NotRecorded, ReplayStore};
 use super::token::Scheme;
 use crate::routes::Binding;
 
-/// How far a DPoP proof's `iat` may be from now, either way, in seconds; its `jti` is kept as
-/// long. Proofs are made for one request, so a minute covers clock skew and slow networks.
-pub const DPOP_WINDOW_SECS: i64 = 60;
+/// What a proof is held to besides the request: the clock, `[dpop] iat_window` and nonces.
+pub(super) struct Rules<'a> {
+    pub now: i64,
+    pub window: i64,
+    pub nonces: Option<&'a Nonces>,
+}
 
 /// The request a token comes with: what a DPoP proof must match, and the route's binding.
 pub struct Presented<'a> {
@@ -57,15 +60,14 @@ pub(super) fn check(
     bound_to: Option<&str>,
     headers: &HeaderMap,
     presented: &Presented<'_>,
-    now: i64,
-    nonces: Option<&Nonces>,
+    rules: Rules<'_>,
 ) -> Result<BoundBy, AuthRefusal> {
     let bound = match (scheme, bound_to) {
         (Scheme::Bearer, None) => BoundBy::Nothing,
         (Scheme::Bearer, Some(_)) => return Err(AuthRefusal::Binding(BindingError::BoundAsBearer)),
         (Scheme::Dpop, None) => return Err(AuthRefusal::Binding(BindingError::NotBound)),
         (Scheme::Dpop, Some(jkt)) => {
-            prove(jkt, token, headers, presented, (now, nonces))?;
+            prove(jkt, token, headers, presented, &rules)?;
             BoundBy::Dpop
         }
     };
@@ -81,7 +83,7 @@ fn prove(
     token: &str,
     headers: &HeaderMap,
     presented: &Presented<'_>,
-    (now, nonces): (i64, Option<&Nonces>),
+    rules: &Rules<'_>,
 ) -> Result<(), AuthRefusal> {
     let origin = presented.origin.ok_or(AuthRefusal::Binding(BindingError::NoOrigin))?;
     let proof = |e| AuthRefusal::Proof(e);
@@ -95,16 +97,16 @@ fn prove(
         method: presented.method,
         htu: &htu,
         access_token: token,
-        now,
-        window: DPOP_WINDOW_SECS,
-        nonces,
+        now: rules.now,
+        window: rules.window,
+        nonces: rules.nonces,
     };
     let proven = dpop::check(one.to_str().map_err(|_| proof(ProofError::Malformed))?, &expected).map_err(proof)?;
     if proven.jkt != jkt {
         return Err(AuthRefusal::Binding(BindingError::KeyMismatch));
     }
     // Last: only a proof that passed every other check uses up its jti.
-    presented.replays.record(jkt, &proven.jti, proven.expires, now).map_err(|e| match e {
+    presented.replays.record(jkt, &proven.jti, proven.expires, rules.now).map_err(|e| match e {
         NotRecorded::Replayed => proof(ProofError::Replayed),
         NotRecorded::Full => AuthRefusal::ProofsFull,
     })?;

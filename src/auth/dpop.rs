@@ -276,6 +276,35 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proven, ProofError>
     Ok(Proven { jkt, jti: jti.to_owned(), expires: iat + expected.window })
 }
 
+/// `[dpop]`: how long a proof is good, how many this replica remembers, and nonces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpopConfig {
+    /// A proof's `iat` may be this many seconds from now, either way; its `jti` is kept as long.
+    pub window_secs: i64,
+    /// Proofs remembered at most (`replay::ReplayStore`).
+    pub max_proofs: usize,
+    pub nonce: Option<DpopNonce>,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        Self { window_secs: 60, max_proofs: 100_000, nonce: None }
+    }
+}
+
+/// The secret every replica shares for DPoP nonces, and their time step.
+#[derive(Clone, PartialEq)]
+pub struct DpopNonce {
+    pub secret: Vec<u8>,
+    pub step_secs: i64,
+}
+
+impl std::fmt::Debug for DpopNonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpopNonce").field("step_secs", &self.step_secs).finish_non_exhaustive()
+    }
+}
+
 /// Resource-server nonces (§9) that every replica makes and checks alike from one secret and
 /// the clock, so a fleet shares no store. A nonce names its time step and carries an HMAC of
 /// it under the secret; it is accepted in its own step and the next.

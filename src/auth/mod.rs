@@ -24,6 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::routes::{Route, StepUp};
 pub use binding::{BoundBy, Presented, DPOP};
 use challenge::{AuthRefusal, ChallengeSettings, Denial, StepUpNeeded};
+pub use dpop::{DpopConfig, DpopNonce};
 use invalid::Invalid;
 use jwks::{IssuerKeys, KeySpec, KeyTiming};
 use keys::Lookup;
@@ -58,21 +59,8 @@ pub struct AuthConfig {
     pub cache_max_entries: u64,
     /// What the cached tokens may weigh in all (`Verified::weight`).
     pub cache_max_bytes: u64,
-    /// `[dpop]`: resource-server nonces, when on.
-    pub dpop_nonce: Option<DpopNonce>,
-}
-
-/// The secret every replica shares for DPoP nonces, and their time step.
-#[derive(Clone, PartialEq)]
-pub struct DpopNonce {
-    pub secret: Vec<u8>,
-    pub step_secs: i64,
-}
-
-impl std::fmt::Debug for DpopNonce {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DpopNonce").field("step_secs", &self.step_secs).finish_non_exhaustive()
-    }
+    /// `[dpop]`.
+    pub dpop: DpopConfig,
 }
 
 /// Fetches an issuer's keys once, as the gateway would (discovery document, then keys; or the
@@ -125,6 +113,8 @@ pub struct Authenticator<M = ()> {
     metrics: Arc<AuthMetrics>,
     /// DPoP nonces, when `[dpop]` turns them on.
     pub nonces: Option<Arc<dpop::Nonces>>,
+    /// `[dpop] iat_window`, in seconds.
+    dpop_window: i64,
     /// Unix seconds, for `exp`, `nbf` and `auth_time`: `unix_now` but in tests.
     clock: fn() -> i64,
 }
@@ -174,7 +164,8 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             token_hash: foldhash::fast::RandomState::default(),
             doorkeeper: (cfg.cache_max_entries > 0).then(|| admission::Doorkeeper::new(cfg.cache_max_entries)),
             metrics,
-            nonces: cfg.dpop_nonce.as_ref().map(|n| Arc::new(dpop::Nonces::new(&n.secret, n.step_secs))),
+            nonces: cfg.dpop.nonce.as_ref().map(|n| Arc::new(dpop::Nonces::new(&n.secret, n.step_secs))),
+            dpop_window: cfg.dpop.window_secs,
             clock: unix_now,
         }
     }
@@ -220,8 +211,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             v.jkt.as_deref(),
             headers,
             presented,
-            (self.clock)(),
-            self.nonces.as_deref(),
+            binding::Rules { now: (self.clock)(), window: self.dpop_window, nonces: self.nonces.as_deref() },
         )?;
         Ok((v, bound))
     }

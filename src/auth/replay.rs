@@ -15,15 +15,13 @@ pub enum NotRecorded {
     Full,
 }
 
-/// Proofs held at most: 50 000 is about 1.5 MiB, a minute of DPoP requests at over 800 a second.
-pub const CAPACITY: usize = 50_000;
-
 pub struct ReplayStore {
     /// A seeded hash of (key thumbprint, `jti`) -> when it may be forgotten (unix seconds). Two
     /// proofs with one hash count as a replay: a refusal, never a pass.
     seen: Mutex<Seen>,
     hasher: foldhash::fast::RandomState,
-    capacity: usize,
+    /// `[dpop] max_proofs`; a reload may change it.
+    capacity: std::sync::atomic::AtomicUsize,
 }
 
 struct Seen {
@@ -37,22 +35,28 @@ impl ReplayStore {
         Self {
             seen: Mutex::new(Seen { entries: HashMap::new(), swept_at: i64::MIN }),
             hasher: foldhash::fast::RandomState::default(),
-            capacity,
+            capacity: capacity.into(),
         }
+    }
+
+    /// A new bound, from a reloaded config; what is held stays held.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records a proof's `jti` for the key `jkt` until `expires`.
     pub fn record(&self, jkt: &str, jti: &str, expires: i64, now: i64) -> Result<(), NotRecorded> {
         let key = self.hasher.hash_one((jkt, jti));
+        let capacity = self.capacity.load(std::sync::atomic::Ordering::Relaxed);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.entries.get(&key).is_some_and(|e| *e >= now) {
             return Err(NotRecorded::Replayed);
         }
-        if seen.entries.len() >= self.capacity && seen.swept_at < now {
+        if seen.entries.len() >= capacity && seen.swept_at < now {
             seen.entries.retain(|_, e| *e >= now);
             seen.swept_at = now;
         }
-        if seen.entries.len() >= self.capacity && !seen.entries.contains_key(&key) {
+        if seen.entries.len() >= capacity && !seen.entries.contains_key(&key) {
             return Err(NotRecorded::Full);
         }
         seen.entries.insert(key, expires);

@@ -162,7 +162,7 @@ pub(super) fn validate(
         request_context,
         cache_max_entries,
         cache_max_bytes,
-        dpop_nonce: None,
+        dpop: Default::default(),
     })
 }
 

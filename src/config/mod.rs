@@ -187,7 +187,7 @@ impl Validator<'_> {
         let (report, report_token) = self.report_tables(raw.report)?;
         let (defaults, routes) = self.routes(raw.defaults, raw.challenge.step_up, raw.routes)?;
         let mut auth = issuer::validate(self, raw.issuers, raw.mfa, raw.identity, raw.challenge, raw.cache)?;
-        auth.dpop_nonce = self.dpop(raw.dpop)?;
+        auth.dpop = self.dpop(raw.dpop)?;
         let config = Config {
             admin: self.admin(raw.admin)?,
             log: self.log(raw.log)?,

@@ -82,19 +82,36 @@ async fn refusals(h: &Harness, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_token_passes_with_its_proof() {
-    let h = harness(ORIGIN).await;
+    logs();
+    let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
+    let h = harness_for(ORIGIN, issuer, keys, "[audit]\nenabled = true\n").await;
+    let mut ids = Vec::new();
     for holder in [Holder::es256(), Holder::ed25519()] {
         let token = bound_token(&h.issuer, "mfa", &holder);
         // The proof names the public origin, not the loopback address the gateway listens on;
         // the query is not part of htu.
         let proof = holder.proof("GET", &format!("{ORIGIN}/v1/customers/x?page=2"), &token);
-        let (status, _, body) = call(&h, "GET", "/v1/customers/x?page=2", &format!("DPoP {token}"), Some(&proof)).await;
+        let (status, headers, body) =
+            call(&h, "GET", "/v1/customers/x?page=2", &format!("DPoP {token}"), Some(&proof)).await;
         assert_eq!(status, StatusCode::OK, "{} proof: {body}", holder.alg());
+        ids.push(headers["x-request-id"].to_str().unwrap().to_owned());
         // The proof goes where the token goes (`forward_authorization`, on by default).
         assert_eq!(echoed(&body, "dpop"), proof.as_str());
         assert_eq!(echoed(&body, "x-mfa-gateway-mfa"), "true");
     }
     assert_eq!(metric(&h.gw, "mfa_gateway_token_bindings_total{binding=\"dpop\"}").await, 2.0);
+    // The audit line says how the token was bound.
+    let audited = |id: &String| {
+        log_lines()
+            .into_iter()
+            .find(|l| l["target"] == "mfa_gateway::audit" && l["request_id"] == id.as_str())
+            .map(|l| l["binding"].clone())
+    };
+    eventually("both audit lines", std::time::Duration::from_secs(2), async || {
+        ids.iter().all(|id| audited(id).is_some())
+    })
+    .await;
+    assert!(ids.iter().all(|id| audited(id) == Some(json!("dpop"))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

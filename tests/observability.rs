@@ -275,6 +275,7 @@ async fn audit_events_carry_decisions_and_identity_but_never_token_bytes() {
             "decision",
             "reason",
             "token_kind",
+            "binding",
             "duration_us",
             "auth_us",
             "upstream_us",
@@ -286,6 +287,7 @@ async fn audit_events_carry_decisions_and_identity_but_never_token_bytes() {
     assert_eq!(mfa_refusal["decision"], "mfa_required");
     assert_eq!(mfa_refusal["tid"], mfa_gateway::dev::DEMO_TENANT);
     assert_eq!(mfa_refusal["user"], "Adminagent.csp@testtestpartner.onmicrosoft.com");
+    assert_eq!(mfa_refusal["binding"], "bearer");
     let all = String::from_utf8(logs().lock().unwrap().clone()).unwrap();
     for t in &tokens {
         for part in t.split('.') {

@@ -24,6 +24,7 @@ fn table() -> &'static RouteTable {
             step_up: StepUp::PartnerCenter,
             max_auth_age: None,
             enforce: true,
+            binding: None,
         };
         RouteTable::new(
             &[

@@ -60,6 +60,7 @@ fn fixed() -> &'static Fixed {
             step_up: StepUp::PartnerCenter,
             max_auth_age: (i == 1).then_some(600),
             enforce: true,
+            binding: None,
         };
         Fixed {
             signer,

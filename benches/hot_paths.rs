@@ -105,6 +105,7 @@ fn bench_tokens(c: &mut Criterion) {
         origin: None,
         required: None,
         replays: &replays,
+        cert: None,
     };
     // Twice: a token is cached on its second sighting.
     for _ in 0..2 {

@@ -47,6 +47,8 @@ pub(crate) enum Phase {
 pub(crate) struct Peer {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// The SHA-256 of the client certificate the TLS handshake received, if any (RFC 8705 §3.1).
+    pub cert: Option<[u8; 32]>,
 }
 
 /// What outlives a config: the current snapshot (swapped whole on reload), the metric families
@@ -242,7 +244,7 @@ impl Gateway {
                     request_id: request_id.clone(),
                     upgrade: received.upgrade,
                 };
-                self.pass(snap, req, route, &origin, &mut end).await.map(|r| r.map(Either::Left))
+                self.pass(snap, req, route, (&origin, peer.cert), &mut end).await.map(|r| r.map(Either::Left))
             }
             Some(Ok((method, target))) => self.judge(snap, &req, (&method, target.path()), route, &mut end).await,
             Some(Err(flaw)) => Err(Refusal::BadOriginal(flaw)),
@@ -279,15 +281,19 @@ impl Gateway {
         snap: &Snapshot,
         req: Request<Incoming>,
         route: &Route,
-        origin: &Origin,
+        (origin, cert): (&Origin, Option<[u8; 32]>),
         end: &mut RequestEnd,
     ) -> Result<Response<UpstreamBody>, Refusal> {
         // Routes match raw paths: a path with another spelling could dodge its route.
         crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
         let (mut parts, body) = req.into_parts();
-        let asked = (&parts.method, parts.uri.path());
-        let origin_for_proofs = snap.config.server.public_origin.as_deref();
-        let admitted = self.admit(snap, &mut parts.headers, asked, origin_for_proofs, route, end).await;
+        let client = Client {
+            method: &parts.method,
+            path: parts.uri.path(),
+            origin: snap.config.server.public_origin.as_deref(),
+            cert,
+        };
+        let admitted = self.admit(snap, &mut parts.headers, client, route, end).await;
         let upstream_start = end.auth_finished();
         admitted?;
         let mut req = Request::from_parts(parts, body);
@@ -329,8 +335,9 @@ impl Gateway {
                 answer.append(name, v.clone());
             }
         }
-        let origin_for_proofs = snap.config.authz.as_ref().and_then(|a| a.public_origin.as_deref());
-        let admitted = self.admit(snap, &mut answer, (method, path), origin_for_proofs, route, end).await;
+        // The front's own client certificate is not read yet: a certificate-bound token is refused.
+        let origin = snap.config.authz.as_ref().and_then(|a| a.public_origin.as_deref());
+        let admitted = self.admit(snap, &mut answer, Client { method, path, origin, cert: None }, route, end).await;
         end.auth_finished();
         // Never echo a token.
         answer.remove(AUTHORIZATION);
@@ -352,14 +359,12 @@ impl Gateway {
     /// Identity headers, token and route requirement: what must hold before the upstream (or
     /// before a front proxy's question is answered yes). `headers` hold the credential and get
     /// the identity headers.
-    /// `asked`: the method and path the client used; `origin`: the public origin they were
-    /// used at (both for a DPoP proof).
+    /// `client`: how the client made the request, for its token's binding.
     async fn admit(
         &self,
         snap: &Snapshot,
         headers: &mut HeaderMap,
-        (method, path): (&http::Method, &str),
-        origin: Option<&str>,
+        client: Client<'_>,
         route: &Route,
         end: &mut RequestEnd,
     ) -> Result<(), Refusal> {
@@ -367,8 +372,14 @@ impl Gateway {
             return Ok(());
         }
         // Verify the token (cached after the first time) and its binding to the client...
-        let presented =
-            Presented { method: method.as_str(), path, origin, required: route.binding, replays: &self.replays };
+        let presented = Presented {
+            method: client.method.as_str(),
+            path: client.path,
+            origin: client.origin,
+            required: route.binding,
+            replays: &self.replays,
+            cert: client.cert,
+        };
         let (v, bound) = snap.auth.verify(headers, &presented).await.map_err(Refusal::Auth)?;
         self.auth_metrics.bound(bound.as_str());
         end.bound = Some(bound);
@@ -415,9 +426,18 @@ impl Gateway {
             app: v.app_id().unwrap_or("none"),
             user: ids.user(),
             tenant: v.tid(),
-            bound: bound == crate::auth::BoundBy::Dpop,
+            bound: bound != crate::auth::BoundBy::Nothing,
         });
     }
+}
+
+/// Where and how the client made the request, as its token's binding is checked against it: the
+/// method and path it used, the public origin it used them at, and its connection's certificate.
+struct Client<'a> {
+    method: &'a http::Method,
+    path: &'a str,
+    origin: Option<&'a str>,
+    cert: Option<[u8; 32]>,
 }
 
 /// RFC 9449 §9: with nonces on, every answer to a DPoP-bound request hands the client the

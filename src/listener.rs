@@ -187,9 +187,12 @@ pub(crate) async fn serve(
             let io = Tracked { inner: stream, active: activity.clone() };
             let conn = Connection { activity, builder: &builder, gateway, metrics: &metrics, limits, phase, serves };
             match tls {
-                None => conn.serve(io, Peer { addr: peer, tls: false }).await,
+                None => conn.serve(io, Peer { addr: peer, tls: false, cert: None }).await,
                 Some((tls, limit)) => match handshake(io, tls, limit, &metrics).await {
-                    Some(io) => conn.serve(io, Peer { addr: peer, tls: true }).await,
+                    Some(io) => {
+                        let cert = client_cert_thumbprint(io.get_ref().1);
+                        conn.serve(io, Peer { addr: peer, tls: true, cert }).await
+                    }
                     None => tracing::debug!(client = %peer, "TLS handshake did not complete"),
                 },
             }
@@ -197,6 +200,12 @@ pub(crate) async fn serve(
         });
     }
     tracing::info!(listener = ?serves, "listener closed; draining connections");
+}
+
+/// The SHA-256 of the client's end-entity certificate, as RFC 8705 binds tokens to it.
+fn client_cert_thumbprint(tls: &rustls::ServerConnection) -> Option<[u8; 32]> {
+    let cert = tls.peer_certificates()?.first()?;
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref()).as_ref().try_into().ok()
 }
 
 /// Completes the TLS handshake within the configured time. A client that speaks plain HTTP

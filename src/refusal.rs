@@ -126,11 +126,11 @@ impl Refusal {
                 tracing::warn!(request_id, route, "no signing keys for the token's issuer");
             }
             Refusal::Auth(AuthRefusal::Proof(_) | AuthRefusal::Binding(_)) => {
-                sinks.auth.dpop_refused(self.reason());
+                sinks.auth.binding_refused(self.reason());
                 tracing::debug!(request_id, route, reason = self.reason(), "token binding refused");
             }
             Refusal::Auth(AuthRefusal::ProofsFull) => {
-                sinks.auth.dpop_refused(self.reason());
+                sinks.auth.binding_refused(self.reason());
                 tracing::warn!(request_id, route, "DPoP replay store full of live proofs; refused");
             }
             Refusal::BadPath(flaw) => {

@@ -215,7 +215,7 @@ fn trend(h: &mut String, s: &StatusReport) {
 fn applications(h: &mut String, s: &StatusReport) {
     h.push_str(
         "<h2>Applications</h2><table><tr><th>application</th><th>App+User with MFA</th><th>ratio</th>\
-         <th>requests</th><th>with MFA</th><th>without</th><th>app-only</th><th>DPoP-bound</th></tr>",
+         <th>requests</th><th>with MFA</th><th>without</th><th>app-only</th><th>bound</th></tr>",
     );
     for a in &s.applications {
         let _ = write!(

@@ -42,12 +42,18 @@ impl Requirement {
 pub enum Binding {
     /// A DPoP-bound token, with its proof (`Authorization: DPoP`).
     Dpop,
+    /// A token bound to the client certificate of its connection (RFC 8705).
+    Mtls,
+    /// Either.
+    Any,
 }
 
 impl Binding {
     pub fn as_str(self) -> &'static str {
         match self {
             Binding::Dpop => "dpop",
+            Binding::Mtls => "mtls",
+            Binding::Any => "any",
         }
     }
 }

@@ -11,12 +11,17 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-/// Whether the listener asks for client certificates.
+/// Whether the listener asks for client certificates, and which it trusts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
+    /// A certificate chaining to `client_ca` on every connection.
     Required,
+    /// A certificate chaining to `client_ca`, or none.
     Optional,
+    /// Any certificate, self-signed included, or none: only its thumbprint matters, for tokens
+    /// bound to it (RFC 8705 §2.2). The handshake still proves the client holds its key.
+    Any,
 }
 
 /// An extra certificate served to clients that ask for one of `names` by SNI.
@@ -132,6 +137,59 @@ impl rustls::server::ResolvesServerCert for BySni {
     }
 }
 
+/// `client_auth = "any"`: asks every client for a certificate and takes whichever it sends, or
+/// none. Nothing is trusted by it; a token bound to the certificate's thumbprint is what it
+/// serves. The handshake's signature is still checked, so the client holds the private key.
+#[derive(Debug)]
+struct AnyClientCert {
+    schemes: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.supported_schemes()
+    }
+}
+
 /// Builds the listener's config; every failure names the file.
 pub(crate) fn server_config(c: &ServerTlsFiles) -> Result<ServerConfig, TlsError> {
     let mut named = Vec::new();
@@ -144,12 +202,16 @@ pub(crate) fn server_config(c: &ServerTlsFiles) -> Result<ServerConfig, TlsError
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Versions)?;
     let builder = match &c.client_ca {
+        None if c.client_auth == ClientAuth::Any => {
+            let schemes = provider().signature_verification_algorithms;
+            builder.with_client_cert_verifier(Arc::new(AnyClientCert { schemes }))
+        }
         Some(ca) => {
             let roots = add_roots(RootCertStore::empty(), ca)?;
             let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let v = match c.client_auth {
                 ClientAuth::Required => v.build(),
-                ClientAuth::Optional => v.allow_unauthenticated().build(),
+                ClientAuth::Optional | ClientAuth::Any => v.allow_unauthenticated().build(),
             };
             builder
                 .with_client_cert_verifier(v.map_err(|source| TlsError::ClientCa { path: ca.to_path_buf(), source })?)

@@ -77,7 +77,7 @@ fn challenges(headers: &HeaderMap) -> Vec<String> {
 }
 
 async fn refusals(h: &Harness, reason: &str) -> f64 {
-    metric(&h.gw, &format!("mfa_gateway_dpop_refusals_total{{reason=\"{reason}\"}}")).await
+    metric(&h.gw, &format!("mfa_gateway_binding_refusals_total{{reason=\"{reason}\"}}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,7 +181,7 @@ async fn a_dpop_bound_token_from_a_real_provider_works_only_with_its_clients_pro
         let (status, headers, body) = send(&client(), req).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{reason}: {body}");
         assert!(headers["www-authenticate"].to_str().unwrap().starts_with("DPoP error="), "{reason}");
-        let counted = format!("mfa_gateway_dpop_refusals_total{{reason=\"{reason}\"}}");
+        let counted = format!("mfa_gateway_binding_refusals_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&gw, &counted).await, 1.0, "{reason}");
     };
     let dpop = format!("DPoP {token}");
@@ -205,5 +205,5 @@ async fn a_dpop_bound_token_from_a_real_provider_works_only_with_its_clients_pro
         tokio::task::block_in_place(|| op.ask(&format!("dpop mfa http://{} {ORIGIN}{path}", with_nonces.addr), "dpop"));
     let answer: Vec<&str> = line.split(' ').collect();
     assert_eq!((answer[0], answer[1]), ("200", "2"), "the nonce flow: refused once, then served");
-    assert_eq!(metric(&with_nonces, "mfa_gateway_dpop_refusals_total{reason=\"nonce\"}").await, 1.0);
+    assert_eq!(metric(&with_nonces, "mfa_gateway_binding_refusals_total{reason=\"nonce\"}").await, 1.0);
 }

@@ -3,178 +3,22 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
 use mfa_gateway::dev::{entra_claims, DevIssuer};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
+use support::tls::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A private certificate authority.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![]).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca { pem, issuer: Issuer::new(params, key) }
-    }
-
-    /// A leaf for localhost and 127.0.0.1: (cert PEM, key PEM).
-    fn leaf(&self) -> (String, String) {
-        self.leaf_for(&["localhost", "127.0.0.1"])
-    }
-
-    fn leaf_for(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
-    }
-}
-
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mfa-gw-tls-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now())
-}
-
-fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, content).unwrap();
-    p
-}
-
-/// A rustls client config trusting `ca_pem`, offering `alpn`, optionally with a client cert.
-fn client_tls(ca_pem: &str, alpn: &[&[u8]], identity: Option<&(String, String)>) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut c = match identity {
-        Some((cert, key)) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes()).map(Result::unwrap).collect(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    c
-}
-
-/// Connects over TLS and returns the stream (for raw bytes or a hyper handshake).
-async fn tls_connect(
-    addr: SocketAddr,
-    cfg: rustls::ClientConfig,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp).await
-}
-
-/// One request over a fresh TLS connection; returns (version, status, headers, body).
-async fn https_get(
-    addr: SocketAddr,
-    cfg: rustls::ClientConfig,
-    path: &str,
-    token: Option<&str>,
-) -> Result<(Version, StatusCode, http::HeaderMap, String), String> {
-    let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
-    let io = TokioIo::new(tls_connect(addr, cfg).await.map_err(|e| e.to_string())?);
-    let mut req = Request::get(format!("https://localhost:{}{path}", addr.port()));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = req.body(Full::new(Bytes::new())).unwrap();
-    let resp = if h2 {
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        send.send_request(req).await.map_err(|e| e.to_string())?
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        send.send_request(req).await.map_err(|e| e.to_string())?
-    };
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((parts.version, parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// A TLS server on loopback answering with `handler`; ALPN h2 and http/1.1.
-async fn tls_server<F>(cert: &(String, String), handler: F) -> SocketAddr
-where
-    F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
-{
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            CertificateDer::pem_slice_iter(cert.0.as_bytes()).map(Result::unwrap).collect(),
-            PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, handler) = (acceptor.clone(), handler.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = service_fn(move |req| {
-                    let r = handler(req);
-                    async move { Ok::<_, Infallible>(r) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// Gateway with TLS on its listener (files in `d`), the test routes, and a dev issuer.
-async fn tls_gateway(d: &Path, ca: &Ca, tls_extra: &str) -> AuthHarness {
-    let (cert, key) = ca.leaf();
-    let cert = write(d, "cert.pem", &cert);
-    let key = write(d, "key.pem", &key);
-    let server_tls = format!("[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n{tls_extra}\n", cert.display(), key.display());
-    auth_harness(&format!("{server_tls}{ROUTES}"), "").await
-}
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn h2_and_http11_by_alpn_and_the_mfa_refusal_over_both() {
@@ -312,6 +156,49 @@ async fn mutual_tls_required_refuses_a_client_without_a_certificate() {
             .await
             .unwrap();
     assert_eq!(status, StatusCode::OK);
+}
+
+/// RFC 8705: a token bound to a client certificate's thumbprint (`cnf.x5t#S256`) passes only
+/// over a connection that presented that certificate. With `client_auth = "any"`, a self-signed
+/// one will do, and a connection without one is served bearer tokens as before.
+#[tokio::test]
+async fn a_certificate_bound_token_passes_only_over_its_certificates_connection() {
+    let server_ca = Ca::new("server ca");
+    let d = dir();
+    let bound_route = "[[route]]\nname = \"bound\"\npath = \"/v1/bound\"\nrequire = \"mfa\"\nbinding = \"mtls\"\n";
+    let h = tls_gateway(&d, &server_ca, &format!("client_auth = \"any\"\n{bound_route}")).await;
+    let (mine, other) = (self_signed("client one"), self_signed("client two"));
+    let mut claims = entra_claims("mfa", 600);
+    claims["cnf"] = json!({"x5t#S256": x5t_s256(&mine.0)});
+    let token = h.issuer.mint(&claims);
+    let over = |identity: Option<&(String, String)>| client_tls(&server_ca.pem, &[b"http/1.1"], identity);
+
+    let (_, status, _, body) = https_get(h.gw.addr, over(Some(&mine)), "/v1/offers", Some(&token)).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(metric(&h.gw, "mfa_gateway_token_bindings_total{binding=\"mtls\"}").await, 1.0);
+    for (who, identity) in [("no certificate", None), ("another certificate", Some(&other))] {
+        let (_, status, headers, _) = https_get(h.gw.addr, over(identity), "/v1/offers", Some(&token)).await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{who}");
+        assert_eq!(
+            headers["www-authenticate"],
+            "Bearer error=\"invalid_token\", error_description=\"the token is bound to a client certificate this \
+             connection did not present\"",
+            "{who}"
+        );
+    }
+    assert_eq!(metric(&h.gw, "mfa_gateway_binding_refusals_total{reason=\"x5t\"}").await, 2.0);
+
+    // An unbound token: served without a certificate as before; refused where the route
+    // requires certificate binding, with a Bearer challenge.
+    let plain = h.issuer.mint(&entra_claims("mfa", 600));
+    assert_eq!(https_get(h.gw.addr, over(None), "/v1/offers", Some(&plain)).await.unwrap().1, StatusCode::OK);
+    let (_, status, headers, _) = https_get(h.gw.addr, over(Some(&mine)), "/v1/bound", Some(&plain)).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer error=\"invalid_token\", error_description=\"this operation requires a token bound to the client certificate\""
+    );
+    assert_eq!(https_get(h.gw.addr, over(Some(&mine)), "/v1/bound", Some(&token)).await.unwrap().1, StatusCode::OK);
 }
 
 fn https_config(upstream: &str, upstream_ca: &Path, issuer_block: &str) -> String {

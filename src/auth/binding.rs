@@ -1,13 +1,15 @@
 //! A verified token's binding to its client, checked on every request (never cached: a proof
-//! is for one request): a DPoP-bound token only with the `DPoP` scheme and a valid proof of its
-//! key, the `DPoP` scheme only with a DPoP-bound token, and the route's required binding. No I/O.
+//! is for one request, a certificate for one connection): a DPoP-bound token only with the `DPoP`
+//! scheme and a valid proof of its key, the `DPoP` scheme only with a DPoP-bound token; a
+//! certificate-bound token only over a connection with that certificate; and the route's
+//! required binding. No I/O.
 
 use http::{HeaderMap, HeaderName};
 
 use super::challenge::AuthRefusal;
 use super::dpop::{self, BindingError, Nonces, ProofError};
 use super::replay::{NotRecorded, ReplayStore};
-use super::token::Scheme;
+use super::token::{Cnf, Scheme};
 use crate::routes::Binding;
 
 /// What a proof is held to besides the request: the clock, `[dpop] iat_window` and nonces.
@@ -28,6 +30,8 @@ pub struct Presented<'a> {
     pub required: Option<Binding>,
     /// The proofs accepted within their window, shared by every request of this replica.
     pub replays: &'a ReplayStore,
+    /// The SHA-256 of the client certificate of the request's connection, if it sent one.
+    pub cert: Option<[u8; 32]>,
 }
 
 /// How the request bound its token to the client.
@@ -36,6 +40,8 @@ pub enum BoundBy {
     /// Not bound: a bearer token.
     Nothing,
     Dpop,
+    /// To the connection's client certificate (RFC 8705).
+    Mtls,
 }
 
 impl BoundBy {
@@ -44,6 +50,7 @@ impl BoundBy {
         match self {
             BoundBy::Nothing => "bearer",
             BoundBy::Dpop => "dpop",
+            BoundBy::Mtls => "mtls",
         }
     }
 }
@@ -51,30 +58,48 @@ impl BoundBy {
 /// The header carrying a DPoP proof (RFC 9449 §4.1).
 pub static DPOP: HeaderName = HeaderName::from_static("dpop");
 
-/// How `token` (bound to `bound_to`, its `cnf.jkt`) is bound on this request, if that meets the
-/// route's requirement. RFC 9449 §7.1: a DPoP-bound token only with the `DPoP` scheme and a
-/// valid proof of its key; the `DPoP` scheme only with a DPoP-bound token.
+/// How `token` (bound as its `cnf` says) is bound on this request, if that meets the route's
+/// requirement. RFC 9449 §7.1: a DPoP-bound token only with the `DPoP` scheme and a valid proof
+/// of its key; the `DPoP` scheme only with a DPoP-bound token. RFC 8705 §3: a certificate-bound
+/// token only over a connection whose client certificate has its thumbprint. A token bound both
+/// ways needs both.
 pub(super) fn check(
     scheme: Scheme,
     token: &str,
-    bound_to: Option<&str>,
+    cnf: Cnf<'_>,
     headers: &HeaderMap,
     presented: &Presented<'_>,
     rules: Rules<'_>,
 ) -> Result<BoundBy, AuthRefusal> {
-    let bound = match (scheme, bound_to) {
-        (Scheme::Bearer, None) => BoundBy::Nothing,
-        (Scheme::Bearer, Some(_)) => return Err(AuthRefusal::Binding(BindingError::BoundAsBearer)),
-        (Scheme::Dpop, None) => return Err(AuthRefusal::Binding(BindingError::NotBound)),
+    let refuse = |why| Err(AuthRefusal::Binding(why));
+    let dpop = match (scheme, cnf.jkt) {
+        (Scheme::Bearer, None) => false,
+        (Scheme::Bearer, Some(_)) => return refuse(BindingError::BoundAsBearer),
+        (Scheme::Dpop, None) => return refuse(BindingError::NotBound),
         (Scheme::Dpop, Some(jkt)) => {
             prove(jkt, token, headers, presented, &rules)?;
-            BoundBy::Dpop
+            true
         }
     };
-    if presented.required == Some(Binding::Dpop) && bound != BoundBy::Dpop {
-        return Err(AuthRefusal::Binding(BindingError::Required));
+    let mtls = match cnf.x5t_s256 {
+        None => false,
+        Some(x5t) if presented.cert.is_some_and(|c| thumbprint_is(&c, x5t)) => true,
+        Some(_) => return refuse(BindingError::CertMismatch),
+    };
+    match presented.required {
+        Some(Binding::Dpop) if !dpop => refuse(BindingError::Required),
+        Some(Binding::Mtls) if !mtls => refuse(BindingError::CertRequired),
+        Some(Binding::Any) if !(dpop || mtls) => refuse(BindingError::Required),
+        _ if dpop => Ok(BoundBy::Dpop),
+        _ if mtls => Ok(BoundBy::Mtls),
+        _ => Ok(BoundBy::Nothing),
     }
-    Ok(bound)
+}
+
+/// Whether `x5t`, base64url as `cnf` carries it, is the certificate digest `cert`.
+fn thumbprint_is(cert: &[u8; 32], x5t: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(x5t).is_ok_and(|d| d == cert)
 }
 
 /// The request's one proof, checked for the key `jkt` and recorded against replays.

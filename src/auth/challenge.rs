@@ -168,10 +168,15 @@ fn first_challenge(refusal: AuthRefusal, settings: &ChallengeSettings) -> Challe
                 ["error=\"invalid_dpop_proof\"".into(), format!("error_description=\"{}\"", why.description()), algs()];
             unauthorized(scheme("DPoP", settings, &params), "invalid_dpop_proof", why.description())
         }
-        AuthRefusal::Binding(why) => {
+        AuthRefusal::Binding(why) if why.dpop_challenge() => {
             let params =
                 ["error=\"invalid_token\"".into(), format!("error_description=\"{}\"", why.description()), algs()];
             unauthorized(scheme("DPoP", settings, &params), "invalid_token", why.description())
+        }
+        // RFC 8705 §3: certificate binding speaks Bearer.
+        AuthRefusal::Binding(why) => {
+            let params = ["error=\"invalid_token\"".into(), format!("error_description=\"{}\"", why.description())];
+            unauthorized(bearer(settings, &params), "invalid_token", why.description())
         }
         AuthRefusal::ProofsFull => Challenge {
             status: StatusCode::SERVICE_UNAVAILABLE,

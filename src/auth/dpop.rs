@@ -116,15 +116,22 @@ pub enum BindingError {
     Required,
     /// This listener has no `public_origin`, so no proof's `htu` can be checked.
     NoOrigin,
+    /// The token is bound to a client certificate (`cnf.x5t#S256`) that this connection did not
+    /// present (RFC 8705 §3).
+    CertMismatch,
+    /// The route requires a certificate-bound token.
+    CertRequired,
 }
 
 impl BindingError {
-    pub const ALL: [BindingError; 5] = [
+    pub const ALL: [BindingError; 7] = [
         BindingError::BoundAsBearer,
         BindingError::KeyMismatch,
         BindingError::NotBound,
         BindingError::Required,
         BindingError::NoOrigin,
+        BindingError::CertMismatch,
+        BindingError::CertRequired,
     ];
 
     /// Metric label.
@@ -135,6 +142,8 @@ impl BindingError {
             BindingError::NotBound => "not_bound",
             BindingError::Required => "binding_required",
             BindingError::NoOrigin => "no_public_origin",
+            BindingError::CertMismatch => "x5t",
+            BindingError::CertRequired => "mtls_required",
         }
     }
 
@@ -145,13 +154,21 @@ impl BindingError {
             BindingError::NotBound => "the token is not DPoP-bound",
             BindingError::Required => "this operation requires a DPoP-bound token",
             BindingError::NoOrigin => "DPoP-bound tokens are not accepted here",
+            BindingError::CertMismatch => "the token is bound to a client certificate this connection did not present",
+            BindingError::CertRequired => "this operation requires a token bound to the client certificate",
         }
+    }
+
+    /// Whether the answer is a `DPoP` challenge: not for certificate binding alone, whose
+    /// clients speak `Bearer` (RFC 8705).
+    pub fn dpop_challenge(self) -> bool {
+        !matches!(self, BindingError::CertMismatch | BindingError::CertRequired)
     }
 }
 
-/// The `reason` label of `dpop_refusals_total`: each `ProofError`, each `BindingError`, and a
+/// The `reason` label of `binding_refusals_total`: each `ProofError`, each `BindingError`, and a
 /// full replay store.
-pub const REFUSAL_REASONS: [&str; 19] = [
+pub const REFUSAL_REASONS: [&str; 21] = [
     "missing",
     "multiple",
     "malformed",
@@ -170,6 +187,8 @@ pub const REFUSAL_REASONS: [&str; 19] = [
     "not_bound",
     "binding_required",
     "no_public_origin",
+    "x5t",
+    "mtls_required",
     "store_full",
 ];
 

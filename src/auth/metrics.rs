@@ -26,7 +26,7 @@ pub struct AuthMetrics {
 }
 
 /// The `binding` label of `token_bindings_total` (`BoundBy` names).
-pub const BINDINGS: [&str; 2] = ["bearer", "dpop"];
+pub const BINDINGS: [&str; 3] = ["bearer", "dpop", "mtls"];
 
 impl AuthMetrics {
     pub fn register(reg: &Registry) -> Self {
@@ -85,15 +85,15 @@ impl AuthMetrics {
             ),
             dpop_refusals: KindCounters::labelled(
                 reg,
-                "mfa_gateway_dpop_refusals_total",
-                "Requests refused for their DPoP proof or their token's binding, by reason.",
+                "mfa_gateway_binding_refusals_total",
+                "Requests refused for their token's binding to the client (a DPoP proof, a client certificate), by reason.",
                 "reason",
                 &super::dpop::REFUSAL_REASONS,
             ),
             bindings: KindCounters::labelled(
                 reg,
                 "mfa_gateway_token_bindings_total",
-                "Verified tokens by how the request bound them to the client: bearer (not bound) or dpop.",
+                "Verified tokens by how the request bound them to the client: bearer (not bound), dpop or mtls.",
                 "binding",
                 &BINDINGS,
             ),
@@ -101,7 +101,7 @@ impl AuthMetrics {
     }
 
     /// A refusal for a DPoP proof or a token's binding, by its `REFUSAL_REASONS` label.
-    pub fn dpop_refused(&self, reason: &str) {
+    pub fn binding_refused(&self, reason: &str) {
         self.dpop_refusals.inc(reason);
     }
 

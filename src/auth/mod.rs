@@ -208,7 +208,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
         let bound = binding::check(
             scheme,
             token,
-            v.jkt.as_deref(),
+            token::Cnf { jkt: v.jkt.as_deref(), x5t_s256: v.x5t_s256.as_deref() },
             headers,
             presented,
             binding::Rules { now: (self.clock)(), window: self.dpop_window, nonces: self.nonces.as_deref() },
@@ -276,7 +276,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             Lookup::Invalid(why) => return Err(invalid(why)),
         };
         let id = accept(&parsed, rules, &key, &self.profiles[index], (self.clock)()).map_err(invalid)?;
-        let jkt = parsed.claims.cnf_jkt().map_err(invalid)?.map(Box::from);
+        let cnf = parsed.claims.cnf().map_err(invalid)?;
         let value = |s: Option<&str>| s.and_then(|s| HeaderValue::from_str(s).ok());
         Ok(Verified {
             issuer: index,
@@ -290,7 +290,8 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             auth_time: id.auth_time,
             claims_capable: id.claims_capable,
             ids: [value(id.tid), value(id.oid), value(id.app_id), value(id.upn), value(id.user)],
-            jkt,
+            jkt: cnf.jkt.map(Box::from),
+            x5t_s256: cnf.x5t_s256.map(Box::from),
             memo: M::default(),
             token: keep.then(|| TokenText(token.into())),
         })
@@ -352,7 +353,8 @@ mod tests {
     async fn check(auth: &Authenticator, token: &str) -> Result<Arc<Verified>, AuthRefusal> {
         static REPLAYS: std::sync::LazyLock<replay::ReplayStore> =
             std::sync::LazyLock::new(|| replay::ReplayStore::new(16));
-        let presented = Presented { method: "GET", path: "/", origin: None, required: None, replays: &REPLAYS };
+        let presented =
+            Presented { method: "GET", path: "/", origin: None, required: None, replays: &REPLAYS, cert: None };
         auth.verify(&bearer(token), &presented).await.map(|(v, _)| v)
     }
 

@@ -181,18 +181,21 @@ impl Claims {
         !matches!(self.all.get(name), None | Some(Value::Null))
     }
 
-    /// `cnf.jkt` (RFC 9449 §6.1): the thumbprint of the key the token is bound to. `Err` when
-    /// `cnf` or its `jkt` is there but not of the right type: a binding not understood is refused.
-    pub fn cnf_jkt(&self) -> Result<Option<&str>, Invalid> {
-        match self.all.get("cnf") {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(cnf)) => match cnf.get("jkt") {
-                None => Ok(None),
-                Some(Value::String(jkt)) if !jkt.is_empty() => Ok(Some(jkt)),
-                Some(_) => Err(Invalid::BadJson),
-            },
+    /// What `cnf` binds the token to: `jkt`, a DPoP key's thumbprint (RFC 9449 §6.1), and
+    /// `x5t#S256`, a client certificate's (RFC 8705 §3.1). `Err` when `cnf` or either member is
+    /// there but not a string: a binding not understood is refused.
+    pub fn cnf(&self) -> Result<Cnf<'_>, Invalid> {
+        let cnf = match self.all.get("cnf") {
+            None | Some(Value::Null) => return Ok(Cnf::default()),
+            Some(Value::Object(cnf)) => cnf,
+            Some(_) => return Err(Invalid::BadJson),
+        };
+        let member = |name: &str| match cnf.get(name) {
+            None => Ok(None),
+            Some(Value::String(v)) if !v.is_empty() => Ok(Some(v.as_str())),
             Some(_) => Err(Invalid::BadJson),
-        }
+        };
+        Ok(Cnf { jkt: member("jkt")?, x5t_s256: member("x5t#S256")? })
     }
 
     pub fn iss(&self) -> Option<&str> {
@@ -202,6 +205,13 @@ impl Claims {
     pub fn tid(&self) -> Option<&str> {
         self.str("tid")
     }
+}
+
+/// A token's confirmation claim (`cnf`): the keys it is bound to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cnf<'a> {
+    pub jkt: Option<&'a str>,
+    pub x5t_s256: Option<&'a str>,
 }
 
 /// A JSON object that refuses a repeated name.

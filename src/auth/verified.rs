@@ -30,6 +30,9 @@ pub struct Verified<M = ()> {
     pub(super) ids: [Option<HeaderValue>; 5],
     /// `cnf.jkt`: the token is DPoP-bound to the key with this thumbprint (RFC 9449 §6.1).
     pub jkt: Option<Box<str>>,
+    /// `cnf.x5t#S256`: the token is bound to the client certificate with this SHA-256
+    /// thumbprint, base64url (RFC 8705 §3.1).
+    pub x5t_s256: Option<Box<str>>,
     /// The caller's own, made with `M::default()` when the token verifies.
     pub memo: M,
     /// The token itself, when cached: the cache is keyed by its hash, and a hit counts only when
@@ -100,6 +103,7 @@ impl<M> Verified<M> {
             + roles
             + self.scopes.len()
             + self.jkt.as_ref().map_or(0, |j| j.len())
+            + self.x5t_s256.as_ref().map_or(0, |x| x.len())
     }
 }
 

@@ -256,11 +256,20 @@ impl Validator<'_> {
     }
 
     fn server_tls(&self, t: RawServerTls) -> Result<crate::tls::ServerTlsConfig, ConfigError> {
-        if t.client_auth.is_some() && t.client_ca.is_none() {
-            return Err(self.err(
-                "server.tls.client_auth",
-                "needs server.tls.client_ca (the CA bundle client certificates must chain to)",
-            ));
+        match (t.client_auth, &t.client_ca) {
+            (Some(crate::tls::ClientAuth::Any), Some(_)) => {
+                return Err(self.err(
+                    "server.tls.client_auth",
+                    "\"any\" trusts no CA: remove server.tls.client_ca, or use \"optional\" to check the chain too",
+                ));
+            }
+            (Some(crate::tls::ClientAuth::Required | crate::tls::ClientAuth::Optional), None) => {
+                return Err(self.err(
+                    "server.tls.client_auth",
+                    "needs server.tls.client_ca (the CA bundle client certificates must chain to)",
+                ));
+            }
+            _ => {}
         }
         let mut sni = Vec::with_capacity(t.sni.len());
         let mut seen: Vec<String> = Vec::new();

@@ -46,7 +46,7 @@ pub struct Observation<'a> {
     pub app: &'a str,
     pub user: Option<&'a str>,
     pub tenant: Option<&'a str>,
-    /// The token was bound to the client (DPoP).
+    /// The token was bound to the client (DPoP or a client certificate).
     pub bound: bool,
 }
 

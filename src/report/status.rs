@@ -8,7 +8,7 @@ pub struct Counts {
     pub app_user_with_mfa: u64,
     pub app_user_without_mfa: u64,
     pub app_only: u64,
-    /// App+User requests whose token was bound to the client (DPoP): an instance counts them;
+    /// App+User requests whose token was bound to the client (DPoP or certificate): an instance counts them;
     /// the fleet report, read from Prometheus, does not know them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_user_bound: Option<u64>,
@@ -57,7 +57,7 @@ pub struct AppSummary {
     pub without_mfa: u64,
     pub app_only: u64,
     pub app_user_mfa_ratio: Option<f64>,
-    /// App+User requests whose token was DPoP-bound / all App+User requests; null when there
+    /// App+User requests whose token was bound (DPoP or certificate) / all App+User requests; null when there
     /// were none, or in the fleet report (Prometheus does not count them per application).
     pub app_user_bound_ratio: Option<f64>,
 }

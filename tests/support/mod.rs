@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod proofs;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;

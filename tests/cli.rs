@@ -148,6 +148,18 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
         ),
         (format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"haproxy\"\n"), vec!["unknown variant `haproxy`"]),
         (format!("{base}[authz]\nfront = \"nginx\"\n"), vec!["authz.listen", "without listen"]),
+        (
+            format!("{base}[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\nclient_auth = \"any\"\n"),
+            vec!["server.tls.client_auth", "trusts no CA"],
+        ),
+        (format!("{base}[server]\npublic_origin = \"https://api.example.com/v1\"\n"), vec!["server.public_origin", "no path"]),
+        (format!("{base}[dpop]\nnonce_step = \"30s\"\n"), vec!["dpop.nonce_step", "nonce_secret_file"]),
+        (format!("{base}[dpop]\nmax_proofs = 10\n"), vec!["dpop.max_proofs", "between 1000"]),
+        (format!("{base}[dpop]\nnonce_secret_file = \"missing.secret\"\n"), vec!["dpop.nonce_secret_file", "cannot read"]),
+        (
+            format!("{base}[[route]]\nname = \"a\"\npath = \"/a\"\nrequire = \"public\"\nbinding = \"dpop\"\n"),
+            vec!["route[0].binding", "public route"],
+        ),
     ];
     for (text, needles) in cases {
         let (code, msg) = check(&text);

@@ -445,7 +445,7 @@ struct Client<'a> {
 fn give_nonce(snap: &Snapshot, end: &RequestEnd, headers: &mut HeaderMap) {
     if let (Some(crate::auth::BoundBy::Dpop), Some(n)) = (end.bound, &snap.auth.nonces) {
         if let Ok(v) = HeaderValue::from_str(&n.issue(crate::auth::unix_now())) {
-            headers.insert(crate::auth::dpop::DPOP_NONCE, v);
+            headers.insert(crate::auth::nonce::DPOP_NONCE, v);
         }
     }
 }

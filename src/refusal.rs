@@ -9,9 +9,10 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use crate::auth::challenge::{challenge, AuthRefusal, ChallengeSettings, Denial};
-use crate::auth::dpop::{ProofError, DPOP_NONCE};
+use crate::auth::dpop::ProofError;
 use crate::auth::invalid::Invalid;
 use crate::auth::metrics::AuthMetrics;
+use crate::auth::nonce::DPOP_NONCE;
 use crate::auth::policy::Deny;
 use crate::auth::policy::{self, TokenKind};
 use crate::authz::Flaw;
@@ -41,7 +42,7 @@ pub(crate) enum Refusal {
 pub(crate) struct RefusalStyle {
     pub challenge: ChallengeSettings,
     /// DPoP nonces, when on: a `use_dpop_nonce` refusal carries a fresh one.
-    pub dpop_nonces: Option<std::sync::Arc<crate::auth::dpop::Nonces>>,
+    pub dpop_nonces: Option<std::sync::Arc<crate::auth::nonce::Nonces>>,
     /// Sent with the MFA refusal, as Partner Center does.
     pub request_context: Option<HeaderValue>,
 }

@@ -7,7 +7,8 @@
 use http::{HeaderMap, HeaderName};
 
 use super::challenge::AuthRefusal;
-use super::dpop::{self, BindingError, Nonces, ProofError};
+use super::dpop::{self, BindingError, ProofError};
+use super::nonce::Nonces;
 use super::replay::{NotRecorded, ReplayStore};
 use super::token::{Cnf, Scheme};
 use crate::routes::Binding;

@@ -10,6 +10,7 @@ pub mod invalid;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
+pub mod nonce;
 pub mod policy;
 pub mod profile;
 pub mod replay;
@@ -112,7 +113,7 @@ pub struct Authenticator<M = ()> {
     doorkeeper: Option<admission::Doorkeeper>,
     metrics: Arc<AuthMetrics>,
     /// DPoP nonces, when `[dpop]` turns them on.
-    pub nonces: Option<Arc<dpop::Nonces>>,
+    pub nonces: Option<Arc<nonce::Nonces>>,
     /// `[dpop] iat_window`, in seconds.
     dpop_window: i64,
     /// Unix seconds, for `exp`, `nbf` and `auth_time`: `unix_now` but in tests.
@@ -164,7 +165,7 @@ impl<M: Default + Send + Sync + 'static> Authenticator<M> {
             token_hash: foldhash::fast::RandomState::default(),
             doorkeeper: (cfg.cache_max_entries > 0).then(|| admission::Doorkeeper::new(cfg.cache_max_entries)),
             metrics,
-            nonces: cfg.dpop.nonce.as_ref().map(|n| Arc::new(dpop::Nonces::new(&n.secret, n.step_secs))),
+            nonces: cfg.dpop.nonce.as_ref().map(|n| Arc::new(nonce::Nonces::new(&n.secret, n.step_secs))),
             dpop_window: cfg.dpop.window_secs,
             clock: unix_now,
         }

@@ -66,8 +66,17 @@ impl DpopKey {
     /// A proof for `method` `url` presenting `token`.
     pub fn proof(&self, method: &str, url: &str, token: &str, jti: &str, iat: i64) -> String {
         let ath = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()));
-        let header = json!({"typ": "dpop+jwt", "alg": self.alg(), "jwk": self.jwk()});
         let claims = json!({"jti": jti, "htm": method, "htu": url, "iat": iat, "ath": ath});
+        self.sign_proof(&self.header(), &claims)
+    }
+
+    /// A proof's header: `typ`, `alg` and this key's public JWK.
+    pub fn header(&self) -> Value {
+        json!({"typ": "dpop+jwt", "alg": self.alg(), "jwk": self.jwk()})
+    }
+
+    /// `header` and `claims` signed with this key, as given (tests get them wrong on purpose).
+    pub fn sign_proof(&self, header: &Value, claims: &Value) -> String {
         let input =
             format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let signature = match self {

@@ -1,6 +1,7 @@
 //! The request path, in order. `auth` and `proxy` never see each other; they meet here. Every
 //! request's records are written by its `RequestEnd`, however the request ends.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -167,152 +168,150 @@ impl Gateway {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Proxy mode: decides, then forwards or refuses.
-    pub(crate) async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Ended<Body>> {
-        self.serve(req, peer, Mode::Proxy).await
-    }
-
-    /// Authorization-only mode: `req` is a front proxy's question about another request; the
-    /// answer is the decision (200 with the identity headers, or the refusal proxy mode would
-    /// give), and nothing is forwarded.
-    pub(crate) async fn decide(&self, req: Request<Incoming>, peer: Peer) -> Response<Ended<Body>> {
-        self.serve(req, peer, Mode::Authz).await
-    }
-
-    async fn serve(&self, mut req: Request<Incoming>, peer: Peer, mode: Mode) -> Response<Ended<Body>> {
-        let start = Instant::now();
-        // One load per request: the whole request sees one config, old or new.
-        let snap = self.current.load_full();
-        let snap = &*snap;
-        // The hop as it arrives: `Connection` applied, an upgrade kept only from the allowlist,
-        // and no client header left that could pass for one the gateway sets or rewrite the
-        // method or URL. Only then does the gateway add its own, which no nomination can remove.
-        let mut removed = Vec::new();
-        let received = snap.screen.receive(req.version(), req.headers_mut(), |name, why| {
-            self.screened.inc(why);
-            removed.push((name.clone(), why));
-        });
-        // Keep the caller's request id (or mint one) so both sides of the hop log the same id.
-        let request_id = self.request_ids.take_or_mint(req.headers());
-        for (name, why) in removed {
-            tracing::debug!(request_id = crate::request_id::shown(&request_id), header = %name, reason = why.as_str(), "client header removed");
-        }
-        req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
-        // The request the rules apply to: this one, or the one a front proxy asks about, read
-        // only from where the configured front puts it.
-        let original = match (mode, &snap.config.authz) {
-            (Mode::Proxy, _) => None,
-            // Nothing is forwarded here to strip these from: the front must deny the request.
-            (Mode::Authz, Some(_)) if received.refused_upgrade => Some(Err(Flaw::Upgrade)),
-            (Mode::Authz, Some(_)) if received.rewriting => Some(Err(Flaw::Rewriting)),
-            (Mode::Authz, Some(a)) => Some(crate::authz::original(&a.front, req.method(), req.uri(), req.headers())),
-            (Mode::Authz, None) => Some(Err(Flaw::MissingUri)),
-        };
-        // Route on method + raw path; the route names the requirement.
-        let route = match &original {
-            None => snap.routes.resolve(req.method(), req.uri().path()),
-            Some(Ok((method, target))) => snap.routes.resolve(method, target.path()),
-            Some(Err(_)) => snap.routes.unmatched(),
-        };
-        let method = match &original {
-            Some(Ok((m, _))) => m.clone(),
-            _ => req.method().clone(),
-        };
-        let audience = Audience::of(req.headers());
-        let http1 = req.version() < Version::HTTP_2;
-        // From here on the request's records are written however it ends: the first await below
-        // is where a client that leaves drops this future.
-        let mut end = RequestEnd::begin(
-            snap.sinks.clone(),
-            Asked {
-                mode,
-                request_id: request_id.clone(),
-                // `traceparent` and `tracestate` go upstream untouched; the audit event names the trace.
-                trace_id: if snap.config.audit.enabled { audit::trace_id(req.headers()).map(Box::from) } else { None },
-                client: peer.addr,
-                method,
-                route: route.index,
-            },
-            start,
-        );
-
-        let result = match original {
-            None => {
-                let origin = Origin {
-                    client_ip: peer.addr.ip(),
-                    scheme: if peer.tls { "https" } else { "http" },
+    /// One request, in `mode`: proxy mode decides, then forwards or refuses; authorization-only
+    /// mode answers a front proxy's question about another request with the decision (200 with
+    /// the identity headers, or the refusal proxy mode would give), and forwards nothing.
+    ///
+    /// A plain fn around an `async move` block, as are `pass` and `Proxy::forward`: an async fn
+    /// keeps its arguments twice in its future (as arguments and again as locals), the request
+    /// (264 bytes) among them, and this future is held for every request in flight.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would hold the request twice in its future")]
+    pub(crate) fn serve(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        mode: Mode,
+    ) -> impl Future<Output = Response<Ended<Body>>> + Send {
+        async move {
+            let start = Instant::now();
+            // One load per request: the whole request sees one config, old or new.
+            let snap = self.current.load_full();
+            let snap = &*snap;
+            // The hop as it arrives: `Connection` applied, an upgrade kept only from the allowlist,
+            // and no client header left that could pass for one the gateway sets or rewrite the
+            // method or URL. Only then does the gateway add its own, which no nomination can remove.
+            let mut removed = Vec::new();
+            let received = snap.screen.receive(req.version(), req.headers_mut(), |name, why| {
+                self.screened.inc(why);
+                removed.push((name.clone(), why));
+            });
+            // Keep the caller's request id (or mint one) so both sides of the hop log the same id.
+            let request_id = self.request_ids.take_or_mint(req.headers());
+            for (name, why) in removed {
+                tracing::debug!(request_id = crate::request_id::shown(&request_id), header = %name, reason = why.as_str(), "client header removed");
+            }
+            req.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
+            let original = original(snap, mode, &received, &req);
+            // Route on method + raw path; the route names the requirement.
+            let route = match &original {
+                None => snap.routes.resolve(req.method(), req.uri().path()),
+                Some(Ok((method, target))) => snap.routes.resolve(method, target.path()),
+                Some(Err(_)) => snap.routes.unmatched(),
+            };
+            let method = match &original {
+                Some(Ok((m, _))) => m.clone(),
+                _ => req.method().clone(),
+            };
+            let audience = Audience::of(req.headers());
+            let http1 = req.version() < Version::HTTP_2;
+            // From here on the request's records are written however it ends: the first await below
+            // is where a client that leaves drops this future.
+            let mut end = RequestEnd::begin(
+                snap.sinks.clone(),
+                Asked {
+                    mode,
                     request_id: request_id.clone(),
-                    upgrade: received.upgrade,
-                };
-                self.pass(snap, req, route, (&origin, peer.cert), &mut end).await.map(|r| r.map(Either::Left))
-            }
-            Some(Ok((method, target))) => self.judge(snap, &req, (&method, target.path()), route, &mut end).await,
-            Some(Err(flaw)) => Err(Refusal::BadOriginal(flaw)),
-        };
-        let mut resp = match result {
-            Ok(resp) => {
-                match end.would_refuse {
-                    Some(why) => end.answered(resp.status().as_u16(), Decision::WouldRefuse, why),
-                    None => end.answered(resp.status().as_u16(), Decision::Allowed, "-"),
+                    // `traceparent` and `tracestate` go upstream untouched; the audit event names the trace.
+                    trace_id: if snap.config.audit.enabled {
+                        audit::trace_id(req.headers()).map(Box::from)
+                    } else {
+                        None
+                    },
+                    client: peer.addr,
+                    method,
+                    route: route.index,
+                },
+                start,
+            );
+
+            let result = match original {
+                None => {
+                    let origin = Origin {
+                        client_ip: peer.addr.ip(),
+                        scheme: if peer.tls { "https" } else { "http" },
+                        request_id: request_id.clone(),
+                        upgrade: received.upgrade,
+                    };
+                    self.pass(snap, req, route, (&origin, peer.cert), &mut end).await.map(|r| r.map(Either::Left))
                 }
-                resp
+                Some(Ok((method, target))) => self.judge(snap, &req, (&method, target.path()), route, &mut end).await,
+                Some(Err(flaw)) => Err(Refusal::BadOriginal(flaw)),
+            };
+            let mut resp = match result {
+                Ok(resp) => {
+                    match end.would_refuse {
+                        Some(why) => end.answered(resp.status().as_u16(), Decision::WouldRefuse, why),
+                        None => end.answered(resp.status().as_u16(), Decision::Allowed, "-"),
+                    }
+                    resp
+                }
+                Err(refusal) => {
+                    let (decision, reason) = (refusal.decision(), refusal.reason());
+                    let sinks = RefusalSinks { auth: &self.auth_metrics, upstream: &self.upstream };
+                    refusal.record(&sinks, &request_id, &route.name);
+                    let resp = refusal.into_response(&snap.style, &request_id, audience);
+                    end.answered(resp.status().as_u16(), decision, reason);
+                    resp
+                }
+            };
+            resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
+            // Lame duck: an HTTP/1.1 client is told to close after this response, so it reconnects
+            // (to another replica) between requests, never in the middle of one.
+            if http1 && self.is_draining() {
+                resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Err(refusal) => {
-                let (decision, reason) = (refusal.decision(), refusal.reason());
-                let sinks = RefusalSinks { auth: &self.auth_metrics, upstream: &self.upstream };
-                refusal.record(&sinks, &request_id, &route.name);
-                let resp = refusal.into_response(&snap.style, &request_id, audience);
-                end.answered(resp.status().as_u16(), decision, reason);
-                resp
-            }
-        };
-        resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
-        // Lame duck: an HTTP/1.1 client is told to close after this response, so it reconnects
-        // (to another replica) between requests, never in the middle of one.
-        if http1 && self.is_draining() {
-            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            // The request ends with its response body.
+            resp.map(|body| Ended::new(body, Some(end)))
         }
-        // The request ends with its response body.
-        resp.map(|body| Ended::new(body, Some(end)))
     }
 
-    async fn pass(
-        &self,
-        snap: &Snapshot,
-        req: Request<Incoming>,
-        route: &Route,
-        (origin, cert): (&Origin, Option<[u8; 32]>),
-        end: &mut RequestEnd,
-    ) -> Result<Response<UpstreamBody>, Refusal> {
-        // Routes match raw paths: a path with another spelling could dodge its route.
-        crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
-        let (mut parts, body) = req.into_parts();
-        let client = Client {
-            method: &parts.method,
-            path: parts.uri.path(),
-            origin: snap.config.server.public_origin.as_deref(),
-            cert,
-        };
-        let admitted = self.admit(snap, &mut parts.headers, client, route, end).await;
-        let upstream_start = end.auth_finished();
-        admitted?;
-        let mut req = Request::from_parts(parts, body);
-        // On every route, public ones too: the upstream and its logs see neither the token nor
-        // its proof.
-        if !snap.config.auth.forward_authorization {
-            req.headers_mut().remove(AUTHORIZATION);
-            req.headers_mut().remove(&DPOP);
+    #[expect(clippy::manual_async_fn, reason = "an async fn would hold the request twice in its future")]
+    fn pass<'a>(
+        &'a self,
+        snap: &'a Snapshot,
+        mut req: Request<Incoming>,
+        route: &'a Route,
+        (origin, cert): (&'a Origin, Option<[u8; 32]>),
+        end: &'a mut RequestEnd,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, Refusal>> + Send + 'a {
+        async move {
+            // Routes match raw paths: a path with another spelling could dodge its route.
+            crate::path::check(req.uri().path()).map_err(Refusal::BadPath)?;
+            // The method and URI as the client sent them, for the binding check, while the request's
+            // own headers get the identity (a clone of each shares its bytes).
+            let (method, uri) = (req.method().clone(), req.uri().clone());
+            let client =
+                Client { method: &method, path: uri.path(), origin: snap.config.server.public_origin.as_deref(), cert };
+            let admitted = self.admit(snap, req.headers_mut(), client, route, end).await;
+            let upstream_start = end.auth_finished();
+            admitted?;
+            // On every route, public ones too: the upstream and its logs see neither the token nor
+            // its proof.
+            if !snap.config.auth.forward_authorization {
+                req.headers_mut().remove(AUTHORIZATION);
+                req.headers_mut().remove(&DPOP);
+            }
+            // A bounded number upstream at once, each until its response body ends: past it, 503 at
+            // once rather than a queue that holds clients' sockets and memory.
+            let slot = snap.proxy.slot(&self.upstream).ok_or(Refusal::UpstreamBusy)?;
+            let resp = snap.proxy.forward(req, origin, slot, &self.upstream).await;
+            let done = Instant::now();
+            end.upstream_done = Some(done);
+            let mut resp = resp.map_err(Refusal::Upstream)?;
+            self.upstream.duration.observe((done - upstream_start).as_secs_f64());
+            give_nonce(snap, end, resp.headers_mut());
+            Ok(resp)
         }
-        // A bounded number upstream at once, each until its response body ends: past it, 503 at
-        // once rather than a queue that holds clients' sockets and memory.
-        let slot = snap.proxy.slot(&self.upstream).ok_or(Refusal::UpstreamBusy)?;
-        let resp = snap.proxy.forward(req, origin, slot, &self.upstream).await;
-        let done = Instant::now();
-        end.upstream_done = Some(done);
-        let mut resp = resp.map_err(Refusal::Upstream)?;
-        self.upstream.duration.observe((done - upstream_start).as_secs_f64());
-        give_nonce(snap, end, resp.headers_mut());
-        Ok(resp)
     }
 
     /// The answer to a front proxy's question about a request to `path`: the same decision as
@@ -438,6 +437,24 @@ struct Client<'a> {
     path: &'a str,
     origin: Option<&'a str>,
     cert: Option<[u8; 32]>,
+}
+
+/// The request the rules apply to: in proxy mode this one (`None`); in authorization-only mode the
+/// one a front proxy asks about, read only from where the configured front puts it.
+fn original(
+    snap: &Snapshot,
+    mode: Mode,
+    received: &crate::headers::Received,
+    req: &Request<Incoming>,
+) -> Option<Result<(http::Method, http::uri::PathAndQuery), Flaw>> {
+    match (mode, &snap.config.authz) {
+        (Mode::Proxy, _) => None,
+        // Nothing is forwarded here to strip these from: the front must deny the request.
+        (Mode::Authz, Some(_)) if received.refused_upgrade => Some(Err(Flaw::Upgrade)),
+        (Mode::Authz, Some(_)) if received.rewriting => Some(Err(Flaw::Rewriting)),
+        (Mode::Authz, Some(a)) => Some(crate::authz::original(&a.front, req.method(), req.uri(), req.headers())),
+        (Mode::Authz, None) => Some(Err(Flaw::MissingUri)),
+    }
 }
 
 /// RFC 9449 §9: with nonces on, every answer to a DPoP-bound request hands the client the

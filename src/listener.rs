@@ -4,6 +4,7 @@
 //! drain guard and idle timeout hold until the tunnel closes.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -186,15 +187,22 @@ pub(crate) async fn serve(
             let activity = Arc::new(AtomicBool::new(false));
             let io = Tracked { inner: stream, active: activity.clone() };
             let conn = Connection { activity, builder: &builder, gateway, metrics: &metrics, limits, phase, serves };
+            // Each kind in a box of its own size: a task is as large as its largest state, and a
+            // TLS connection's is some 2.5 times a plain one's.
             match tls {
-                None => conn.serve(io, Peer { addr: peer, tls: false, cert: None }).await,
-                Some((tls, limit)) => match handshake(io, tls, limit, &metrics).await {
-                    Some(io) => {
-                        let cert = client_cert_thumbprint(io.get_ref().1);
-                        conn.serve(io, Peer { addr: peer, tls: true, cert }).await
-                    }
-                    None => tracing::debug!(client = %peer, "TLS handshake did not complete"),
-                },
+                None => Box::pin(conn.serve(io, Peer { addr: peer, tls: false, cert: None })).await,
+                Some((tls, limit)) => {
+                    Box::pin(async move {
+                        match handshake(io, tls, limit, conn.metrics).await {
+                            Some(io) => {
+                                let cert = client_cert_thumbprint(io.get_ref().1);
+                                conn.serve(io, Peer { addr: peer, tls: true, cert }).await
+                            }
+                            None => tracing::debug!(client = %peer, "TLS handshake did not complete"),
+                        }
+                    })
+                    .await
+                }
             }
             metrics.open(serves).dec();
         });
@@ -290,16 +298,15 @@ impl Connection<'_> {
             if serves == Serves::Requests(Mode::Proxy) && req.headers().contains_key(header::UPGRADE) {
                 req.extensions_mut().insert(lender.lease());
             }
-            let gateway = gateway.clone();
             // Boxed per request: hyper keeps a slot the size of this future for every connection,
-            // idle ones included, and the request path's future is some 3.4 KiB.
-            Box::pin(async move {
-                Ok::<_, Infallible>(match serves {
-                    Serves::Requests(Mode::Proxy) => gateway.handle(req, peer).await,
-                    Serves::Requests(Mode::Authz) => gateway.decide(req, peer).await,
-                    Serves::Admin => crate::admin::route(&gateway, req).map(|b| Ended::new(Either::Right(b), None)),
-                })
-            })
+            // idle ones included, and the request path's future is some 2.5 KiB.
+            let answer: Pin<Box<dyn Future<Output = _> + Send>> = match serves {
+                Serves::Requests(mode) => Box::pin(gateway.clone().serve(req, peer, mode)),
+                Serves::Admin => Box::pin(std::future::ready(
+                    crate::admin::route(&gateway, req).map(|b| Ended::new(Either::Right(b), None)),
+                )),
+            };
+            async move { Ok::<_, Infallible>(answer.await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);

@@ -1,6 +1,7 @@
 //! Forwarding with a pooled client: URI rewrite, hop-by-hop headers, `X-Forwarded-*`, upgrades,
 //! gRPC. Bodies (and their trailers) stream both ways; nothing here buffers a body.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -193,80 +194,86 @@ impl Proxy {
 
     /// Sends the request upstream and returns its response headers (the body still streaming,
     /// holding `slot`).
-    pub(crate) async fn forward(
-        &self,
+    /// A plain fn around an `async move` block, so the request is held once in its future (see
+    /// `Gateway::serve`).
+    #[expect(clippy::manual_async_fn, reason = "an async fn would hold the request twice in its future")]
+    pub(crate) fn forward<'a>(
+        &'a self,
         mut req: Request<Incoming>,
-        origin: &Origin,
+        origin: &'a Origin,
         mut slot: InFlight,
-        metrics: &UpstreamMetrics,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        // The listener lends a lease to every request that asks to upgrade; it must not travel on.
-        let lease = req.extensions_mut().remove::<Lease>();
-        let client_upgrade = origin.upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let grpc = is_grpc(req.headers());
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            // HTTP/2 carries the host in :authority.
-            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        metrics: &'a UpstreamMetrics,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a {
+        async move {
+            // The listener lends a lease to every request that asks to upgrade; it must not travel on.
+            let lease = req.extensions_mut().remove::<Lease>();
+            let client_upgrade = origin.upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let grpc = is_grpc(req.headers());
+            let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+                // HTTP/2 carries the host in :authority.
+                req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
 
-        let headers = req.headers_mut();
-        if let Some(proto) = &origin.upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto.clone());
-        }
-        append_forwarded(headers, origin, original_host.as_ref());
-        match (&self.upstream.host, original_host) {
-            (Some(h), _) => {
-                headers.insert(header::HOST, h.clone());
+            let headers = req.headers_mut();
+            if let Some(proto) = &origin.upgrade {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, proto.clone());
             }
-            (None, Some(h)) => {
-                headers.insert(header::HOST, h);
+            append_forwarded(headers, origin, original_host.as_ref());
+            match (&self.upstream.host, original_host) {
+                (Some(h), _) => {
+                    headers.insert(header::HOST, h.clone());
+                }
+                (None, Some(h)) => {
+                    headers.insert(header::HOST, h);
+                }
+                (None, None) => {}
             }
-            (None, None) => {}
-        }
 
-        let mut parts = Uri::builder().scheme(self.upstream.scheme.clone()).authority(self.upstream.authority.clone());
-        // Path and query go through byte for byte.
-        parts = parts.path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()));
-        *req.uri_mut() = parts.build().map_err(UpstreamError::Request)?;
-        let client = if grpc {
-            *req.version_mut() = Version::HTTP_2;
-            &self.grpc
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-            &self.client
-        };
+            let mut parts =
+                Uri::builder().scheme(self.upstream.scheme.clone()).authority(self.upstream.authority.clone());
+            // Path and query go through byte for byte.
+            parts = parts.path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+            *req.uri_mut() = parts.build().map_err(UpstreamError::Request)?;
+            let client = if grpc {
+                *req.version_mut() = Version::HTTP_2;
+                &self.grpc
+            } else {
+                *req.version_mut() = Version::HTTP_11;
+                &self.client
+            };
 
-        // The wait for a connection counts against the time allowed for the answer.
-        let deadline = tokio::time::Instant::now() + self.upstream.timeout;
-        if !grpc {
-            slot.connection = Some(self.connection(&metrics.waiting, deadline).await?);
-        }
-        let mut resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(e)) => return Err(classify(e)),
-            Ok(Ok(resp)) => resp,
-        };
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // Only to a protocol the gateway asked for: any other would carry what it never judged.
-            let asked =
-                origin.upgrade.as_ref().is_some_and(|a| switched_as_asked(a, resp.headers().get(header::UPGRADE)));
-            if let (true, Some(client_upgrade), Some(lease)) = (asked, client_upgrade, lease) {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                let tunnel = tunnel::run(client_upgrade, upstream_upgrade, lease, origin.request_id.clone());
-                // The tunnel holds the slot while it is open.
-                tokio::spawn(async move {
-                    tunnel.await;
-                    drop(slot);
-                });
-                // Keep Connection/Upgrade: the client needs them to complete the switch.
-                return Ok(resp.map(|inner| Guarded::new(inner, None)));
+            // The wait for a connection counts against the time allowed for the answer.
+            let deadline = tokio::time::Instant::now() + self.upstream.timeout;
+            if !grpc {
+                slot.connection = Some(self.connection(&metrics.waiting, deadline).await?);
             }
-            return Err(UpstreamError::UnaskedSwitch);
+            let mut resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
+                Err(_) => return Err(UpstreamError::Timeout),
+                Ok(Err(e)) => return Err(classify(e)),
+                Ok(Ok(resp)) => resp,
+            };
+
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // Only to a protocol the gateway asked for: any other would carry what it never judged.
+                let asked =
+                    origin.upgrade.as_ref().is_some_and(|a| switched_as_asked(a, resp.headers().get(header::UPGRADE)));
+                if let (true, Some(client_upgrade), Some(lease)) = (asked, client_upgrade, lease) {
+                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                    let tunnel = tunnel::run(client_upgrade, upstream_upgrade, lease, origin.request_id.clone());
+                    // The tunnel holds the slot while it is open.
+                    tokio::spawn(async move {
+                        tunnel.await;
+                        drop(slot);
+                    });
+                    // Keep Connection/Upgrade: the client needs them to complete the switch.
+                    return Ok(resp.map(|inner| Guarded::new(inner, None)));
+                }
+                return Err(UpstreamError::UnaskedSwitch);
+            }
+            strip_hop_by_hop(resp.headers_mut());
+            Ok(resp.map(|inner| Guarded::new(inner, Some(slot))))
         }
-        strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(|inner| Guarded::new(inner, Some(slot))))
     }
 }
 

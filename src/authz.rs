@@ -36,6 +36,9 @@ pub struct AuthzConfig {
     pub front: Front,
     /// The origin the front proxy serves, normalized: what a DPoP proof's `htu` is checked against.
     pub public_origin: Option<String>,
+    /// `client_cert = true`: the header the front puts its client's certificate in, read for
+    /// certificate-bound tokens (RFC 8705). Unset, a certificate-bound token is refused.
+    pub client_cert: Option<HeaderName>,
 }
 
 /// Where the original request is read.
@@ -73,6 +76,10 @@ pub(crate) enum Flaw {
     Upgrade,
     /// The original request carries a header that rewrites its method or URL.
     Rewriting,
+    /// The front's client-certificate header is repeated.
+    RepeatedCert,
+    /// The front's client-certificate header holds no certificate (or, from Envoy, no `Hash`).
+    BadCert,
 }
 
 impl Flaw {
@@ -87,30 +94,128 @@ impl Flaw {
             Flaw::OutsidePrefix => "the check request's path does not start with [authz].path_prefix",
             Flaw::Upgrade => "the original request asks to upgrade to a protocol the gateway does not allow",
             Flaw::Rewriting => "the original request carries a header that rewrites its method or URL",
+            Flaw::RepeatedCert => "the front proxy's client-certificate header is repeated",
+            Flaw::BadCert => "the front proxy's client-certificate header holds no readable certificate",
         }
     }
 }
 
-/// The method and request target of the request the front proxy asks about.
+/// The request the front proxy asks about.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Original {
+    pub method: Method,
+    pub target: PathAndQuery,
+    /// The SHA-256 of the client certificate the front received, when it is configured to say.
+    pub cert: Option<[u8; 32]>,
+}
+
+/// The method, request target and client certificate of the request the front proxy asks about.
 pub(crate) fn original(
-    front: &Front,
+    config: &AuthzConfig,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<(Method, PathAndQuery), Flaw> {
-    match front {
+) -> Result<Original, Flaw> {
+    let (method, target) = match &config.front {
         Front::Headers { method: m, uri: u, .. } => {
             let m = one(headers, m, Flaw::MissingMethod, Flaw::RepeatedMethod)?;
             let method = Method::from_bytes(m).map_err(|_| Flaw::BadMethod)?;
             let target = one(headers, u, Flaw::MissingUri, Flaw::RepeatedUri)?;
-            Ok((method, origin_form(target)?))
+            (method, origin_form(target)?)
         }
         Front::Envoy { path_prefix } => {
             let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
             let rest = pq.strip_prefix(path_prefix.as_str()).ok_or(Flaw::OutsidePrefix)?;
-            Ok((method.clone(), origin_form(rest.as_bytes())?))
+            (method.clone(), origin_form(rest.as_bytes())?)
+        }
+    };
+    let cert = match &config.client_cert {
+        None => None,
+        Some(name) => client_cert(config.front.kind(), name, headers)?,
+    };
+    Ok(Original { method, target, cert })
+}
+
+/// The thumbprint of the certificate in the front's header, if the header is there. Envoy's
+/// `x-forwarded-client-cert` gives it as the `Hash` of its last element, the one the nearest
+/// Envoy added; nginx (`$ssl_client_escaped_cert`) and Traefik (`pem: true`) give the
+/// certificate itself, as URL-escaped PEM or as PEM's base64 alone, the client's first.
+fn client_cert(kind: FrontKind, name: &HeaderName, headers: &HeaderMap) -> Result<Option<[u8; 32]>, Flaw> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if kind == FrontKind::Envoy {
+        // Envoy may carry XFCC on several lines: they read as one list.
+        let last = values.next_back().unwrap_or(first);
+        return xfcc_hash(last.as_bytes()).map(Some).ok_or(Flaw::BadCert);
+    }
+    if values.next().is_some() {
+        return Err(Flaw::RepeatedCert);
+    }
+    let der = certificate_der(first.as_bytes()).ok_or(Flaw::BadCert)?;
+    Ok(Some(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref().try_into().map_err(|_| Flaw::BadCert)?,
+    ))
+}
+
+/// `Hash=<64 hex digits>` from the last element of an XFCC value (elements split on `,`, pairs
+/// on `;`, both outside double quotes).
+fn xfcc_hash(value: &[u8]) -> Option<[u8; 32]> {
+    let last = split_unquoted(value, b',').last()?;
+    let hash = split_unquoted(last, b';').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        pair[..eq].trim_ascii().eq_ignore_ascii_case(b"hash").then(|| pair[eq + 1..].trim_ascii())
+    })?;
+    if hash.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(hash.chunks(2)) {
+        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn split_unquoted(value: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
+    let mut quoted = false;
+    let mut escaped = false;
+    value.split(move |&b| {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ => return b == sep && !quoted,
+        }
+        false
+    })
+}
+
+/// The first certificate's DER from URL-escaped PEM, or from PEM's base64 without the markers
+/// (certificates separated by `,`).
+fn certificate_der(value: &[u8]) -> Option<Vec<u8>> {
+    let text = String::from_utf8(percent_decode(value)?).ok()?;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    let body = match text.find(BEGIN) {
+        Some(at) => text[at + BEGIN.len()..].split("-----END CERTIFICATE-----").next()?,
+        None => text.split(',').next()?,
+    };
+    let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok().filter(|d| !d.is_empty())
+}
+
+/// `%XX` escapes decoded (a `+` stays a `+`: base64 uses it).
+fn percent_decode(value: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'%' {
+            let hex = [*bytes.next()?, *bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
         }
     }
+    Some(out)
 }
 
 /// Exactly one value of `name`.
@@ -152,9 +257,88 @@ mod tests {
         h
     }
 
+    fn config(front: &Front, client_cert: Option<&'static str>) -> AuthzConfig {
+        AuthzConfig {
+            listen: "127.0.0.1:9902".parse().unwrap(),
+            front: front.clone(),
+            public_origin: None,
+            client_cert: client_cert.map(HeaderName::from_static),
+        }
+    }
+
     fn ask(front: &Front, path: &str, pairs: &[(&'static str, &'static str)]) -> Result<(Method, String), Flaw> {
         let uri: Uri = path.parse().unwrap();
-        original(front, &Method::GET, &uri, &headers(pairs)).map(|(m, pq)| (m, pq.as_str().to_string()))
+        original(&config(front, None), &Method::GET, &uri, &headers(pairs)).map(|o| (o.method, o.target.to_string()))
+    }
+
+    /// The thumbprint the front's header gives, for a request to /v1/offers.
+    fn cert_of(front: &Front, name: &'static str, values: &[&str]) -> Result<Option<[u8; 32]>, Flaw> {
+        let mut h = headers(&[("x-original-method", "GET"), ("x-original-uri", "/v1/offers")]);
+        h.append("x-forwarded-method", HeaderValue::from_static("GET"));
+        h.append("x-forwarded-uri", HeaderValue::from_static("/v1/offers"));
+        for v in values {
+            h.append(name, HeaderValue::from_str(v).unwrap());
+        }
+        let uri: Uri = "/authz/v1/offers".parse().unwrap();
+        original(&config(front, Some(name)), &Method::GET, &uri, &h).map(|o| o.cert)
+    }
+
+    // Any bytes stand for a certificate's DER here: only their SHA-256 is taken.
+    const DER: &[u8] = b"0\x82\x01\x0a certificate bytes for the test";
+
+    fn sha256(der: &[u8]) -> [u8; 32] {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref().try_into().unwrap()
+    }
+
+    #[test]
+    fn nginx_and_traefik_give_the_certificate_itself() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(DER);
+        let (head, tail) = b64.split_at(20);
+        // nginx's $ssl_client_escaped_cert: the PEM, URL-escaped.
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{head}\n{tail}\n-----END CERTIFICATE-----\n");
+        let escaped: String = pem
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        assert_eq!(cert_of(&nginx(), "x-client-cert", &[&escaped]), Ok(Some(sha256(DER))));
+        // Traefik's pem: the base64 alone, the client's certificate first.
+        let traefik = Front::Headers {
+            kind: FrontKind::Traefik,
+            method: HeaderName::from_static("x-forwarded-method"),
+            uri: HeaderName::from_static("x-forwarded-uri"),
+        };
+        let chain = format!("{b64},{}", base64::engine::general_purpose::STANDARD.encode(b"the issuer"));
+        assert_eq!(cert_of(&traefik, "x-forwarded-tls-client-cert", &[&chain]), Ok(Some(sha256(DER))));
+        // None sent: no certificate; twice, or unreadable: a flaw, never a guess.
+        assert_eq!(cert_of(&nginx(), "x-client-cert", &[]), Ok(None));
+        assert_eq!(cert_of(&nginx(), "x-client-cert", &[&escaped, &escaped]), Err(Flaw::RepeatedCert));
+        for bad in ["", "%", "%zz", "not base64!", "-----BEGIN CERTIFICATE-----"] {
+            assert_eq!(cert_of(&nginx(), "x-client-cert", &[bad]), Err(Flaw::BadCert), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn envoy_gives_the_hash_of_the_last_element() {
+        let f = Front::Envoy { path_prefix: "/authz".into() };
+        let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let (mine, other) = (sha256(DER), sha256(b"another"));
+        let xfcc = format!(
+            "By=spiffe://a;Hash={};Subject=\"CN=x,O=y\",By=spiffe://b;Hash={};Subject=\"O=\\\"q,\\\",CN=z\"",
+            hex(&other),
+            hex(&mine)
+        );
+        assert_eq!(cert_of(&f, "x-forwarded-client-cert", &[&xfcc]), Ok(Some(mine)));
+        // On two lines: the last line's last element.
+        let first = format!("Hash={}", hex(&other));
+        let last = format!("Hash={}", hex(&mine).to_uppercase());
+        assert_eq!(cert_of(&f, "x-forwarded-client-cert", &[&first, &last]), Ok(Some(mine)));
+        let no_hash = format!("Hash={},By=spiffe://b", hex(&mine));
+        for bad in
+            [no_hash.as_str(), "Hash=abc", "Hash=zz00000000000000000000000000000000000000000000000000000000000000"]
+        {
+            assert_eq!(cert_of(&f, "x-forwarded-client-cert", &[bad]), Err(Flaw::BadCert), "{bad:?}");
+        }
     }
 
     #[test]

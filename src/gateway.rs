@@ -205,11 +205,11 @@ impl Gateway {
             // Route on method + raw path; the route names the requirement.
             let route = match &original {
                 None => snap.routes.resolve(req.method(), req.uri().path()),
-                Some(Ok((method, target))) => snap.routes.resolve(method, target.path()),
+                Some(Ok(o)) => snap.routes.resolve(&o.method, o.target.path()),
                 Some(Err(_)) => snap.routes.unmatched(),
             };
             let method = match &original {
-                Some(Ok((m, _))) => m.clone(),
+                Some(Ok(o)) => o.method.clone(),
                 _ => req.method().clone(),
             };
             let audience = Audience::of(req.headers());
@@ -244,7 +244,7 @@ impl Gateway {
                     };
                     self.pass(snap, req, route, (&origin, peer.cert), &mut end).await.map(|r| r.map(Either::Left))
                 }
-                Some(Ok((method, target))) => self.judge(snap, &req, (&method, target.path()), route, &mut end).await,
+                Some(Ok(o)) => self.judge(snap, &req, (&o.method, o.target.path(), o.cert), route, &mut end).await,
                 Some(Err(flaw)) => Err(Refusal::BadOriginal(flaw)),
             };
             let mut resp = match result {
@@ -320,7 +320,7 @@ impl Gateway {
         &self,
         snap: &Snapshot,
         req: &Request<Incoming>,
-        (method, path): (&http::Method, &str),
+        (method, path, cert): (&http::Method, &str, Option<[u8; 32]>),
         route: &Route,
         end: &mut RequestEnd,
     ) -> Result<Response<Body>, Refusal> {
@@ -334,9 +334,9 @@ impl Gateway {
                 answer.append(name, v.clone());
             }
         }
-        // The front's own client certificate is not read yet: a certificate-bound token is refused.
+        // The client's certificate only as the configured front reports it (`[authz] client_cert`).
         let origin = snap.config.authz.as_ref().and_then(|a| a.public_origin.as_deref());
-        let admitted = self.admit(snap, &mut answer, Client { method, path, origin, cert: None }, route, end).await;
+        let admitted = self.admit(snap, &mut answer, Client { method, path, origin, cert }, route, end).await;
         end.auth_finished();
         // Never echo a token.
         answer.remove(AUTHORIZATION);
@@ -446,13 +446,13 @@ fn original(
     mode: Mode,
     received: &crate::headers::Received,
     req: &Request<Incoming>,
-) -> Option<Result<(http::Method, http::uri::PathAndQuery), Flaw>> {
+) -> Option<Result<crate::authz::Original, Flaw>> {
     match (mode, &snap.config.authz) {
         (Mode::Proxy, _) => None,
         // Nothing is forwarded here to strip these from: the front must deny the request.
         (Mode::Authz, Some(_)) if received.refused_upgrade => Some(Err(Flaw::Upgrade)),
         (Mode::Authz, Some(_)) if received.rewriting => Some(Err(Flaw::Rewriting)),
-        (Mode::Authz, Some(a)) => Some(crate::authz::original(&a.front, req.method(), req.uri(), req.headers())),
+        (Mode::Authz, Some(a)) => Some(crate::authz::original(a, req.method(), req.uri(), req.headers())),
         (Mode::Authz, None) => Some(Err(Flaw::MissingUri)),
     }
 }

@@ -149,6 +149,18 @@ fn bad_configs_exit_64_naming_the_key_and_problem() {
         (format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"haproxy\"\n"), vec!["unknown variant `haproxy`"]),
         (format!("{base}[authz]\nfront = \"nginx\"\n"), vec!["authz.listen", "without listen"]),
         (
+            format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"traefik\"\nclient_cert = true\nclient_cert_header = \"x-cert\"\n"),
+            vec!["authz.client_cert_header", "front = \"nginx\" with client_cert = true"],
+        ),
+        (
+            format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"nginx\"\nclient_cert_header = \"x-cert\"\n"),
+            vec!["authz.client_cert_header", "client_cert = true"],
+        ),
+        (
+            format!("{base}[authz]\nlisten = \"127.0.0.1:9902\"\nfront = \"nginx\"\nclient_cert = true\nclient_cert_header = \"x cert\"\n"),
+            vec!["authz.client_cert_header", "not a header name"],
+        ),
+        (
             format!("{base}[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\nclient_auth = \"any\"\n"),
             vec!["server.tls.client_auth", "trusts no CA"],
         ),

@@ -207,3 +207,72 @@ async fn a_dpop_bound_token_from_a_real_provider_works_only_with_its_clients_pro
     assert_eq!((answer[0], answer[1]), ("200", "2"), "the nonce flow: refused once, then served");
     assert_eq!(metric(&with_nonces, "mfa_gateway_binding_refusals_total{reason=\"nonce\"}").await, 1.0);
 }
+
+/// RFC 8705 with a real provider: oidc-provider binds the token to the certificate its client
+/// presented on the token request's TLS connection (`features.mTLS.certificateBoundAccessTokens`).
+/// The gateway serves it over a connection with that certificate only; a front proxy's header
+/// naming the certificate, sent straight to the gateway, counts for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node"]
+async fn a_certificate_bound_token_from_a_real_provider_works_only_over_its_clients_certificate() {
+    use support::tls::{client_tls, forged_front_headers, https_get, https_get_with, self_signed, Ca};
+    let mut op = tokio::task::block_in_place(Op::start);
+    let (ca, d) = (Ca::new("test ca"), support::tls::dir());
+    let (server, mine, other) = (ca.leaf(), self_signed("client one"), self_signed("client two"));
+    for (name, content) in [
+        ("ca.pem", &ca.pem),
+        ("server.crt", &server.0),
+        ("server.key", &server.1),
+        ("client.crt", &mine.0),
+        ("client.key", &mine.1),
+    ] {
+        support::tls::write(&d, name, content);
+    }
+    let text = format!(
+        "{}\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_auth = \"any\"\n",
+        config_text(
+            echo_upstream().await,
+            &format!(
+                "[[issuer]]\nissuer = \"{iss}\"\ndiscovery = \"{iss}/.well-known/openid-configuration\"\n\
+                 profile = \"rfc9068\"\naudiences = [\"https://api.partnercenter.microsoft.com\"]\n{ROUTES}",
+                iss = op.issuer
+            ),
+        ),
+        d.join("server.crt").display(),
+        d.join("server.key").display()
+    );
+    let gw = start(&text).await;
+    wait_ready(&gw).await;
+
+    let token = tokio::task::block_in_place(|| op.ask(&format!("mtls mfa {}", d.display()), "mtls"));
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["cnf"]["x5t#S256"].as_str(),
+        Some(support::tls::x5t_s256(&mine.0).as_str()),
+        "the provider bound the token to the client's certificate: {claims}"
+    );
+
+    let over = |identity: Option<&(String, String)>| client_tls(&ca.pem, &[b"http/1.1"], identity);
+    let path = "/v1/customers/c1/users";
+    let (_, status, _, body) = https_get(gw.addr, over(Some(&mine)), path, Some(&token)).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "over the client's certificate: {body}");
+    assert_eq!(metric(&gw, "mfa_gateway_token_bindings_total{binding=\"mtls\"}").await, 1.0);
+
+    let forged = forged_front_headers(&mine.0);
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cases = [("no certificate", None, &[][..]), ("another certificate", Some(&other), &[][..])];
+    let forging = [
+        ("a forged front header", None, &forged[..]),
+        ("another certificate and forged headers", Some(&other), &forged[..]),
+    ];
+    for (who, identity, extra) in cases.into_iter().chain(forging) {
+        let (_, status, headers, _) = https_get_with(gw.addr, over(identity), path, Some(&token), extra).await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{who}");
+        assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer error=\"invalid_token\""), "{who}");
+    }
+    assert_eq!(metric(&gw, "mfa_gateway_binding_refusals_total{reason=\"x5t\"}").await, 4.0);
+}

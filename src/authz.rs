@@ -152,9 +152,7 @@ fn client_cert(kind: FrontKind, name: &HeaderName, headers: &HeaderMap) -> Resul
         return Err(Flaw::RepeatedCert);
     }
     let der = certificate_der(first.as_bytes()).ok_or(Flaw::BadCert)?;
-    Ok(Some(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref().try_into().map_err(|_| Flaw::BadCert)?,
-    ))
+    Ok(Some(crate::auth::binding::cert_thumbprint(&der)))
 }
 
 /// `Hash=<64 hex digits>` from the last element of an XFCC value (elements split on `,`, pairs
@@ -170,15 +168,9 @@ fn xfcc_hash(value: &[u8]) -> Option<[u8; 32]> {
     }
     let mut out = [0u8; 32];
     for (o, pair) in out.iter_mut().zip(hash.chunks(2)) {
-        *o = hex_byte(pair[0], pair[1])?;
+        *o = crate::path::hex_pair(pair[0], pair[1])?;
     }
     Some(out)
-}
-
-/// Two hex digits, nothing else (`from_str_radix` would take a sign).
-fn hex_byte(high: u8, low: u8) -> Option<u8> {
-    let digit = |b: u8| (b as char).to_digit(16);
-    Some((digit(high)? * 16 + digit(low)?) as u8)
 }
 
 fn split_unquoted(value: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
@@ -212,12 +204,14 @@ fn certificate_der(value: &[u8]) -> Option<Vec<u8>> {
 /// `%XX` escapes decoded (a `+` stays a `+`: base64 uses it).
 fn percent_decode(value: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(value.len());
-    let mut bytes = value.iter();
-    while let Some(&b) = bytes.next() {
+    let mut i = 0;
+    while let Some(&b) = value.get(i) {
         if b == b'%' {
-            out.push(hex_byte(*bytes.next()?, *bytes.next()?)?);
+            out.push(crate::path::escape_at(value, i)?);
+            i += 3;
         } else {
             out.push(b);
+            i += 1;
         }
     }
     Some(out)

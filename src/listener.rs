@@ -210,10 +210,9 @@ pub(crate) async fn serve(
     tracing::info!(listener = ?serves, "listener closed; draining connections");
 }
 
-/// The SHA-256 of the client's end-entity certificate, as RFC 8705 binds tokens to it.
+/// The thumbprint of the client's end-entity certificate, as RFC 8705 binds tokens to it.
 fn client_cert_thumbprint(tls: &rustls::ServerConnection) -> Option<[u8; 32]> {
-    let cert = tls.peer_certificates()?.first()?;
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref()).as_ref().try_into().ok()
+    Some(crate::auth::binding::cert_thumbprint(tls.peer_certificates()?.first()?))
 }
 
 /// Completes the TLS handshake within the configured time. A client that speaks plain HTTP

@@ -88,9 +88,14 @@ pub fn check(path: &str) -> Result<(), PathFlaw> {
 }
 
 /// The byte `%XX` at `b[i..]` stands for, when `XX` is two hex digits.
-fn escape_at(b: &[u8], i: usize) -> Option<u8> {
-    let hex = |j: usize| b.get(j).and_then(|&c| (c as char).to_digit(16));
-    Some((hex(i + 1)? * 16 + hex(i + 2)?) as u8)
+pub(crate) fn escape_at(b: &[u8], i: usize) -> Option<u8> {
+    hex_pair(*b.get(i + 1)?, *b.get(i + 2)?)
+}
+
+/// The byte two hex digits stand for; nothing else reads as one (`from_str_radix` takes a sign).
+pub(crate) fn hex_pair(high: u8, low: u8) -> Option<u8> {
+    let digit = |b: u8| (b as char).to_digit(16);
+    Some((digit(high)? * 16 + digit(low)?) as u8)
 }
 
 fn refuse_escaped(byte: u8, b: &[u8], i: usize) -> Result<(), PathFlaw> {

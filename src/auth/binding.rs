@@ -97,6 +97,14 @@ pub(super) fn check(
     }
 }
 
+/// RFC 8705's thumbprint of a certificate: the SHA-256 of its DER, which `x5t#S256` names. The
+/// connection's certificate (proxy mode) and the front's (authorization-only mode) both come here.
+pub fn cert_thumbprint(der: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
+    out
+}
+
 /// Whether `x5t`, base64url as `cnf` carries it, is the certificate digest `cert`.
 fn thumbprint_is(cert: &[u8; 32], x5t: &str) -> bool {
     use base64::Engine;

@@ -375,8 +375,8 @@ fn normalize_path(path: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
+            let byte = crate::path::escape_at(b, i)?;
             let hex = path.get(i + 1..i + 3)?;
-            let byte = u8::from_str_radix(hex, 16).ok()?;
             if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
                 out.push(byte as char);
             } else {
